@@ -1,0 +1,136 @@
+"""The one value every engine takes: a frozen, validated description of a generation."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+
+from backend.errors import RequestError
+from backend.images import Picture
+
+ENGINES = ("patch", "diffusers")
+PREVIEW_METHODS = ("auto", "latent_rgb", "taesd", "none")
+PATCH_MODES = ("els", "ls")
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 2**63 - 1
+# The patch engine works in pixel space, where 512² is already a large attention problem on a CPU.
+SIZE_LIMITS = {"patch": (32, 512), "diffusers": (64, 2048)}
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A direction in text-embedding space from `negative` to `positive`, scaled by `weight`.
+
+    It applies from `start` (a fraction of the steps, 0 = first step) on, so that the composition
+    set by the early steps holds.
+    """
+
+    positive: str
+    negative: str
+    weight: float = 0.0
+    start: float = 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """Everything one generation needs; equal requests give equal images on the same machine."""
+
+    engine: str = "patch"
+    model: str = ""  # diffusers: folder, .safetensors file or hub id; patch: reference folder ("" = defaults)
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+    scheduler: str = "euler"
+    init_image: Picture | None = None
+    strength: float = 0.75
+    mask: Picture | None = None  # white (255) = repaint, black = keep
+    tiling: bool = False
+    variation_seed: int | None = None
+    variation_strength: float = 0.0
+    prompt_b: str = ""
+    blend: float = 0.0
+    concepts: tuple[Concept, ...] = ()
+    preview: str = "auto"
+    # Patch engine: locality scales the patch-size schedule (1.0 = whole-image patches, memorisation).
+    locality: float = 0.5
+    reference_weights: tuple[tuple[str, float], ...] = ()  # (reference name or tag, log-prior)
+    patch_mode: str = "els"
+    exact: bool = False
+    # Not part of the recipe: identifies one submission so stale events can be dropped.
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
+
+    def replace(self, **changes: object) -> Request:
+        """A copy with some fields changed and a fresh request id."""
+        changes.setdefault("request_id", uuid.uuid4().hex)
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> Request:
+        """Raise RequestError naming the first bad value; return self so calls can chain."""
+        problems = list(_problems(self))
+        if problems:
+            raise RequestError(problems[0])
+        return self
+
+
+def _problems(r: Request):  # noqa: ANN202 - a generator of messages
+    if r.engine not in ENGINES:
+        yield f"unknown engine {r.engine!r}; choose one of {', '.join(ENGINES)}"
+    low, high = SIZE_LIMITS.get(r.engine, (64, 2048))
+    for name, value in (("width", r.width), ("height", r.height)):
+        if not isinstance(value, int) or value % 8 or not low <= value <= high:
+            yield f"{name} must be a multiple of 8 between {low} and {high} (got {value})"
+    if not isinstance(r.steps, int) or not 1 <= r.steps <= 150:
+        yield f"steps must be between 1 and 150 (got {r.steps})"
+    if not isinstance(r.seed, int) or not 0 <= r.seed <= MAX_SEED:
+        yield f"seed must be a whole number from 0 to {MAX_SEED} (got {r.seed})"
+    if r.guidance < 0 or r.guidance > 50:
+        yield f"guidance must be between 0 and 50 (got {r.guidance})"
+    if not 0.0 <= r.strength <= 1.0:
+        yield f"strength must be between 0 and 1 (got {r.strength})"
+    if not 0.0 <= r.variation_strength <= 1.0:
+        yield f"variation strength must be between 0 and 1 (got {r.variation_strength})"
+    if r.variation_seed is not None and not 0 <= r.variation_seed <= MAX_SEED:
+        yield f"variation seed must be a whole number from 0 to {MAX_SEED} (got {r.variation_seed})"
+    if r.variation_strength > 0 and r.variation_seed is None:
+        yield "a variation strength needs a variation seed"
+    if not 0.0 <= r.blend <= 1.0:
+        yield f"prompt blend must be between 0 and 1 (got {r.blend})"
+    if r.blend > 0 and not r.prompt_b.strip():
+        yield "a prompt blend needs a second prompt (prompt B)"
+    for text_name, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt), ("prompt B", r.prompt_b)):
+        if len(text) > MAX_PROMPT_CHARS:
+            yield f"{text_name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}"
+    for c in r.concepts:
+        if not (c.positive.strip() and c.negative.strip()):
+            yield "a concept slider needs two phrases"
+        if not -10.0 <= c.weight <= 10.0:
+            yield f"concept weight must be between -10 and 10 (got {c.weight})"
+        if not 0.0 <= c.start <= 1.0:
+            yield f"concept start must be between 0 and 1 (got {c.start})"
+    if r.preview not in PREVIEW_METHODS:
+        yield f"unknown preview method {r.preview!r}; choose one of {', '.join(PREVIEW_METHODS)}"
+    if r.init_image is not None:
+        if r.init_image.is_mask:
+            yield "the init image must be a colour image, not a mask"
+        elif (r.init_image.width, r.init_image.height) != (r.width, r.height):
+            yield (
+                f"the init image is {r.init_image.width}×{r.init_image.height} but the request is "
+                f"{r.width}×{r.height}; resize one to match"
+            )
+    if r.mask is not None:
+        if r.init_image is None:
+            yield "a mask needs an init image to inpaint"
+        elif (r.mask.width, r.mask.height) != (r.width, r.height):
+            yield f"the mask is {r.mask.width}×{r.mask.height} but the request is {r.width}×{r.height}"
+    if not 0.0 <= r.locality <= 1.0:
+        yield f"locality must be between 0 and 1 (got {r.locality})"
+    if r.patch_mode not in PATCH_MODES:
+        yield f"unknown patch mode {r.patch_mode!r}; choose one of {', '.join(PATCH_MODES)}"
+    for name, weight in r.reference_weights:
+        if not -20.0 <= weight <= 20.0:
+            yield f"reference weight for {name!r} must be between -20 and 20 (got {weight})"

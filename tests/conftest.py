@@ -1,0 +1,29 @@
+"""Test set-up: offscreen Qt, offline hub, and a check that no test leaves a thread running."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads():
+    """Fail a test that leaves a thread of its own running."""
+    before = set(threading.enumerate())
+    yield
+    left = [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.is_alive() and not t.daemon and not t.name.startswith(("pydevd", "Dummy"))
+    ]
+    for t in left:
+        t.join(timeout=5)
+    left = [t for t in left if t.is_alive()]
+    assert not left, f"threads left running: {[t.name for t in left]}"
