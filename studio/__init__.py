@@ -1,0 +1,1 @@
+"""The application: session, document model, scheduling, engine thread host, projects, recipes, CLI."""

@@ -1,0 +1,418 @@
+"""The document: RGBA layers, an inpainting mask, and an undo stack of reversible commands.
+
+Pixels live in numpy arrays so the model needs no QtGui; the canvas widget turns them into images.
+Every change goes through a `Command` pushed on the document's `UndoStack`, so undo, the unsaved
+marker and the recovery journal all see the same stream of operations (`Document.operation`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+WHITE = np.array([255, 255, 255], dtype=np.float32)
+
+
+def new_id() -> str:
+    """A fresh opaque id for layers and results."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass
+class Layer:
+    """One layer: straight-alpha RGBA pixels and how it is shown."""
+
+    name: str
+    pixels: np.ndarray  # H×W×4 uint8, straight (not premultiplied) alpha
+    opacity: float = 1.0
+    visible: bool = True
+    id: str = field(default_factory=new_id)
+    source: str | None = None  # id of the generated result this layer holds (lineage)
+    painted: bool = False  # a person painted on it after it was generated
+
+    def copy(self, **changes: Any) -> Layer:
+        """A deep copy (pixels too), with some fields changed."""
+        return replace(self, pixels=self.pixels.copy(), **changes)
+
+
+def blank_pixels(width: int, height: int, rgba: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
+    """An H×W×4 uint8 array filled with one colour (transparent by default)."""
+    out = np.empty((height, width, 4), dtype=np.uint8)
+    out[...] = rgba
+    return out
+
+
+def rgb_to_rgba(rgb: np.ndarray) -> np.ndarray:
+    """Opaque RGBA from an H×W×3 uint8 image."""
+    alpha = np.full(rgb.shape[:2] + (1,), 255, dtype=np.uint8)
+    return np.concatenate([rgb.astype(np.uint8), alpha], axis=2)
+
+
+def composite(layers: list[Layer], width: int, height: int) -> np.ndarray:
+    """The visible layers, bottom first, alpha-blended over white: H×W×3 uint8."""
+    out = np.empty((height, width, 3), dtype=np.float32)
+    out[...] = WHITE
+    for layer in layers:
+        if not layer.visible or layer.opacity <= 0:
+            continue
+        px = layer.pixels.astype(np.float32)
+        alpha = px[..., 3:4] / 255.0 * layer.opacity
+        out = px[..., :3] * alpha + out * (1.0 - alpha)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+class Command:
+    """A reversible change to a document. `apply` and `revert` must be exact inverses."""
+
+    label = "change"
+    kind = "layers"  # which part of the document it touches: "layers", "pixels" or "mask"
+
+    def apply(self, doc: Document) -> None:
+        raise NotImplementedError
+
+    def revert(self, doc: Document) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class AddLayer(Command):
+    """Insert a layer at an index (default: above the active layer)."""
+
+    layer: Layer
+    index: int
+    label: str = "Add layer"
+
+    def apply(self, doc: Document) -> None:
+        doc.layers.insert(self.index, self.layer)
+        doc.active_id = self.layer.id
+
+    def revert(self, doc: Document) -> None:
+        doc.layers.pop(self.index)
+        doc.active_id = doc.layers[min(self.index, len(doc.layers) - 1)].id if doc.layers else None
+
+
+@dataclass
+class RemoveLayer(Command):
+    """Delete a layer, remembering where it stood."""
+
+    layer: Layer
+    index: int
+    label: str = "Delete layer"
+
+    def apply(self, doc: Document) -> None:
+        doc.layers.pop(self.index)
+        doc.active_id = doc.layers[min(self.index, len(doc.layers) - 1)].id if doc.layers else None
+
+    def revert(self, doc: Document) -> None:
+        doc.layers.insert(self.index, self.layer)
+        doc.active_id = self.layer.id
+
+
+@dataclass
+class MoveLayer(Command):
+    """Move a layer from one index to another."""
+
+    old_index: int
+    new_index: int
+    label: str = "Move layer"
+
+    def apply(self, doc: Document) -> None:
+        doc.layers.insert(self.new_index, doc.layers.pop(self.old_index))
+
+    def revert(self, doc: Document) -> None:
+        doc.layers.insert(self.old_index, doc.layers.pop(self.new_index))
+
+
+@dataclass
+class SetLayerProps(Command):
+    """Change a layer's name, opacity or visibility."""
+
+    layer_id: str
+    old: dict[str, Any]
+    new: dict[str, Any]
+    label: str = "Layer properties"
+
+    def apply(self, doc: Document) -> None:
+        layer = doc.layer(self.layer_id)
+        for key, value in self.new.items():
+            setattr(layer, key, value)
+
+    def revert(self, doc: Document) -> None:
+        layer = doc.layer(self.layer_id)
+        for key, value in self.old.items():
+            setattr(layer, key, value)
+
+
+@dataclass
+class Paint(Command):
+    """Replace a rectangle of a layer's pixels (a stroke, fill, clear or pasted image)."""
+
+    layer_id: str
+    x: int
+    y: int
+    before: np.ndarray
+    after: np.ndarray
+    mark_painted: bool = True  # a person's stroke, not a generated result
+    was_painted: bool = False
+    label: str = "Paint"
+    kind: str = "pixels"
+
+    def apply(self, doc: Document) -> None:
+        layer = doc.layer(self.layer_id)
+        h, w = self.after.shape[:2]
+        layer.pixels[self.y : self.y + h, self.x : self.x + w] = self.after
+        if self.mark_painted and layer.source is not None:
+            layer.painted = True
+
+    def revert(self, doc: Document) -> None:
+        layer = doc.layer(self.layer_id)
+        h, w = self.before.shape[:2]
+        layer.pixels[self.y : self.y + h, self.x : self.x + w] = self.before
+        layer.painted = self.was_painted
+
+
+@dataclass
+class PaintMask(Command):
+    """Replace a rectangle of the inpainting mask (255 = repaint)."""
+
+    x: int
+    y: int
+    before: np.ndarray
+    after: np.ndarray
+    label: str = "Mask"
+    kind: str = "mask"
+
+    def apply(self, doc: Document) -> None:
+        h, w = self.after.shape[:2]
+        doc.mask[self.y : self.y + h, self.x : self.x + w] = self.after
+
+    def revert(self, doc: Document) -> None:
+        h, w = self.before.shape[:2]
+        doc.mask[self.y : self.y + h, self.x : self.x + w] = self.before
+
+
+class Document(QObject):
+    """Layers (bottom first), the inpainting mask and the undo stack of one canvas.
+
+    Signals: `changed(kind)` after any change ("layers", "pixels", "mask", "reset"); `operation(what,
+    command)` with what = "do", "undo" or "redo" so a journal can record the exact stream of operations;
+    `clean_changed(bool)` when the document becomes saved or unsaved.
+    """
+
+    changed = Signal(str)
+    operation = Signal(str, object)
+    clean_changed = Signal(bool)
+
+    def __init__(self, width: int = 512, height: int = 512, layers: list[Layer] | None = None) -> None:
+        super().__init__()
+        self.width = width
+        self.height = height
+        self.layers: list[Layer] = layers if layers is not None else [self._background()]
+        self.mask = np.zeros((height, width), dtype=np.uint8)
+        self.active_id: str | None = self.layers[-1].id if self.layers else None
+        self._done: list[Command] = []
+        self._undone: list[Command] = []
+        self._clean_at: int | None = 0
+
+    def _background(self) -> Layer:
+        return Layer("Background", blank_pixels(self.width, self.height, (255, 255, 255, 255)))
+
+    # -- queries -------------------------------------------------------------------------------------
+    def layer(self, layer_id: str) -> Layer:
+        """The layer with this id (KeyError if none)."""
+        for layer in self.layers:
+            if layer.id == layer_id:
+                return layer
+        raise KeyError(layer_id)
+
+    def index_of(self, layer_id: str) -> int:
+        """Position of a layer, 0 = bottom."""
+        return next(i for i, layer in enumerate(self.layers) if layer.id == layer_id)
+
+    @property
+    def active(self) -> Layer | None:
+        """The layer strokes go to."""
+        return next((layer for layer in self.layers if layer.id == self.active_id), None)
+
+    def composite(self) -> np.ndarray:
+        """What the person sees: visible layers over white, H×W×3 uint8."""
+        return composite(self.layers, self.width, self.height)
+
+    # -- undo stack ----------------------------------------------------------------------------------
+    def push(self, command: Command) -> None:
+        """Apply a command and make it undoable; clears the redo list."""
+        was_clean = self.is_clean
+        command.apply(self)
+        self._done.append(command)
+        if self._clean_at is not None and self._clean_at > len(self._done) - 1:
+            self._clean_at = None  # the saved state was in the redo list and is now unreachable
+        self._undone.clear()
+        self._announce("do", command, was_clean)
+
+    def undo(self) -> bool:
+        """Revert the last command; False when there is nothing to undo."""
+        if not self._done:
+            return False
+        was_clean = self.is_clean
+        command = self._done.pop()
+        command.revert(self)
+        self._undone.append(command)
+        self._announce("undo", command, was_clean)
+        return True
+
+    def redo(self) -> bool:
+        """Re-apply the last undone command; False when there is nothing to redo."""
+        if not self._undone:
+            return False
+        was_clean = self.is_clean
+        command = self._undone.pop()
+        command.apply(self)
+        self._done.append(command)
+        self._announce("redo", command, was_clean)
+        return True
+
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._done)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._undone)
+
+    @property
+    def undo_label(self) -> str:
+        return self._done[-1].label if self._done else ""
+
+    @property
+    def redo_label(self) -> str:
+        return self._undone[-1].label if self._undone else ""
+
+    @property
+    def is_clean(self) -> bool:
+        """True when the document equals what was last saved (or opened)."""
+        return self._clean_at == len(self._done)
+
+    def set_clean(self) -> None:
+        """Mark the current state as saved."""
+        was_clean = self.is_clean
+        self._clean_at = len(self._done)
+        if not was_clean:
+            self.clean_changed.emit(True)
+
+    def _announce(self, what: str, command: Command, was_clean: bool) -> None:
+        self.operation.emit(what, command)
+        self.changed.emit(command.kind)
+        if was_clean != self.is_clean:
+            self.clean_changed.emit(self.is_clean)
+
+    def reset(
+        self, width: int, height: int, layers: list[Layer] | None = None, mask: np.ndarray | None = None
+    ) -> None:
+        """Replace the whole document (new canvas, opened project); clears undo and marks it clean."""
+        self.width, self.height = width, height
+        self.layers = layers if layers is not None else [self._background()]
+        self.mask = mask if mask is not None else np.zeros((height, width), dtype=np.uint8)
+        self.active_id = self.layers[-1].id if self.layers else None
+        self._done.clear()
+        self._undone.clear()
+        self._clean_at = 0
+        self.changed.emit("reset")
+        self.clean_changed.emit(True)
+
+    # -- operations (each one undoable command) -------------------------------------------------------
+    def add_layer(
+        self,
+        name: str = "",
+        pixels: np.ndarray | None = None,
+        index: int | None = None,
+        source: str | None = None,
+    ) -> Layer:
+        """Add a layer above the active one (or at `index`); transparent unless pixels are given."""
+        if pixels is None:
+            pixels = blank_pixels(self.width, self.height)
+        elif pixels.shape[2] == 3:
+            pixels = rgb_to_rgba(pixels)
+        layer = Layer(name or f"Layer {len(self.layers) + 1}", pixels.copy(), source=source)
+        if index is None:
+            index = self.index_of(self.active_id) + 1 if self.active_id else len(self.layers)
+        self.push(AddLayer(layer, index, label="Add result" if source else "Add layer"))
+        return layer
+
+    def delete_layer(self, layer_id: str) -> None:
+        """Delete a layer (undoable)."""
+        self.push(RemoveLayer(self.layer(layer_id), self.index_of(layer_id)))
+
+    def duplicate_layer(self, layer_id: str) -> Layer:
+        """Copy a layer above itself."""
+        src = self.layer(layer_id)
+        copy = src.copy(id=new_id(), name=f"{src.name} copy")
+        self.push(AddLayer(copy, self.index_of(layer_id) + 1, label="Duplicate layer"))
+        return copy
+
+    def move_layer(self, layer_id: str, new_index: int) -> None:
+        """Move a layer to a new position (0 = bottom)."""
+        old = self.index_of(layer_id)
+        new_index = max(0, min(new_index, len(self.layers) - 1))
+        if old != new_index:
+            self.push(MoveLayer(old, new_index))
+
+    def set_layer(self, layer_id: str, **props: Any) -> None:
+        """Change name, opacity and/or visible of a layer (no command when nothing changes)."""
+        allowed = {"name", "opacity", "visible"}
+        if not set(props) <= allowed:
+            raise ValueError(f"unknown layer properties: {sorted(set(props) - allowed)}")
+        layer = self.layer(layer_id)
+        new = {k: v for k, v in props.items() if getattr(layer, k) != v}
+        if new:
+            old = {k: getattr(layer, k) for k in new}
+            label = "Rename layer" if "name" in new else "Layer properties"
+            self.push(SetLayerProps(layer_id, old, new, label=label))
+
+    def paint(
+        self, layer_id: str, x: int, y: int, after: np.ndarray, label: str = "Paint", by_person: bool = True
+    ) -> None:
+        """Replace a rectangle of a layer's RGBA pixels, clipped to the canvas."""
+        layer = self.layer(layer_id)
+        x, y, after = _clip(x, y, after, self.width, self.height)
+        if after.size == 0:
+            return
+        h, w = after.shape[:2]
+        before = layer.pixels[y : y + h, x : x + w].copy()
+        if np.array_equal(before, after):
+            return
+        self.push(Paint(layer_id, x, y, before, after.copy(), by_person, layer.painted, label=label))
+
+    def fill(self, layer_id: str, rgba: tuple[int, int, int, int]) -> None:
+        """Fill a whole layer with one colour."""
+        self.paint(layer_id, 0, 0, blank_pixels(self.width, self.height, rgba), label="Fill")
+
+    def clear(self, layer_id: str) -> None:
+        """Make a whole layer transparent."""
+        self.paint(layer_id, 0, 0, blank_pixels(self.width, self.height), label="Clear")
+
+    def paint_mask(self, x: int, y: int, after: np.ndarray, label: str = "Mask") -> None:
+        """Replace a rectangle of the inpainting mask (255 = repaint), clipped to the canvas."""
+        x, y, after = _clip(x, y, after, self.width, self.height)
+        if after.size == 0:
+            return
+        h, w = after.shape[:2]
+        before = self.mask[y : y + h, x : x + w].copy()
+        if not np.array_equal(before, after):
+            self.push(PaintMask(x, y, before, after.astype(np.uint8).copy(), label=label))
+
+    def clear_mask(self) -> None:
+        """Remove the whole inpainting mask (undoable)."""
+        self.paint_mask(0, 0, np.zeros_like(self.mask), label="Clear mask")
+
+
+def _clip(x: int, y: int, patch: np.ndarray, width: int, height: int) -> tuple[int, int, np.ndarray]:
+    """Clip a patch placed at (x, y) to a width×height canvas."""
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + patch.shape[1], width), min(y + patch.shape[0], height)
+    if x1 <= x0 or y1 <= y0:
+        return x0, y0, patch[:0, :0]
+    return x0, y0, patch[y0 - y : y1 - y, x0 - x : x1 - x]
