@@ -1,0 +1,193 @@
+"""Tiny random-weight Stable Diffusion pipelines for tests: SD1.x- and SDXL-shaped, offline, fast.
+
+Public API (other test modules use these):
+- `build_tiny_sd(seed=0, inpaint=False) -> StableDiffusionPipeline` (9-channel UNet when `inpaint`)
+- `build_tiny_sdxl(seed=0) -> StableDiffusionXLPipeline`
+- `save_tiny_sd(path, seed=0) -> Path` / `save_tiny_sdxl(path, seed=0) -> Path`: a diffusers folder
+- `tiny_tokenizer_folder(path) -> Path`: the byte-level CLIP tokenizer files
+
+The shapes follow the real models (VAE downsamples by 8, CLIP text towers, SDXL's text-time embedding),
+scaled down so that a few steps at 64×64 take well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+MAX_LENGTH = 77
+TEXT_DIM = 32
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's reversible byte → printable-character map (the same table GPT-2 and open_clip use).
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def tiny_tokenizer_folder(path: str | Path, pad_token: str = "<|endoftext|>") -> Path:
+    """Write a byte-level CLIP tokenizer (514 symbols, no merges) into `path` and return it."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
+    (path / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": MAX_LENGTH,
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": pad_token,
+        "do_lower_case": True,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+def _tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return CLIPTokenizer.from_pretrained(tiny_tokenizer_folder(tmp, pad_token))
+
+
+def _text_config(**extra: object) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=514,
+        hidden_size=TEXT_DIM,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=512,
+        eos_token_id=513,
+        pad_token_id=513,
+        hidden_act="quick_gelu",
+        **extra,
+    )
+
+
+def _vae() -> AutoencoderKL:
+    # Four blocks so that the VAE downsamples by 8 like the real one (three explicit-pad Downsample2D).
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=4,
+        sample_size=64,
+    )
+
+
+def _scheduler() -> EulerDiscreteScheduler:
+    return EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+
+
+def build_tiny_sd(seed: int = 0, inpaint: bool = False) -> StableDiffusionPipeline:
+    """A random-weight SD1.x-shaped pipeline in float32 on the CPU (9-channel UNet when `inpaint`)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=9 if inpaint else 4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config()),
+        tokenizer=_tokenizer(),
+        unet=unet,
+        scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
+    """A random-weight SDXL-shaped pipeline (two text towers, text-time conditioning), float32 on the CPU."""
+    torch.manual_seed(seed)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=2 * TEXT_DIM,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        # six time ids (original size, crop, target size) plus the pooled text embedding
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_DIM,
+        norm_num_groups=16,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config()),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_DIM)),
+        tokenizer=_tokenizer(),
+        tokenizer_2=_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_sd(path: str | Path, seed: int = 0, inpaint: bool = False) -> Path:
+    """Save a tiny SD1.x pipeline as a diffusers folder (safetensors weights) and return the folder."""
+    path = Path(path)
+    build_tiny_sd(seed, inpaint=inpaint).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def save_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
+    """Save a tiny SDXL pipeline as a diffusers folder (safetensors weights) and return the folder."""
+    path = Path(path)
+    build_tiny_sdxl(seed).save_pretrained(path, safe_serialization=True)
+    return path
