@@ -117,7 +117,8 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def clip_vocab(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
     """vocab.json and merges.txt contents exactly as open_clip's SimpleTokenizer builds them."""
-    lines = gzip.open(bpe_gz).read().decode("utf-8").split("\n")
+    with gzip.open(bpe_gz) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
@@ -182,7 +183,7 @@ def build(bpe_gz: Path) -> None:
             "<|endoftext|>",
             PNDMScheduler(**SD_BETAS, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1),
         ),
-        # The published SD 2.1 (768 px) predicts v; its 512-px base predicts epsilon (set in the request's model).
+        # The published SD 2.1 (768 px) predicts v; its 512-px base predicts epsilon.
         (
             "sd21",
             SD21_UNET,
