@@ -1,0 +1,271 @@
+"""The one long-lived engine thread and its mailbox.
+
+`EngineHost.submit(request)` puts the request in a one-slot mailbox (a newer submission replaces one not
+yet started) and sets the running request's cancel Event, so the engine thread is never asked to run a
+queued slot call while it is busy. The thread takes the newest request and iterates `engine.generate`;
+what it yields reaches the GUI thread as queued signals, with at most one preview frame pending: a frame
+the GUI has not yet taken is replaced by the next one, so a slow GUI drops frames instead of piling them up.
+
+Public signals are emitted on the thread the host lives in (the GUI thread), so anything connected to them,
+lambdas included, runs there. The GUI thread never waits on the engine thread, except in `shutdown`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import threading
+from dataclasses import dataclass
+
+from PySide6.QtCore import QCoreApplication, QObject, Signal, Slot
+
+from backend.engine import Engine
+from backend.errors import StudioError
+from backend.events import Done, StepEvent
+from backend.request import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Run:
+    request: Request
+    cancel: threading.Event
+
+
+class EngineHost(QObject):
+    """Owns the engine thread: a one-slot mailbox in, started/step/done/cancelled/failed/idle signals out.
+
+    Signals (all on the host's thread):
+      started(Request)        the engine thread took this request and began running it
+      step(StepEvent)         the newest preview frame (older undelivered frames are dropped)
+      done(Done)              a run finished; never emitted for a cancelled run
+      cancelled(Request)      a started run stopped because it was cancelled or superseded
+      failed(Request, str)    a run raised; the message is meant for a person
+      idle()                  the engine thread finished a run and found the mailbox empty
+    """
+
+    started = Signal(object)
+    step = Signal(object)
+    done = Signal(object)
+    cancelled = Signal(object)
+    failed = Signal(object, str)
+    idle = Signal()
+
+    # Emitted from the engine thread; connected (queued) to slots of this object on its own thread.
+    _w_started = Signal(object)
+    _w_frame = Signal()
+    _w_done = Signal(object)
+    _w_cancelled = Signal(object)
+    _w_failed = Signal(object, str)
+    _w_idle = Signal()
+
+    def __init__(self, engine: Engine, name: str = "studio-engine") -> None:
+        super().__init__()
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._mailbox: Request | None = None
+        self._run: _Run | None = None
+        self._stopping = False
+        self._closed = False
+        self._frame: StepEvent | None = None  # the one pending frame, guarded by _cond
+        self._w_started.connect(self._on_started)
+        self._w_frame.connect(self._on_frame)
+        self._w_done.connect(self._on_done)
+        self._w_cancelled.connect(self._on_cancelled)
+        self._w_failed.connect(self._on_failed)
+        self._w_idle.connect(self._on_idle)
+        # A strong reference until the thread ends (DESIGN: keep the thread referenced until it is joined).
+        self._worker = threading.Thread(target=self._loop, name=name, daemon=False)
+        self._worker.start()
+        app = QCoreApplication.instance()
+        if app is not None:
+            # Safety net: a window that forgets to shut the host down must not hang at interpreter exit.
+            app.aboutToQuit.connect(self.shutdown)
+
+    # -- GUI-thread API --------------------------------------------------------------------------------
+    def submit(self, request: Request) -> None:
+        """Run `request` next: replace any request not yet started and cancel the running one."""
+        with self._cond:
+            if self._stopping:
+                return
+            self._mailbox = request
+            if self._run is not None:
+                self._run.cancel.set()
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        """Cancel the running request and drop the one waiting in the mailbox."""
+        with self._cond:
+            self._mailbox = None
+            if self._run is not None:
+                self._run.cancel.set()
+
+    @property
+    def busy(self) -> bool:
+        """True while a request runs or waits in the mailbox."""
+        with self._cond:
+            return self._run is not None or self._mailbox is not None
+
+    @property
+    def running(self) -> Request | None:
+        """The request the engine thread is running now, if any."""
+        with self._cond:
+            return self._run.request if self._run is not None else None
+
+    def is_alive(self) -> bool:
+        """True until the engine thread has ended (after `shutdown`)."""
+        return self._worker.is_alive()
+
+    @Slot()
+    def shutdown(self, timeout: float = 10.0) -> bool:
+        """Cancel, stop the engine thread and join it; True when it ended within `timeout` seconds.
+
+        Safe to call more than once. Events still queued for the GUI thread are dropped.
+        """
+        with self._cond:
+            self._stopping = True
+            self._closed = True
+            self._mailbox = None
+            if self._run is not None:
+                self._run.cancel.set()
+            self._cond.notify_all()
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout)
+        if self._worker.is_alive():
+            log.warning("engine thread did not stop within %.1f s", timeout)
+            return False
+        return True
+
+    # -- engine thread ---------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._mailbox is None and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                run = self._run = _Run(self._mailbox, threading.Event())  # type: ignore[arg-type]
+                self._mailbox = None
+            self._execute(run)
+            with self._cond:
+                self._run = None
+                now_idle = self._mailbox is None and not self._stopping
+            if now_idle:
+                self._w_idle.emit()
+
+    def _execute(self, run: _Run) -> None:
+        """Run one request to its end, turning every outcome into one signal."""
+        request, cancel = run.request, run.cancel
+        self._w_started.emit(request)
+        message = None
+        events = None
+        finished = False
+        try:
+            events = self.engine.generate(request, cancel)
+            for ev in events:
+                if cancel.is_set():
+                    break
+                if isinstance(ev, StepEvent):
+                    self._post_frame(ev)
+                elif isinstance(ev, Done):
+                    finished = True
+                    self._w_done.emit(ev)
+        except Exception as exc:  # the engine thread must survive anything a run raises
+            message = describe_error(exc)
+            if not isinstance(exc, StudioError):
+                log.error("generation failed", exc_info=exc)
+        finally:
+            if events is not None and hasattr(events, "close"):
+                try:
+                    events.close()  # run the engine's own clean-up here, on its thread
+                except Exception:
+                    log.exception("engine clean-up failed")
+            events = None
+        if message is not None:
+            free_memory()
+        if finished:
+            return  # an error after the image (in clean-up) was logged; the result stands
+        if cancel.is_set():
+            self._w_cancelled.emit(request)
+        else:
+            self._w_failed.emit(request, message or "The engine stopped without producing an image.")
+
+    def _post_frame(self, ev: StepEvent) -> None:
+        with self._cond:
+            notify = self._frame is None
+            self._frame = ev
+        if notify:
+            self._w_frame.emit()
+
+    # -- back on the host's thread ---------------------------------------------------------------------
+    @Slot(object)
+    def _on_started(self, request: Request) -> None:
+        if not self._closed:
+            self.started.emit(request)
+
+    @Slot()
+    def _on_frame(self) -> None:
+        with self._cond:
+            ev, self._frame = self._frame, None
+        if ev is not None and not self._closed:
+            self.step.emit(ev)
+
+    @Slot(object)
+    def _on_done(self, done: Done) -> None:
+        if not self._closed:
+            self.done.emit(done)
+
+    @Slot(object)
+    def _on_cancelled(self, request: Request) -> None:
+        if not self._closed:
+            self.cancelled.emit(request)
+
+    @Slot(object, str)
+    def _on_failed(self, request: Request, message: str) -> None:
+        if not self._closed:
+            self.failed.emit(request, message)
+
+    @Slot()
+    def _on_idle(self) -> None:
+        if not self._closed and not self.busy:
+            self.idle.emit()
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message a person can act on, for any exception a run raised."""
+    if isinstance(exc, StudioError):
+        return str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if is_out_of_memory(exc):
+        detail = f" ({text})" if text else ""
+        return (
+            f"Out of memory while generating{detail}. Try a smaller size, fewer steps or fewer "
+            "references, or close other programs using the GPU; the memory has been freed and you can "
+            "generate again."
+        )
+    return f"Generation failed: {type(exc).__name__}: {text or 'no details'} (the full error is in the log)"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's OutOfMemoryError (CUDA, MPS) and Python's MemoryError."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    """Release what a failed run left behind: Python garbage and, if torch is loaded, cached GPU memory."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+        mps = getattr(torch, "mps", None)
+        if mps is not None and torch.backends.mps.is_available():
+            mps.empty_cache()
+    except Exception:  # freeing memory is best effort; never let it take the engine thread down
+        log.debug("could not empty the device cache", exc_info=True)
