@@ -1,0 +1,142 @@
+"""Zip archives of PNG images, read and written safely: shared by `.studio` projects and OpenRaster files.
+
+Reading never extracts anything to disk: members are read into memory by name, after every name in the
+archive has been checked (no absolute paths, no `..`, no drive letters or backslashes) and every declared
+size has been checked against a limit, so a hostile archive can neither write outside its place nor
+exhaust memory. Images decode through `backend.images.open_image`, which refuses decompression bombs.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image
+
+from backend.errors import ImageError, StudioError
+from backend.images import open_image
+
+MAX_MEMBERS = 20_000
+MAX_MEMBER_BYTES = 512 * 1024 * 1024  # declared uncompressed size of one member
+MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024  # declared uncompressed size of the whole archive
+# Letters of any script, digits, spaces and punctuation (GIMP names ORA members after layers), but no
+# control characters, backslashes or colons (Windows separators and drive letters).
+_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\:]")
+
+
+class ProjectError(StudioError):
+    """A project or layered-image file that cannot be opened or saved; the message says why."""
+
+
+def is_safe_member_name(name: str) -> bool:
+    """True for a plain relative name such as `layers/ab12.png` (no `..`, no absolute path, no oddities)."""
+    if not name or len(name) > 1024 or _BAD_CHARS.search(name):
+        return False
+    return all(part.strip() not in ("", ".", "..") for part in name.split("/"))
+
+
+def open_archive(path: str | Path, what: str) -> zipfile.ZipFile:
+    """Open a zip for reading after checking every member's name and declared size."""
+    label = Path(path).name
+    try:
+        archive = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise ProjectError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise ProjectError(f"{label}: is a folder, not a {what}") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise ProjectError(f"{label}: not a {what} (not a zip archive: {exc})") from None
+    try:
+        infos = archive.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ProjectError(f"{label}: holds {len(infos)} entries, more than a {what} ever needs")
+        total = 0
+        for info in infos:
+            if info.is_dir():
+                continue
+            if not is_safe_member_name(info.filename):
+                raise ProjectError(f"{label}: refusing an entry with an unsafe name: {info.filename!r}")
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise ProjectError(
+                    f"{label}: entry {info.filename!r} declares {info.file_size} bytes; too large"
+                )
+            total += info.file_size
+        if total > MAX_TOTAL_BYTES:
+            raise ProjectError(f"{label}: declares {total} bytes of content; too large to open safely")
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of one member, read in memory; refuses a missing member or one larger than `limit`."""
+    label = Path(archive.filename or "archive").name
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise ProjectError(f"{label}: the entry {name!r} is missing; the file is incomplete") from None
+    if info.file_size > limit:
+        raise ProjectError(f"{label}: entry {name!r} declares {info.file_size} bytes; too large")
+    try:
+        with archive.open(info) as member:
+            # Read one byte past the limit so a header that lies about the size is still caught.
+            data = member.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+        raise ProjectError(f"{label}: entry {name!r} is damaged ({exc})") from None
+    if len(data) > limit:
+        raise ProjectError(f"{label}: entry {name!r} is larger than it declares")
+    return data
+
+
+def png_bytes(pixels: np.ndarray, compress_level: int = 1) -> bytes:
+    """Encode an H×W×4 RGBA, H×W×3 RGB or H×W grey uint8 array as PNG (fast compression: saves are hot)."""
+    mode = {2: "L"}.get(pixels.ndim) or {3: "RGB", 4: "RGBA"}[pixels.shape[2]]
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8), mode).save(
+        buf, format="PNG", compress_level=compress_level
+    )
+    return buf.getvalue()
+
+
+def write_png(archive: zipfile.ZipFile, name: str, pixels: np.ndarray) -> None:
+    """Store an image as a PNG member (stored, not deflated: PNG is already compressed)."""
+    archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), png_bytes(pixels))
+
+
+def write_text(archive: zipfile.ZipFile, name: str, text: str, compress: bool = True) -> None:
+    """Store a text member (deflated unless `compress` is False, as OpenRaster's `mimetype` needs)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    archive.writestr(info, text.encode("utf-8"))
+
+
+def read_png(
+    archive: zipfile.ZipFile, name: str, mode: str = "RGBA", size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Decode a PNG member to a uint8 array in `mode` ("RGBA", "RGB" or "L"), optionally of an exact size."""
+    label = Path(archive.filename or "archive").name
+    data = read_member(archive, name)
+    try:
+        image = open_image(io.BytesIO(data))
+    except ImageError as exc:
+        raise ProjectError(f"{label}: entry {name!r}: {exc}") from None
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        from backend.images import pil_to_array
+
+        image = Image.fromarray(pil_to_array(image, mask=True), "L")
+    pixels = np.asarray(image.convert(mode), dtype=np.uint8).copy()
+    if size is not None and (pixels.shape[1], pixels.shape[0]) != size:
+        raise ProjectError(
+            f"{label}: entry {name!r} is {pixels.shape[1]}×{pixels.shape[0]}, expected {size[0]}×{size[1]}"
+        )
+    return pixels
+
+
+def new_archive(handle: BinaryIO) -> zipfile.ZipFile:
+    """A zip writer over an open binary file (deflate for text members; PNG members are stored)."""
+    return zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED, allowZip64=True)

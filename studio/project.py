@@ -1,0 +1,359 @@
+"""The `.studio` project file: a zip with a versioned JSON manifest, every layer, the mask and the gallery.
+
+Layout of the archive:
+    mimetype                      "application/x-studio-project" (first, stored)
+    manifest.json                 format, version, canvas, layers, gallery with recipes, history, lineage
+    layers/<layer id>.png         RGBA, straight alpha, one per layer
+    mask.png                      L, 255 = repaint
+    gallery/<result id>.png       RGB result images
+    gallery/<result id>.attr.npy  the patch engine's attribution map, when the result has one
+
+`save_project` writes atomically (the old file survives any crash); `load_project` reads and validates
+everything into a `ProjectData` before the caller touches its document, so a bad file changes nothing.
+Older formats are upgraded by the chain in `MIGRATIONS`; a newer format is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from backend.errors import StudioError
+from backend.request import Request
+from studio.archive import (
+    ProjectError,
+    new_archive,
+    open_archive,
+    read_member,
+    read_png,
+    write_png,
+    write_text,
+)
+from studio.atomic import atomic_write, remove_stale_temps
+from studio.document import Document, Layer
+from studio.gallery import Gallery, Result
+from studio.recipe import recipe_from_dict, recipe_to_dict
+
+__all__ = ["FORMAT_VERSION", "ProjectData", "ProjectError", "load_project", "save_project", "MIGRATIONS"]
+
+FORMAT = "studio-project"
+FORMAT_VERSION = 1
+MIMETYPE = "application/x-studio-project"
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # recipes embed init images as base64, so allow a roomy manifest
+MAX_SIDE = 16384
+
+
+@dataclass
+class ProjectData:
+    """Everything a project file holds, validated and decoded, ready to hand to a Document and Gallery."""
+
+    width: int
+    height: int
+    layers: list[Layer]
+    mask: np.ndarray
+    active_id: str | None = None
+    results: list[Result] = field(default_factory=list)
+    prompt_history: list[str] = field(default_factory=list)
+    save_id: str = ""  # changes on every save: lets the recovery journal tell which save it builds on
+    notes: list[str] = field(default_factory=list)  # what a migration or a newer recipe could not keep
+
+    def apply_to(self, document: Document, gallery: Gallery | None = None) -> None:
+        """Replace a document's (and gallery's) contents with this project; the document becomes clean."""
+        document.reset(self.width, self.height, [layer.copy() for layer in self.layers], self.mask.copy())
+        if self.active_id is not None and any(layer.id == self.active_id for layer in document.layers):
+            document.active_id = self.active_id
+        if gallery is not None:
+            gallery.replace_all(list(self.results))
+
+
+def project_data(
+    document: Document, gallery: Gallery | None = None, prompt_history: Sequence[str] = ()
+) -> ProjectData:
+    """A snapshot of the live document, gallery and history (pixels copied)."""
+    return ProjectData(
+        width=document.width,
+        height=document.height,
+        layers=[layer.copy() for layer in document.layers],
+        mask=document.mask.copy(),
+        active_id=document.active_id,
+        results=list(gallery.results) if gallery is not None else [],
+        prompt_history=list(prompt_history),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ save
+
+
+def save_project(
+    path: str | Path,
+    document: Document | ProjectData,
+    gallery: Gallery | None = None,
+    prompt_history: Sequence[str] = (),
+) -> str:
+    """Write a project file atomically; returns the new save id (recorded in the manifest).
+
+    The document is not marked clean here: the caller does that once the save has succeeded.
+    """
+    data = document if isinstance(document, ProjectData) else project_data(document, gallery, prompt_history)
+    save_id = uuid.uuid4().hex
+    try:
+        atomic_write(path, lambda handle: _write_archive(handle, data, save_id))
+    except StudioError:
+        raise
+    except OSError as exc:
+        raise ProjectError(f"{Path(path).name}: could not save ({exc.strerror or exc})") from None
+    remove_stale_temps(path)
+    return save_id
+
+
+def _write_archive(handle: BinaryIO, data: ProjectData, save_id: str) -> None:
+    with new_archive(handle) as archive:
+        write_text(archive, "mimetype", MIMETYPE, compress=False)
+        for layer in data.layers:
+            write_png(archive, f"layers/{layer.id}.png", layer.pixels)
+        write_png(archive, "mask.png", data.mask)
+        for result in data.results:
+            write_png(archive, f"gallery/{result.id}.png", result.image)
+            if result.attribution is not None:
+                buf = io.BytesIO()
+                np.save(buf, np.ascontiguousarray(result.attribution), allow_pickle=False)
+                archive.writestr(f"gallery/{result.id}.attr.npy", buf.getvalue())
+        # The manifest goes last so a reader that finds it knows every image before it was written.
+        write_text(archive, MANIFEST, json.dumps(_manifest(data, save_id), ensure_ascii=False, indent=1))
+
+
+def _manifest(data: ProjectData, save_id: str) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "save_id": save_id,
+        "canvas": {"width": data.width, "height": data.height},
+        "layers": [
+            {
+                "id": layer.id,
+                "name": layer.name,
+                "opacity": float(layer.opacity),
+                "visible": bool(layer.visible),
+                "source": layer.source,
+                "painted": bool(layer.painted),
+                "image": f"layers/{layer.id}.png",
+            }
+            for layer in data.layers
+        ],
+        "active_layer": data.active_id,
+        "mask": "mask.png",
+        "gallery": [result_to_json(result) for result in data.results],
+        "prompt_history": list(data.prompt_history),
+        "lineage": [[parent, r.id] for r in data.results for parent in r.parents],
+    }
+
+
+def result_to_json(result: Result) -> dict[str, Any]:
+    """A gallery result's manifest entry (everything but its pixels); the journal uses it too."""
+    return {
+        "id": result.id,
+        "recipe": recipe_to_dict(result.request, jsonable(result.extras)),
+        "parents": list(result.parents),
+        "painted": bool(result.painted),
+        "created": float(result.created),
+        "image": f"gallery/{result.id}.png",
+        "attribution": f"gallery/{result.id}.attr.npy" if result.attribution is not None else None,
+    }
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of engine extras: numpy values become plain numbers and lists."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 4096 else f"<array {value.shape} {value.dtype}>"
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+# ------------------------------------------------------------------------------------------------ load
+
+
+def load_project(path: str | Path) -> ProjectData:
+    """Read and validate a whole project file; raises ProjectError with a clear message on any problem."""
+    label = Path(path).name
+    with open_archive(path, "studio project") as archive:
+        raw = read_member(archive, MANIFEST, MAX_MANIFEST_BYTES)
+        try:
+            manifest = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ProjectError(f"{label}: the manifest is not valid JSON ({exc})") from None
+        manifest, notes = migrate(manifest, label)
+        try:
+            data = _read(archive, manifest, label)
+        except ProjectError:
+            raise
+        except StudioError as exc:  # a recipe or image the project holds is bad
+            raise ProjectError(f"{label}: {exc}") from None
+    data.notes = notes + data.notes
+    return data
+
+
+def migrate(manifest: Any, label: str = "project") -> tuple[dict[str, Any], list[str]]:
+    """Bring a manifest of any known version up to FORMAT_VERSION; refuse one from a newer studio."""
+    if not isinstance(manifest, dict) or manifest.get("format", FORMAT) != FORMAT:
+        raise ProjectError(f"{label}: not a studio project (the manifest has the wrong format)")
+    version = manifest.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise ProjectError(f"{label}: the manifest's version is not a whole number ({version!r:.40})")
+    if version > FORMAT_VERSION:
+        raise ProjectError(
+            f"{label} was written by a newer studio (project format {version}; this studio reads up to "
+            f"{FORMAT_VERSION}). Update the studio to open it; the file has not been changed."
+        )
+    notes: list[str] = []
+    while version < FORMAT_VERSION:
+        manifest, note = MIGRATIONS[version](manifest)
+        version += 1
+        manifest["version"] = version
+        if note:
+            notes.append(note)
+    return manifest, notes
+
+
+def _from_v0(manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """Format 0 (the unversioned draft): `size` [w, h], layers without ids or lineage, `history`."""
+    out = dict(manifest)
+    size = out.pop("size", None)
+    if isinstance(size, list) and len(size) == 2:
+        out["canvas"] = {"width": size[0], "height": size[1]}
+    layers = out.get("layers")
+    if isinstance(layers, list):
+        out["layers"] = [
+            {"id": f"layer{i}", "source": None, "painted": False, **entry}
+            if isinstance(entry, dict)
+            else entry
+            for i, entry in enumerate(layers)
+        ]
+    out.setdefault("prompt_history", out.pop("history", []))
+    out.setdefault("gallery", [])
+    out.setdefault("lineage", [])
+    return out, "upgraded from project format 0; layers got new ids"
+
+
+# Each entry upgrades a manifest from its version to the next one.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], tuple[dict[str, Any], str]]] = {0: _from_v0}
+
+
+def _want(value: Any, kind: type | tuple[type, ...], what: str, label: str) -> Any:
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ProjectError(f"{label}: {what} should be a number, not {value!r}")
+    if not isinstance(value, kind):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ProjectError(f"{label}: {what} should be {name}, not {type(value).__name__}")
+    return value
+
+
+def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
+    canvas = _want(m.get("canvas"), dict, "the canvas", label)
+    width = _want(canvas.get("width"), int, "the canvas width", label)
+    height = _want(canvas.get("height"), int, "the canvas height", label)
+    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+        raise ProjectError(f"{label}: a {width}×{height} canvas is outside 1…{MAX_SIDE} pixels")
+    size = (width, height)
+    layers: list[Layer] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(_want(m.get("layers"), list, "the layer list", label)):
+        what = f"layer {i + 1}"
+        _want(entry, dict, what, label)
+        layer_id = _want(entry.get("id"), str, f"{what}'s id", label)
+        if not layer_id or layer_id in seen:
+            raise ProjectError(f"{label}: {what} has an empty or repeated id")
+        seen.add(layer_id)
+        opacity = float(_want(entry.get("opacity", 1.0), (int, float), f"{what}'s opacity", label))
+        source = entry.get("source")
+        if source is not None:
+            _want(source, str, f"{what}'s source", label)
+        layers.append(
+            Layer(
+                name=_want(entry.get("name", ""), str, f"{what}'s name", label),
+                pixels=read_png(
+                    archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGBA", size
+                ),
+                opacity=min(max(opacity, 0.0), 1.0),
+                visible=_want(entry.get("visible", True), bool, f"{what}'s visibility", label),
+                id=layer_id,
+                source=source,
+                painted=_want(entry.get("painted", False), bool, f"{what}'s painted flag", label),
+            )
+        )
+    mask_name = _want(m.get("mask", "mask.png"), str, "the mask", label)
+    mask = read_png(archive, mask_name, "L", size)
+    active = m.get("active_layer")
+    if active is not None and active not in seen:
+        active = None  # a dangling active layer is harmless: fall back to the top one
+    results = [
+        _read_result(archive, e, i, label)
+        for i, e in enumerate(_want(m.get("gallery", []), list, "the gallery", label))
+    ]
+    history = _want(m.get("prompt_history", []), list, "the prompt history", label)
+    if not all(isinstance(p, str) for p in history):
+        raise ProjectError(f"{label}: the prompt history should be a list of texts")
+    notes: list[str] = []
+    save_id = m.get("save_id", "")
+    return ProjectData(
+        width,
+        height,
+        layers,
+        mask,
+        active,
+        results,
+        list(history),
+        save_id if isinstance(save_id, str) else "",
+        notes,
+    )
+
+
+def _read_result(archive: Any, entry: Any, i: int, label: str) -> Result:
+    what = f"gallery entry {i + 1}"
+    _want(entry, dict, what, label)
+    result_id = _want(entry.get("id"), str, f"{what}'s id", label)
+    recipe = recipe_from_dict(entry.get("recipe"))
+    parents = _want(entry.get("parents", []), list, f"{what}'s parents", label)
+    if not all(isinstance(p, str) for p in parents):
+        raise ProjectError(f"{label}: {what}'s parents should be a list of ids")
+    image = read_png(archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGB")
+    attribution = None
+    attr_name = entry.get("attribution")
+    if attr_name is not None:
+        attribution = _read_array(archive, _want(attr_name, str, f"{what}'s attribution", label), label)
+    return Result(
+        image=image,
+        request=recipe.request if isinstance(recipe.request, Request) else Request(),
+        extras=recipe.extras,
+        parents=tuple(parents),
+        painted=_want(entry.get("painted", False), bool, f"{what}'s painted flag", label),
+        id=result_id,
+        created=float(_want(entry.get("created", 0.0), (int, float), f"{what}'s time", label)),
+        attribution=attribution,
+    )
+
+
+def _read_array(archive: Any, name: str, label: str) -> np.ndarray:
+    data = read_member(archive, name)
+    try:
+        # allow_pickle=False: an .npy member can never run code, only describe numbers.
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ProjectError(f"{label}: entry {name!r} is not a readable array ({exc})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or array.ndim > 3:
+        raise ProjectError(f"{label}: entry {name!r} is not a numeric image-shaped array")
+    return array
