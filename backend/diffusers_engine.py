@@ -1,0 +1,364 @@
+"""The diffusers engine: Stable Diffusion 1.x/2.x/SDXL, one denoising step at a time, with live previews.
+
+The loop in `_denoise` is diffusers' own pipeline loop written out (set_timesteps, scale_model_input, UNet,
+guidance, scheduler.step) so that it can stop within a step, stream a preview of x0 after every step, and
+steer the conditioning per step. With the same components, scheduler, seed and settings it gives the
+pipeline's image (tests/test_diffusers_parity.py).
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
+
+from backend.devices import describe, pick_device, pick_dtype
+from backend.errors import ModelError, RequestError, StudioError
+from backend.events import Done, Event, StepEvent
+from backend.latent_controls import ConceptShift, Embeds, Tiling, conditioning_at, first_step
+from backend.models import LoadedModel, family_of, load_model, model_hash
+from backend.previews import Previewer, load_taesd
+from backend.request import Request
+from backend.sampling import (
+    classifier_free_guidance,
+    clean_estimate,
+    current_sigma,
+    img2img_timesteps,
+    initial_noise,
+    latent_mask,
+    reimpose_known,
+    step_kwargs,
+    to_uint8,
+    uses_guidance,
+)
+from backend.schedulers import make_scheduler
+
+
+class DiffusersEngine:
+    """Runs requests on a Stable Diffusion pipeline kept loaded between requests (one thread owns it)."""
+
+    def __init__(
+        self,
+        device: str | None = None,
+        dtype: str | None = None,
+        taesd: str | None = None,
+        model_folders: tuple[str, ...] = (),
+        allow_pickle: bool = False,
+        **_: Any,
+    ) -> None:
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(self.device, dtype)
+        self.taesd_folder = taesd
+        self.model_folders = tuple(model_folders)
+        self.allow_pickle = allow_pickle
+        self.model: LoadedModel | None = None
+        self._taesd: dict[str, torch.nn.Module] = {}
+
+    # --- models ------------------------------------------------------------------------------------------
+
+    def use_pipeline(self, pipe: Any, name: str, source: str = "") -> LoadedModel:
+        """Run requests naming `name` on this already built pipeline (tests, benchmarks, embedding apps)."""
+        self._unload()
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        self.model = LoadedModel(pipe=pipe, name=name, source=source, family=family_of(pipe))
+        return self.model
+
+    def load(self, ref: str) -> LoadedModel:
+        """The model `ref`, loading it (and dropping the previous one) unless it is the one loaded."""
+        if self.model is not None and self.model.name == ref:
+            return self.model
+        self._unload()
+        self.model = load_model(ref, self.device, self.dtype, self.allow_pickle, self.model_folders)
+        return self.model
+
+    def _unload(self) -> None:
+        if self.model is not None:
+            self.model = None
+            _free_memory()
+
+    # --- running -----------------------------------------------------------------------------------------
+
+    def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
+        """Yield a StepEvent per step and, unless cancelled, a Done with the image and recipe extras."""
+        started = time.perf_counter()
+        try:
+            latents = yield from self._denoise(request, cancel, started)
+            if latents is None or cancel.is_set():
+                return  # a cancelled run decodes nothing
+            image = self._decode(request, latents)
+            extras = self._extras()
+        except torch.OutOfMemoryError:
+            raise self._out_of_memory(request) from None
+        except RuntimeError as exc:
+            if "allocate" in str(exc) or "out of memory" in str(exc):  # the CPU allocator's form of OOM
+                raise self._out_of_memory(request) from None
+            raise
+        if cancel.is_set():
+            return
+        yield Done(request.request_id, to_uint8(image), request, extras, None, time.perf_counter() - started)
+
+    def render(self, request: Request) -> np.ndarray:
+        """The finished image as floats in [0, 1] (H×W×3), before uint8 rounding: what Done.image rounds."""
+        run = self._denoise(request, threading.Event(), time.perf_counter(), previews=False)
+        while True:
+            try:
+                next(run)
+            except StopIteration as stop:
+                return self._decode(request, stop.value)
+
+    def _denoise(
+        self, r: Request, cancel: threading.Event, started: float, previews: bool = True
+    ) -> Generator[StepEvent, None, torch.Tensor | None]:
+        # 1. Model, scheduler and generator. The generator is drawn from in the pipelines' order:
+        #    VAE encoding of an init image, then the starting noise, then ancestral steps.
+        model = self.load(r.model)
+        pipe, device = model.pipe, self.device
+        scheduler = make_scheduler(r.scheduler, pipe.scheduler.config)
+        generator = torch.Generator("cpu").manual_seed(r.seed)
+        guided = uses_guidance(r.guidance, pipe.unet.config)
+        tiling = Tiling()
+        if r.tiling:
+            tiling.apply(self._tiled_modules(model, r))
+        try:
+            # 2. Text conditioning: prompt (blended towards prompt B), negative, concept directions.
+            cond, uncond = self._encode(pipe, r.prompt, r.negative_prompt, guided)
+            if r.blend > 0:
+                cond = cond.blend(self._encode(pipe, r.prompt_b, "", False)[0], r.blend)
+
+            # 3. Timesteps: all of them, or the tail an init image enters at.
+            scheduler.set_timesteps(r.steps, device=device)
+            if r.init_image is not None:
+                timesteps = img2img_timesteps(scheduler, r.steps, r.strength)
+                if len(timesteps) == 0:
+                    raise RequestError(
+                        f"strength {r.strength} with {r.steps} steps leaves no step to run; raise either"
+                    )
+            else:
+                timesteps = scheduler.timesteps
+                if hasattr(scheduler, "set_begin_index"):
+                    scheduler.set_begin_index(0)
+            shifts = [
+                ConceptShift(
+                    self._concept_direction(pipe, c.positive, c.negative),
+                    c.weight,
+                    first_step(c.start, len(timesteps)),
+                )
+                for c in r.concepts
+                if c.weight != 0.0
+            ]
+
+            # 4. Latents: noise, or the init image noised to the first timestep; inpainting masks.
+            dtype = cond.tokens.dtype
+            shape = (1, 4, r.height // pipe.vae_scale_factor, r.width // pipe.vae_scale_factor)
+            image_latents = (
+                self._encode_image(pipe, r.init_image, generator) if r.init_image is not None else None
+            )
+            noise = initial_noise(shape, generator, device, dtype, r.variation_seed, r.variation_strength)
+            if image_latents is None or (r.strength >= 1.0 and r.mask is not None):
+                latents = noise * scheduler.init_noise_sigma
+            else:
+                latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+            mask = inpaint_extra = None
+            if r.mask is not None and image_latents is not None:
+                mask = latent_mask(r.mask.pixels, shape[-2:], device, dtype)
+                if model.inpaint_unet:
+                    inpaint_extra = self._inpaint_channels(pipe, r, mask, generator, guided)
+
+            # 5. Per-step inputs that do not change: SDXL's size conditioning, LCM's guidance embedding.
+            added = self._added_conditioning(pipe, r, guided, dtype)
+            timestep_cond = None
+            if pipe.unet.config.time_cond_proj_dim is not None:
+                w = torch.tensor(r.guidance - 1).repeat(1)
+                timestep_cond = pipe.get_guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim)
+                timestep_cond = timestep_cond.to(device=device, dtype=dtype)
+            extra_step = step_kwargs(scheduler, generator)
+            previewer = self._previewer(model, r) if previews else None
+
+            # 6. Denoising loop.
+            for i, t in enumerate(timesteps):
+                if cancel.is_set():
+                    return None
+                c = conditioning_at(cond, shifts, i)
+                model_input = torch.cat([latents] * 2) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, t)
+                if inpaint_extra is not None:
+                    model_input = torch.cat([model_input, inpaint_extra], dim=1)
+                sigma = current_sigma(scheduler)
+                noise_pred = pipe.unet(
+                    model_input,
+                    t,
+                    encoder_hidden_states=torch.cat([uncond.tokens, c.tokens]) if guided else c.tokens,
+                    timestep_cond=timestep_cond,
+                    added_cond_kwargs=_with_pooled(added, uncond, c, guided),
+                    return_dict=False,
+                )[0]
+                if guided:
+                    noise_uncond, noise_text = noise_pred.chunk(2)
+                    noise_pred = classifier_free_guidance(noise_uncond, noise_text, r.guidance)
+                sample = latents
+                out = scheduler.step(noise_pred, t, latents, **extra_step, return_dict=True)
+                latents = out.prev_sample
+                if mask is not None and inpaint_extra is None:
+                    next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
+                    latents = reimpose_known(latents, image_latents, noise, mask, scheduler, next_t)
+                frame = None
+                if previewer is not None:
+                    previewer.push(clean_estimate(out, scheduler, sample, noise_pred, t, sigma))
+                    frame = previewer.finish() if i + 1 == len(timesteps) else previewer.latest()
+                yield StepEvent(r.request_id, i + 1, len(timesteps), frame, time.perf_counter() - started)
+            return None if cancel.is_set() else latents
+        finally:
+            tiling.remove()  # patches live for one request only
+
+    # --- steps of the loop -------------------------------------------------------------------------------
+
+    def _encode(self, pipe: Any, prompt: str, negative: str, guided: bool) -> tuple[Embeds, Embeds]:
+        """(prompt, negative) conditioning through the pipeline's own encode_prompt."""
+        with torch.no_grad():
+            if hasattr(pipe, "text_encoder_2"):
+                # An empty negative is None so that SDXL uses its zero embedding, as the pipeline does.
+                pe, ne, pooled, npooled = pipe.encode_prompt(
+                    prompt=prompt,
+                    device=self.device,
+                    num_images_per_prompt=1,
+                    do_classifier_free_guidance=guided,
+                    negative_prompt=negative or None,
+                )
+                return Embeds(pe, pooled), Embeds(ne, npooled) if guided else Embeds(pe, pooled)
+            pe, ne = pipe.encode_prompt(prompt, self.device, 1, guided, negative)
+            return Embeds(pe), Embeds(ne) if guided else Embeds(pe)
+
+    def _concept_direction(self, pipe: Any, positive: str, negative: str) -> Embeds:
+        return self._encode(pipe, positive, "", False)[0].minus(self._encode(pipe, negative, "", False)[0])
+
+    def _encode_image(self, pipe: Any, picture: Any, generator: torch.Generator) -> torch.Tensor:
+        """Init image → scaled latents, sampled from the VAE's posterior with the run's generator."""
+        image = pipe.image_processor.preprocess(picture.to_pil()).to(self.device, pipe.vae.dtype)
+        with torch.no_grad():
+            latents = retrieve_latents(pipe.vae.encode(image), generator=generator)
+        return (pipe.vae.config.scaling_factor * latents).to(pipe.unet.dtype)
+
+    def _inpaint_channels(
+        self, pipe: Any, r: Request, mask: torch.Tensor, generator: torch.Generator, guided: bool
+    ) -> torch.Tensor:
+        """The 9-channel UNet's extra input: the mask and the latents of the image with the hole blanked."""
+        keep = torch.from_numpy(r.mask.pixels < 128)[None, None]
+        image = pipe.image_processor.preprocess(r.init_image.to_pil())
+        masked = (image * keep).to(self.device, pipe.vae.dtype)  # the hole becomes mid-grey (0 in [-1, 1])
+        with torch.no_grad():
+            latents = retrieve_latents(pipe.vae.encode(masked), generator=generator)
+        extra = torch.cat([mask, pipe.vae.config.scaling_factor * latents.to(mask.dtype)], dim=1)
+        return torch.cat([extra] * 2) if guided else extra
+
+    def _added_conditioning(
+        self, pipe: Any, r: Request, guided: bool, dtype: torch.dtype
+    ) -> dict[str, Any] | None:
+        """SDXL's micro-conditioning (original size, crop, target size); None for SD 1/2."""
+        if getattr(pipe.unet.config, "addition_embed_type", None) != "text_time":
+            return None
+        projection = int(pipe.text_encoder_2.config.projection_dim)
+        size = (r.height, r.width)
+        time_ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection
+        )
+        time_ids = time_ids.to(self.device)
+        return {"time_ids": torch.cat([time_ids, time_ids]) if guided else time_ids}
+
+    def _decode(self, r: Request, latents: torch.Tensor) -> np.ndarray:
+        """Final latents → float image in [0, 1]; an inpainting init's kept region restored exactly."""
+        assert self.model is not None
+        tiling = Tiling()
+        if r.tiling:
+            tiling.apply(self._tiled_modules(self.model, r))
+        try:
+            image = decode_latents(self.model.pipe, latents)
+        finally:
+            tiling.remove()
+        if r.mask is not None and r.init_image is not None:
+            keep = (r.mask.pixels < 128)[..., None]
+            image = np.where(keep, r.init_image.pixels.astype(np.float32) / 255.0, image)
+        return image
+
+    def _tiled_modules(self, model: LoadedModel, r: Request) -> list[torch.nn.Module]:
+        modules = [model.pipe.unet, model.pipe.vae]
+        taesd = self._taesd.get(model.family)
+        return [*modules, taesd] if taesd is not None else modules
+
+    def _previewer(self, model: LoadedModel, r: Request) -> Previewer | None:
+        if r.preview == "none":
+            return None
+        taesd = None
+        if r.preview in ("auto", "taesd") and self.taesd_folder:
+            taesd = self._taesd_for(model.family)
+        elif r.preview == "taesd":
+            raise RequestError(
+                "TAESD previews need a TAESD folder in the settings; choose latent_rgb or auto"
+            )
+        return Previewer(model.family, r.height, r.width, self.device, taesd)
+
+    def _taesd_for(self, family: str) -> torch.nn.Module:
+        if family not in self._taesd:
+            root = Path(self.taesd_folder or "")
+            sub = root / ("taesdxl" if family == "sdxl" else "taesd")
+            self._taesd[family] = load_taesd(sub if sub.is_dir() else root, self.device, self.dtype)
+        return self._taesd[family]
+
+    def _extras(self) -> dict[str, Any]:
+        model = self.model
+        assert model is not None
+        return {
+            "model": model.name,
+            "model_hash": model_hash(model.source) if model.source else "",
+            "model_family": model.family,
+            "device": describe(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }
+
+    def _out_of_memory(self, r: Request) -> StudioError:
+        _free_memory()
+        return ModelError(
+            f"ran out of memory on {describe(self.device)} at {r.width}×{r.height}; lower the size or steps, "
+            "or close other programs"
+        )
+
+
+def decode_latents(pipe: Any, latents: torch.Tensor) -> np.ndarray:
+    """Final latents → H×W×3 float image in [0, 1], exactly as the pipelines' `output_type="np"` gives it."""
+    vae = pipe.vae
+    if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.to(torch.float32)  # SDXL's VAE overflows in fp16; it stays upcast from then on
+    latents = latents.to(vae.dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    with torch.no_grad():
+        if mean is not None and std is not None:
+            mean_t = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std_t = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std_t / vae.config.scaling_factor + mean_t
+        else:
+            latents = latents / vae.config.scaling_factor
+        image = vae.decode(latents, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="np")[0]
+
+
+def _with_pooled(
+    added: dict[str, Any] | None, uncond: Embeds, cond: Embeds, guided: bool
+) -> dict[str, Any] | None:
+    """SDXL's added conditioning with this step's pooled text embedding."""
+    if added is None:
+        return None
+    pooled = torch.cat([uncond.pooled, cond.pooled]) if guided else cond.pooled
+    return {"text_embeds": pooled, **added}
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

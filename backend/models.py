@@ -1,0 +1,380 @@
+"""Find and load Stable Diffusion models offline: diffusers folders, single .safetensors files, hub ids.
+
+A single checkpoint file carries only tensors; the pipeline's configs and tokenizers come from the folders in
+`assets/configs/`, so loading one never touches the network. Pickle checkpoints (.ckpt/.pt/.bin) can run code
+when unpickled: they are refused unless the person allows them, and even then read with
+`torch.load(weights_only=True)`, which builds tensors and refuses any other object.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backend.errors import ModelError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"
+CONFIG_FOR_FAMILY = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+# Where A1111 and ComfyUI keep checkpoints below the folder a person adds.
+CHECKPOINT_SUBFOLDERS = ("models/Stable-diffusion", "models/checkpoints")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded pipeline with what recipes need to know about it."""
+
+    pipe: Any  # a diffusers StableDiffusion(XL)(Inpaint)Pipeline
+    name: str  # what the request named
+    source: str  # the file, folder or hub snapshot folder it came from
+    family: str  # "sd1", "sd2" or "sdxl"
+
+    @property
+    def inpaint_unet(self) -> bool:
+        """True for 9-channel inpainting UNets (latents + mask + masked-image latents)."""
+        return int(self.pipe.unet.config.in_channels) == 9
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model found on this machine."""
+
+    name: str
+    path: str
+    kind: str  # "folder", "file" or "hub"
+    pickle: bool = False
+
+
+def family_of(pipe: Any) -> str:
+    """sd1, sd2 or sdxl from the loaded components."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    encoder = getattr(pipe, "text_encoder", None)
+    if encoder is not None and int(encoder.config.hidden_size) == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def checkpoint_family(keys: set[str], name: str) -> str:
+    """sd1, sd2 or sdxl from the tensor names of an original (LDM-format) checkpoint."""
+    if any(k.startswith("conditioner.embedders.") for k in keys):
+        return "sdxl"
+    if any(k.startswith("cond_stage_model.model.") for k in keys):
+        return "sd2"  # OpenCLIP text tower
+    if any(k.startswith("model.diffusion_model.") for k in keys):
+        return "sd1"
+    raise ModelError(
+        f"{name}: has no Stable Diffusion UNet weights (a LoRA, VAE or embedding file is not a checkpoint)"
+    )
+
+
+def read_safetensors_keys(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a .safetensors header; ModelError for a corrupt or truncated file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    except SafetensorError as exc:
+        text = str(exc)
+        if "not fully covered" in text or "incomplete" in text:
+            why = "is truncated or corrupt: the header promises more data than the file holds"
+        elif "header too large" in text or "header too small" in text or "invalid" in text.lower():
+            why = "is not a valid .safetensors file (its header cannot be read)"
+        else:
+            why = f"cannot be read as .safetensors ({text})"
+        raise ModelError(f"{path}: {why}") from None
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+
+
+# --- Loading -----------------------------------------------------------------------------------------------
+
+
+def load_model(
+    ref: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    allow_pickle: bool = False,
+    model_folders: tuple[str, ...] = (),
+    config: str | Path | None = None,
+) -> LoadedModel:
+    """Load `ref` (folder, .safetensors file, discovered name or hub id) onto `device` in `dtype`.
+
+    `config` overrides the shipped config folder for single files. Every failure is a ModelError that names
+    the file and what is wrong.
+    """
+    path = _resolve(ref, model_folders)
+    try:
+        if path is None:
+            pipe, source = _load_hub(ref, dtype)
+        elif path.is_dir():
+            pipe, source = _load_folder(path, dtype, allow_pickle), str(path)
+        else:
+            pipe, source = _load_file(path, dtype, allow_pickle, config), str(path)
+        pipe.to(device)
+    except ModelError:
+        raise
+    except torch.OutOfMemoryError:
+        _free_memory()
+        raise ModelError(
+            f"{ref}: does not fit in memory on {device}; close other programs, use fp16, or a smaller model"
+        ) from None
+    except Exception as exc:  # diffusers/transformers raise many types for a bad model: name it, no traceback
+        _free_memory()
+        raise ModelError(f"{ref}: cannot be loaded ({_short(exc)})") from None
+    pipe.set_progress_bar_config(disable=True)
+    return LoadedModel(pipe=pipe, name=ref, source=source, family=family_of(pipe))
+
+
+def _resolve(ref: str, model_folders: tuple[str, ...]) -> Path | None:
+    if not ref.strip():
+        raise ModelError("no model given: choose a diffusers folder, a .safetensors file or a hub id")
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path
+    for info in discover(model_folders, include_hub=False):
+        if ref in (info.name, Path(info.path).name):
+            return Path(info.path)
+    looks_like_path = ref.startswith((".", "/", "~")) or "\\" in ref or ref.endswith(WEIGHT_SUFFIXES)
+    if looks_like_path or ref.count("/") != 1:
+        raise ModelError(
+            f"{ref}: no such file or folder (give a diffusers folder, a .safetensors file or a hub id)"
+        )
+    return None  # a hub id
+
+
+def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[Any, str]:
+    from diffusers import DiffusionPipeline
+    from huggingface_hub import snapshot_download
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+    try:
+        folder = snapshot_download(
+            repo_id, local_files_only=offline, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]
+        )
+    except Exception as exc:
+        where = (
+            "is not in the local Hugging Face cache and the studio is offline"
+            if offline
+            else "cannot be fetched"
+        )
+        raise ModelError(f"{repo_id}: {where} ({_short(exc)})") from None
+    extra = _pipeline_extras(Path(folder))
+    pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, **extra)
+    return pipe, folder
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, allow_pickle: bool) -> Any:
+    from diffusers import DiffusionPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise ModelError(f"{folder}: is not a diffusers model folder (it has no model_index.json)")
+    weights = weight_files(folder)
+    if not weights:
+        raise ModelError(f"{folder}: has configs but no weight files")
+    if not allow_pickle and not any(w.suffix == ".safetensors" for w in weights):
+        raise ModelError(
+            f"{folder}: holds only pickle weights (.bin), which can run code when loaded; convert them to "
+            ".safetensors or allow pickle files in the settings"
+        )
+    for weight in weights:
+        if weight.suffix == ".safetensors":
+            read_safetensors_keys(weight)  # a clear message for a truncated shard, before diffusers tries
+    extra = _pipeline_extras(folder)
+    # use_safetensors=True makes diffusers refuse .bin; when allowed it reads them with weights_only=True.
+    return DiffusionPipeline.from_pretrained(
+        str(folder),
+        torch_dtype=dtype,
+        local_files_only=True,
+        use_safetensors=None if allow_pickle else True,
+        **extra,
+    )
+
+
+def _pipeline_extras(folder: Path) -> dict[str, Any]:
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{folder / 'model_index.json'}: cannot be read ({exc})") from None
+    # The safety checker is a second large model the studio does not use.
+    return {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in index else {}
+
+
+def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str | Path | None) -> Any:
+    suffix = path.suffix.lower()
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelError(
+                f"{path}: is a pickle checkpoint ({suffix}), which can run code when loaded; use a "
+                ".safetensors version of the model or allow pickle files in the settings"
+            )
+        with tempfile.TemporaryDirectory() as tmp:
+            return _load_file(_pickle_to_safetensors(path, Path(tmp)), dtype, False, config)
+    if suffix != ".safetensors":
+        raise ModelError(f"{path}: is not a model file (expected .safetensors)")
+    keys = read_safetensors_keys(path)
+    family = checkpoint_family(set(keys), str(path))
+    conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight", ())
+    inpaint = len(conv_in) == 4 and conv_in[1] == 9
+    config_folder = Path(config) if config is not None else CONFIGS / CONFIG_FOR_FAMILY[family]
+    if inpaint and config is None:
+        raise ModelError(f"{path}: is a 9-channel inpainting checkpoint; load its diffusers folder instead")
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        return cls.from_single_file(
+            str(path), config=str(config_folder), torch_dtype=dtype, local_files_only=True, **extra
+        )
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"{path}: does not match the {config_folder.name} config for a {family} model ({_short(exc)})"
+        ) from None
+
+
+def _pickle_to_safetensors(path: Path, tmp: Path) -> Path:
+    """Tensors of a pickle checkpoint, read with weights_only=True (no code runs), written as safetensors."""
+    from safetensors.torch import save_file
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, or an object weights_only refuses to build
+        raise ModelError(
+            f"{path}: cannot be read safely as a weights-only checkpoint ({_short(exc)})"
+        ) from None
+    while isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"{path}: holds no state dict of tensors")
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    out = tmp / (path.stem + ".safetensors")
+    save_file(tensors, str(out))
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text[:300]}"
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- Hashes ------------------------------------------------------------------------------------------------
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def weight_files(source: str | Path) -> list[Path]:
+    """The weight files of a model file or folder, in a stable order."""
+    source = Path(source)
+    if source.is_file():
+        return [source]
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file())
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of one file, cached by path, size and modification time (hashing gigabytes is slow)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        if key in _hash_cache:
+            return _hash_cache[key]
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    with _hash_lock:
+        _hash_cache[key] = digest.hexdigest()
+    return _hash_cache[key]
+
+
+def model_hash(source: str | Path) -> str:
+    """SHA-256 of a checkpoint file (as A1111 shows it), or over a folder's weight files in path order."""
+    files = weight_files(source)
+    if len(files) == 1 and Path(source).is_file():
+        return file_sha256(files[0])
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(source)).replace(os.sep, "/").encode())
+        digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+# --- Discovery ---------------------------------------------------------------------------------------------
+
+
+def discover(model_folders: tuple[str, ...] = (), include_hub: bool = True) -> list[ModelInfo]:
+    """Models in the folders a person added (and their A1111/ComfyUI checkpoint folders) and the HF cache."""
+    found: list[ModelInfo] = []
+    seen: set[str] = set()
+
+    def add(info: ModelInfo) -> None:
+        if info.path not in seen:
+            seen.add(info.path)
+            found.append(info)
+
+    for folder in model_folders:
+        root = Path(folder).expanduser()
+        for place in (root, *(root / sub for sub in CHECKPOINT_SUBFOLDERS)):
+            if place.is_dir():
+                for info in _scan_folder(place):
+                    add(info)
+    if include_hub:
+        for info in _scan_hub_cache():
+            add(info)
+    return found
+
+
+def _scan_folder(place: Path, depth: int = 2) -> list[ModelInfo]:
+    out: list[ModelInfo] = []
+    if (place / "model_index.json").is_file():
+        return [ModelInfo(place.name, str(place), "folder")]
+    try:
+        entries = sorted(place.iterdir())
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.is_file() and entry.suffix.lower() in (".safetensors", ".ckpt"):
+            out.append(
+                ModelInfo(entry.stem, str(entry), "file", pickle=entry.suffix.lower() != ".safetensors")
+            )
+        elif entry.is_dir() and depth > 0 and not entry.name.startswith("."):
+            out.extend(_scan_folder(entry, depth - 1))
+    return out
+
+
+def _scan_hub_cache() -> list[ModelInfo]:
+    from huggingface_hub import scan_cache_dir
+
+    try:
+        cache = scan_cache_dir()
+    except Exception:  # no cache yet, or an unreadable one: nothing to list
+        return []
+    out = []
+    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
+        if repo.repo_type != "model":
+            continue
+        for revision in repo.revisions:
+            if (Path(revision.snapshot_path) / "model_index.json").is_file():
+                out.append(ModelInfo(repo.repo_id, str(revision.snapshot_path), "hub"))
+                break
+    return out
