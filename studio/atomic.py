@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 TEMP_SUFFIX = ".part"
+# The process umask, read once at import (reading it means setting it, which is not thread-safe later).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], object]) -> Path:
@@ -29,11 +32,11 @@ def atomic_write(path: str | Path, content: bytes | Callable[[BinaryIO], object]
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TEMP_SUFFIX, dir=directory)
     tmp = Path(tmp_name)
     try:
-        # mkstemp makes the file private (0600); keep the old file's mode, or the usual 0644 for a new one.
+        # mkstemp makes the file private (0600); keep the old file's mode, or what open() would give.
         try:
             mode = target.stat().st_mode & 0o777
         except FileNotFoundError:
-            mode = 0o644
+            mode = 0o666 & ~_UMASK
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             if isinstance(content, bytes | bytearray | memoryview):

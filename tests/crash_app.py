@@ -1,0 +1,177 @@
+"""A headless studio process for the crash tests, killed with SIGKILL by `tests/test_crash_safety.py`.
+
+    python tests/crash_app.py save-loop PROJECT      save two large states over PROJECT, alternately, forever
+    python tests/crash_app.py work DATA_DIR SEED     a scripted session (strokes, layer ops, results, undo)
+                                                     journalled into DATA_DIR; prints "done N" after each
+    python tests/crash_app.py generate DATA_DIR OUT  strokes, layer ops and a real patch-engine generation,
+                                                     then saves the live state to OUT and prints "ready"
+
+Each mode then waits to be killed. The operations are a pure function of the seed (ids included, via
+`deterministic_ids`) so the test can rebuild the state after any number of them in its own process.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+import studio.document
+from backend.request import Request
+from studio.document import Document
+from studio.gallery import Gallery, Result
+
+
+class _SeededUuid:
+    """Stands in for the `uuid` module inside studio.document so new ids follow a seed."""
+
+    def __init__(self, seed: int) -> None:
+        self._random = random.Random(seed)
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self._random.getrandbits(128), version=4)
+
+
+def deterministic_ids(seed: int) -> None:
+    """Make layer and result ids a function of the seed (this process only)."""
+    studio.document.uuid = _SeededUuid(seed)  # type: ignore[assignment]
+
+
+def big_state(width: int, height: int, seed: int) -> Document:
+    """A document with a few full-size layers of noisy strokes: slow enough to save that kills land inside."""
+    deterministic_ids(seed)
+    rng = np.random.default_rng(seed)
+    doc = Document(width, height)
+    for i in range(3):
+        base = rng.integers(0, 255, (height // 8, width // 8, 4), dtype=np.uint8)
+        pixels = np.kron(
+            base, np.ones((8, 8, 1), np.uint8)
+        )  # blocky, so PNG work is realistic, not worst case
+        pixels[::3] = rng.integers(0, 255, pixels[::3].shape, dtype=np.uint8)
+        doc.add_layer(f"layer {i} of state {seed}", pixels)
+    return doc
+
+
+def scripted_ops(
+    doc: Document, gallery: Gallery, history: list[str], seed: int
+) -> list[Callable[[], object]]:
+    """A fixed list of operations (strokes, mask, layer ops, results, undo/redo, history), seeded."""
+    rng = np.random.default_rng(seed)
+    w, h = doc.width, doc.height
+
+    def stroke() -> None:
+        size = int(rng.integers(4, 24))
+        patch = rng.integers(0, 255, (size, size, 4), dtype=np.uint8)
+        doc.paint(
+            doc.active_id or doc.layers[-1].id, int(rng.integers(-8, w)), int(rng.integers(-8, h)), patch
+        )
+
+    def mask() -> None:
+        doc.paint_mask(int(rng.integers(0, w)), int(rng.integers(0, h)), np.full((9, 13), 255, np.uint8))
+
+    def result() -> None:
+        image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        parents = (gallery.results[-1].id,) if gallery.results else ()
+        prompt = f"a recorded result {len(gallery.results)} ✓"
+        request = Request(prompt=prompt, seed=len(gallery.results))
+        created = 1_700_000_000.0 + len(gallery.results)
+        r = Result(image, request, {"engine": "patch"}, parents, True, created=created)
+        doc.add_layer(prompt, image, source=r.id)
+        gallery.add(r)
+        history.insert(0, prompt)
+
+    def props() -> None:
+        layer = doc.layers[int(rng.integers(0, len(doc.layers)))]
+        doc.set_layer(layer.id, opacity=round(float(rng.random()), 3), visible=bool(rng.random() > 0.3))
+
+    def move() -> None:
+        doc.move_layer(doc.layers[-1].id, int(rng.integers(0, len(doc.layers))))
+
+    plan: list[Callable[[], object]] = [stroke, lambda: doc.add_layer("ink"), stroke, stroke, mask, result]
+    plan += [stroke, props, lambda: doc.duplicate_layer(doc.layers[1].id), move, doc.undo, doc.undo]
+    plan += [doc.redo, stroke, lambda: doc.delete_layer(doc.layers[-1].id), result, mask, stroke, doc.undo]
+    plan += [lambda: doc.set_layer(doc.layers[0].id, name="ground ✎"), stroke, props, result, stroke]
+    return plan
+
+
+def _wait_forever() -> None:
+    print("ready", flush=True)
+    threading.Event().wait()
+
+
+def save_loop(path: Path) -> None:
+    """Save state A once, then B, A, B... over the same file until killed."""
+    from studio.project import save_project
+
+    states = [big_state(640, 640, 1), big_state(640, 640, 2)]
+    save_project(path, states[0])
+    print("ready", flush=True)
+    for i in range(1, 1_000_000):
+        save_project(path, states[i % 2])
+        print(f"saved {i % 2}", flush=True)
+
+
+def work(data_dir: Path, seed: int) -> None:
+    """Journal a scripted session, acknowledging each finished operation."""
+    from PySide6.QtCore import QCoreApplication
+
+    from studio.journal import Journal
+
+    _app = QCoreApplication.instance() or QCoreApplication([])
+    deterministic_ids(seed)
+    doc, gallery, history = Document(96, 64), Gallery(), []
+    journal = Journal(doc, gallery, data_dir, history=lambda: history)
+    journal.start()
+    for i, op in enumerate(scripted_ops(doc, gallery, history, seed), start=1):
+        op()
+        journal.record_history()
+        print(f"done {i}", flush=True)
+        if i == 12:
+            journal.compact()  # a snapshot in the middle, as the timer would take one
+    _wait_forever()
+
+
+def generate(data_dir: Path, out: Path) -> None:
+    """Strokes, layer operations and one real patch-engine generation, journalled, then wait to be killed."""
+    from PySide6.QtCore import QCoreApplication
+
+    from backend.engines import Engines
+    from backend.events import Done
+    from studio.journal import Journal
+    from studio.project import save_project
+
+    _app = QCoreApplication.instance() or QCoreApplication([])
+    doc, gallery, history = Document(32, 32), Gallery(), []
+    journal = Journal(doc, gallery, data_dir, history=lambda: history)
+    journal.start()
+    ops = scripted_ops(doc, gallery, history, seed=5)
+    for op in ops[:5]:
+        op()
+    request = Request(engine="patch", prompt="a small test", seed=11, steps=2, width=32, height=32)
+    done = [ev for ev in Engines().generate(request, threading.Event()) if isinstance(ev, Done)][0]
+    result = Result(done.image, done.request, dict(done.extras), attribution=done.attribution)
+    doc.add_layer("generated", done.image, source=result.id)
+    gallery.add(result)
+    history.insert(0, request.prompt)
+    journal.record_history()
+    for op in ops[6:11]:
+        op()
+    save_project(out, doc, gallery, history)
+    _wait_forever()
+
+
+if __name__ == "__main__":
+    mode, *args = sys.argv[1:]
+    if mode == "save-loop":
+        save_loop(Path(args[0]))
+    elif mode == "work":
+        work(Path(args[0]), int(args[1]))
+    elif mode == "generate":
+        generate(Path(args[0]), Path(args[1]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")

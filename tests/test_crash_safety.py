@@ -1,0 +1,259 @@
+"""Crash safety: SIGKILL during saves and during work never loses a finished operation.
+
+The killed processes run `tests/crash_app.py`. Its operations are seeded (ids too), so this process can
+rebuild the state after every journal record and check that a recovered document equals one of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import crash_app
+import faults
+import numpy as np
+import pytest
+
+import studio.document
+from studio.document import Document
+from studio.gallery import Gallery
+from studio.journal import Journal, find_recovery, journal_path, recover, snapshot_path
+from studio.project import ProjectData, load_project, project_data, save_project
+
+APP = Path(__file__).with_name("crash_app.py")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fault_table(request):
+    yield
+    faults.module_finished(request.module.__name__, request.session.testsfailed)
+
+
+@pytest.fixture(autouse=True)
+def _restore_ids(monkeypatch):
+    # crash_app.deterministic_ids swaps the uuid module inside studio.document; put it back afterwards.
+    monkeypatch.setattr(studio.document, "uuid", studio.document.uuid)
+
+
+def digest(data: ProjectData) -> str:
+    """One hash over everything a person would miss: layers, pixels, mask, gallery, history."""
+    h = hashlib.sha256()
+    h.update(repr((data.width, data.height, data.active_id, data.prompt_history)).encode())
+    for la in data.layers:
+        h.update(repr((la.id, la.name, round(la.opacity, 6), la.visible, la.source, la.painted)).encode())
+        h.update(np.ascontiguousarray(la.pixels).tobytes())
+    h.update(data.mask.tobytes())
+    for r in data.results:
+        h.update(repr((r.id, r.parents, r.painted, r.created, r.request, sorted(r.extras))).encode())
+        h.update(np.ascontiguousarray(r.image).tobytes())
+    return h.hexdigest()
+
+
+def layer_bytes_lost(got: ProjectData, want: ProjectData) -> int:
+    """Bytes of layer pixels in `want` that `got` does not hold identically (0 when nothing was lost)."""
+    have = {la.id: la.pixels for la in got.layers}
+    lost = 0
+    for la in want.layers:
+        mine = have.get(la.id)
+        lost += (
+            la.pixels.nbytes
+            if mine is None or mine.shape != la.pixels.shape
+            else int((mine != la.pixels).sum())
+        )
+    return lost
+
+
+class Child:
+    """A crash_app process whose stdout lines are read with a deadline (never a hang)."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(APP), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+        )
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
+        self._buf = b""
+
+    def line(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sel.select(left):
+                self.kill()
+                raise AssertionError("crash_app said nothing in time")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)  # type: ignore[union-attr]
+            if not chunk:
+                err = self.proc.stderr.read().decode()  # type: ignore[union-attr]
+                raise AssertionError(f"crash_app ended early: {err[-2000:]}")
+            self._buf += chunk
+        text, self._buf = self._buf.split(b"\n", 1)
+        return text.decode()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._sel.close()
+        self.proc.stdout.close()  # type: ignore[union-attr]
+        self.proc.stderr.close()  # type: ignore[union-attr]
+
+
+def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
+    path = tmp_path / "big project.studio"
+    states = {digest(project_data(crash_app.big_state(640, 640, seed))): seed for seed in (1, 2)}
+    rng = random.Random(1234)
+    mid_write, kills = 0, 6
+    for _ in range(kills):
+        child = Child("save-loop", str(path))
+        assert child.line() == "ready"
+        time.sleep(rng.uniform(0.0, 0.3))  # the fault under test is a kill at a random moment
+        child.kill()
+        mid_write += any(p.name.endswith(".part") for p in tmp_path.iterdir())
+        data = load_project(path)  # always opens
+        assert digest(data) in states, "the file on disk is neither the old nor the new state"
+    assert mid_write >= 1, "no kill landed inside a save; the test proved nothing"
+    faults.record(
+        "save",
+        f"SIGKILL at random moments while saving a 640×640×3-layer project ({kills} kills)",
+        "file always opened and equalled the old or the new state",
+        0,
+    )
+
+
+def _expected_states(seed: int) -> tuple[list[str], list[int]]:
+    """The state digest after every journal record of a `work` run, and the index after each operation."""
+    crash_app.deterministic_ids(seed)
+    doc, gallery, history = Document(96, 64), Gallery(), []
+    states: list[str] = []
+
+    def snap(*_: object) -> None:
+        states.append(digest(project_data(doc, gallery, history)))
+
+    snap()
+    doc.operation.connect(snap)
+    gallery.added.connect(snap)
+    marks = [0]
+    for op in crash_app.scripted_ops(doc, gallery, history, seed):
+        op()
+        snap()  # the history record that follows every operation
+        marks.append(len(states) - 1)
+    return states, marks
+
+
+def test_sigkill_during_work_recovers_the_last_finished_operation(tmp_path):
+    seed = 21
+    states, marks = _expected_states(seed)
+    rng = random.Random(99)
+    n_ops = len(marks) - 1
+    for attempt, target in enumerate([1, 6, 13, n_ops, rng.randint(2, n_ops - 1)]):
+        data_dir = tmp_path / f"run{attempt}"
+        child = Child("work", str(data_dir), str(seed))
+        while (line := child.line()) != f"done {target}":
+            assert line.startswith("done"), line
+        time.sleep(rng.uniform(0, 0.003))
+        child.kill()
+        found = find_recovery(data_dir)
+        assert found is not None and found.project is None
+        got = digest(recover(found))
+        assert got in states[marks[target] :], f"recovered state is not one after operation {target}"
+    faults.record(
+        "journal",
+        "SIGKILL at random moments during strokes, layer ops, results and undo (5 kills)",
+        "recovered the exact state after the last finished operation",
+        0,
+    )
+
+
+def test_sigkill_after_a_real_generation_recovers_it(tmp_path):
+    data_dir, expected = tmp_path / "data", tmp_path / "expected.studio"
+    child = Child("generate", str(data_dir), str(expected))
+    assert child.line(timeout=120) == "ready"
+    child.kill()
+    found = find_recovery(data_dir)
+    assert found is not None
+    want, got = load_project(expected), recover(found)
+    assert digest(got) == digest(want)
+    assert any(la.source for la in got.layers) and got.results[0].request.engine == "patch"
+    assert got.results[0].attribution is not None
+    faults.record(
+        "journal",
+        "SIGKILL after strokes, layer ops and a patch-engine generation",
+        "recovered document, gallery and history equal the state before the kill",
+        layer_bytes_lost(got, want),
+    )
+
+
+# ----------------------------------------------------------------------------- the journal, in process
+
+
+def _work(doc: Document, gallery: Gallery, history: list[str], seed: int = 3, upto: int = 8) -> None:
+    for op in crash_app.scripted_ops(doc, gallery, history, seed)[:upto]:
+        op()
+
+
+def test_journal_on_a_saved_project_recovers_and_a_clean_close_removes_it(tmp_path, qtbot):
+    project = tmp_path / "work.studio"
+    doc, gallery, history = Document(48, 40), Gallery(), ["first"]
+    save_id = save_project(project, doc, gallery, history)
+    journal = Journal(doc, gallery, tmp_path / "data", history=lambda: history)
+    journal.start(project, save_id)
+    assert find_recovery(tmp_path / "data", [project]) is None  # nothing done yet: nothing to offer
+    _work(doc, gallery, history)
+    journal.record_history()
+    found = find_recovery(tmp_path / "data", [project])
+    assert found is not None and found.project == project.absolute() and found.operations > 5
+    assert digest(recover(found)) == digest(project_data(doc, gallery, history))
+
+    # A torn record at the end (the operation in progress) is dropped, nothing before it.
+    with open(journal_path(project, tmp_path), "ab") as f:
+        f.write(b"SJR1\x10\x00\x00\x00garbage")
+    assert digest(recover(found)) == digest(project_data(doc, gallery, history))
+
+    journal.close()
+    assert (
+        not journal_path(project, tmp_path).exists() and find_recovery(tmp_path / "data", [project]) is None
+    )
+
+
+def test_a_save_between_journal_and_rebase_is_not_applied_twice(tmp_path, qtbot):
+    project = tmp_path / "work.studio"
+    doc, gallery, history = Document(48, 40), Gallery(), []
+    journal = Journal(doc, gallery, tmp_path / "data", history=lambda: history)
+    journal.start(project, save_project(project, doc, gallery, history))
+    _work(doc, gallery, history)
+    # The process dies right after the new save replaced the file, before the journal was rebased.
+    save_project(project, doc, gallery, history)
+    found = find_recovery(tmp_path / "data", [project])
+    assert found is not None
+    assert digest(recover(found)) == digest(project_data(doc, gallery, history))
+    journal.close()
+
+
+def test_compaction_and_unknown_commands_take_a_snapshot(tmp_path, qtbot):
+    doc, gallery, history = Document(48, 40), Gallery(), []
+    journal = Journal(doc, gallery, tmp_path, history=lambda: history, max_bytes=20_000)
+    journal.start()
+    assert find_recovery(tmp_path) is None  # a blank canvas is not worth offering
+    _work(doc, gallery, history, upto=14)  # results add full layers: the size limit forces compactions
+    assert journal.path is not None and snapshot_path(journal.path).exists()
+    assert os.path.getsize(journal.path) < 20_000 + 48 * 40 * 8
+
+    class Crop(studio.document.Command):
+        def apply(self, d: Document) -> None:
+            d.layers[0].name = "cropped"
+
+        def revert(self, d: Document) -> None:
+            pass
+
+    doc.push(Crop())
+    found = find_recovery(tmp_path)
+    assert found is not None
+    assert digest(recover(found)) == digest(project_data(doc, gallery, history))
+    journal.close()
+    assert list(tmp_path.glob("recovery/*")) == []
