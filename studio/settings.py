@@ -1,0 +1,116 @@
+"""Preferences kept between runs (QSettings): model folders, TAESD folder, device, last request, history."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from PySide6.QtCore import QSettings
+
+from backend.errors import StudioError
+from backend.request import Request
+from studio.recipe import request_from_dict, request_to_dict
+
+log = logging.getLogger(__name__)
+
+
+class Settings:
+    """Typed access to the studio's QSettings; `path` gives an INI file instead (tests, portable use)."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self.qsettings = (
+            QSettings(path, QSettings.Format.IniFormat) if path else QSettings("Studio", "Studio")
+        )
+
+    # -- generic values, for the window's own state (geometry, dock layout) ----------------------------
+    def value(self, key: str, default: Any = None) -> Any:
+        """The stored value for `key`, or `default`."""
+        return self.qsettings.value(key, default)
+
+    def set_value(self, key: str, value: Any) -> None:
+        """Store a value."""
+        self.qsettings.setValue(key, value)
+
+    def sync(self) -> None:
+        """Write pending changes to disk now."""
+        self.qsettings.sync()
+
+    # -- typed preferences -----------------------------------------------------------------------------
+    @property
+    def model_folders(self) -> list[str]:
+        """Folders the person added to search for models (A1111, ComfyUI, their own)."""
+        return self._json("models/folders", [])
+
+    @model_folders.setter
+    def model_folders(self, folders: list[str]) -> None:
+        self._set_json("models/folders", list(dict.fromkeys(str(f) for f in folders)))
+
+    @property
+    def taesd_folder(self) -> str:
+        """A local TAESD folder for nicer previews ("" = the linear latent→RGB preview)."""
+        return str(self.qsettings.value("models/taesd", "") or "")
+
+    @taesd_folder.setter
+    def taesd_folder(self, folder: str) -> None:
+        self.qsettings.setValue("models/taesd", str(folder))
+
+    @property
+    def device(self) -> str:
+        """Device override: "" (automatic), "cpu", "cuda", "cuda:1", "mps"."""
+        return str(self.qsettings.value("engine/device", "") or "")
+
+    @device.setter
+    def device(self, device: str) -> None:
+        self.qsettings.setValue("engine/device", str(device))
+
+    def engine_options(self) -> dict[str, Any]:
+        """Keyword options for `backend.engines.Engines`: only what the person set."""
+        options: dict[str, Any] = {}
+        if self.device:
+            options["device"] = self.device
+        if self.taesd_folder:
+            options["taesd_folder"] = self.taesd_folder
+        return options
+
+    @property
+    def last_request(self) -> Request | None:
+        """The panel's request when the studio last closed (without images), or None."""
+        data = self._json("session/last_request", None)
+        if data is None:
+            return None
+        try:
+            request, _notes = request_from_dict(data, missing_images=True)
+            return request.validate()
+        except (StudioError, TypeError, ValueError) as exc:
+            log.warning("ignoring the stored last request: %s", exc)
+            return None
+
+    @last_request.setter
+    def last_request(self, request: Request | None) -> None:
+        data = None if request is None else request_to_dict(request.replace(init_image=None, mask=None))
+        self._set_json("session/last_request", data)
+
+    @property
+    def prompt_history(self) -> list[str]:
+        """Recent prompts, newest first."""
+        return [p for p in self._json("session/prompt_history", []) if isinstance(p, str)]
+
+    @prompt_history.setter
+    def prompt_history(self, prompts: list[str]) -> None:
+        self._set_json("session/prompt_history", list(prompts))
+
+    # JSON text keeps types exact across QSettings back ends (INI turns lists of one into strings).
+    def _json(self, key: str, default: Any) -> Any:
+        text = self.qsettings.value(key, None)
+        if not text:
+            return default
+        try:
+            value = json.loads(str(text))
+        except ValueError:
+            log.warning("ignoring an unreadable setting %s", key)
+            return default
+        return value if default is None or isinstance(value, type(default)) else default
+
+    def _set_json(self, key: str, value: Any) -> None:
+        self.qsettings.setValue(key, json.dumps(value))

@@ -1,0 +1,179 @@
+"""Live re-rendering: bursts coalesce, frames keep arriving, the last image matches the last values."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import tracemalloc
+
+import numpy as np
+import pytest
+from fake_engine import FakeEngine, fake_image
+
+from backend.events import StepEvent
+from backend.request import Request
+from studio.document import Document
+from studio.session import Session
+
+SIZE = 32
+
+
+@pytest.fixture
+def make_session(qtbot):
+    sessions: list[Session] = []
+
+    def make(engine, **kwargs) -> Session:
+        kwargs.setdefault("document", Document(SIZE, SIZE))
+        session = Session(engine, **kwargs)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        assert session.shutdown(timeout=5)
+        assert not session.host.is_alive()
+
+
+def settle(qtbot, session: Session) -> None:
+    """Wait until nothing runs or waits."""
+    qtbot.waitUntil(lambda: not session.running and session.live.pending is None, timeout=10000)
+
+
+def burst(session: Session, start: int, count: int = 100) -> None:
+    """`count` slider changes in one go, as a fast drag delivers them."""
+    for i in range(start, start + count):
+        session.set(guidance=round(1.0 + (i % 400) * 0.1, 1), variation_strength=(i % 100) / 100)
+
+
+def count(kind: type) -> int:
+    gc.collect()
+    return sum(type(o) is kind for o in gc.get_objects())
+
+
+def test_a_burst_starts_few_runs_and_ends_on_the_final_values(qtbot, make_session):
+    engine = FakeEngine(steps=4)
+    session = make_session(engine)
+    session.set(prompt="woven cloth", variation_seed=3)
+    session.set_live(True)
+    burst(session, 0)
+    settle(qtbot, session)
+    assert len(engine.started_runs) <= 3, len(engine.started_runs)
+    final = session.request
+    assert (final.guidance, final.variation_strength) == (10.9, 0.99)
+    shown = session.document.layers[-1].pixels[..., :3]
+    assert np.array_equal(shown, fake_image(final))
+    assert session.gallery.results[-1].request == final.replace(width=SIZE, height=SIZE)
+
+    # A fresh session run with the final values gives the same image.
+    fresh = make_session(FakeEngine(steps=4))
+    fresh.set(
+        **{f: getattr(final, f) for f in ("prompt", "variation_seed", "guidance", "variation_strength")}
+    )
+    fresh.generate()
+    qtbot.waitUntil(lambda: len(fresh.gallery.results) == 1, timeout=5000)
+    assert np.array_equal(fresh.gallery.results[0].image, session.gallery.results[-1].image)
+
+
+def test_bursts_do_not_grow_memory(qtbot, make_session):
+    engine = FakeEngine(steps=4)
+    session = make_session(engine)
+    session.set(prompt="stone", variation_seed=1)
+    session.set_live(True)
+    burst(session, 0)
+    settle(qtbot, session)
+    engine.started_runs.clear()
+    engine.finished_runs.clear()
+    requests, frames = count(Request), count(StepEvent)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for round_ in range(1, 6):
+            burst(session, round_ * 100)
+            settle(qtbot, session)
+            engine.started_runs.clear()
+            engine.finished_runs.clear()
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    results = len(session.gallery.results)
+    # Nothing but the new gallery entries is kept: no pile of requests or frames.
+    assert count(Request) - requests <= 5 and results <= 6
+    assert count(StepEvent) - frames <= 1
+    assert grown < 100_000, f"{grown} bytes kept after 500 slider changes"
+
+
+def test_frames_keep_arriving_during_a_drag(qtbot, make_session):
+    """Every run the drag starts shows a frame before a newer value supersedes it."""
+    gates = [threading.Event() for _ in range(3)]
+    gates[0].set()  # step 1 of every run runs freely; steps 2 and 3 wait
+    engine = FakeEngine(steps=3, gates=gates)
+    session = make_session(engine)
+    frames: list[StepEvent] = []
+    session.frame.connect(frames.append)
+    session.set_live(True)
+    for i in range(20):
+        session.set(guidance=1.0 + i)
+        qtbot.wait(5)
+    gates[1].set()
+    gates[2].set()
+    settle(qtbot, session)
+    started = [r.request_id for r in engine.started_runs]
+    shown = {f.request_id for f in frames}
+    assert len(started) >= 2
+    assert all(rid in shown for rid in started[:-1])  # each superseded run still painted a frame
+    assert len(set(started)) == len(started)
+    assert session.gallery.results[-1].request.guidance == 20.0
+
+
+def test_live_results_replace_each_other_until_the_person_acts(qtbot, make_session):
+    session = make_session(FakeEngine(steps=2))
+    doc = session.document
+    session.set_live(True)
+    settle(qtbot, session)
+    assert len(doc.layers) == 2
+    session.set(guidance=3.0)
+    settle(qtbot, session)
+    assert len(doc.layers) == 2  # the second live result replaced the first
+    assert len(session.gallery.results) == 2  # both stay in the gallery
+    assert doc.layers[-1].source == session.gallery.results[-1].id
+    doc.set_layer(doc.layers[-1].id, name="mine")  # the person acts on it: it is kept
+    session.set(guidance=4.0)
+    settle(qtbot, session)
+    assert len(doc.layers) == 3 and doc.layers[1].name == "mine"
+    assert doc.undo() and len(doc.layers) == 2  # a live result is one undoable step
+
+
+def test_live_off_runs_nothing_and_generate_is_never_coalesced_away(qtbot, make_session):
+    engine = FakeEngine(steps=1)
+    session = make_session(engine)
+    session.set(guidance=2.0)
+    qtbot.wait(20)
+    assert engine.started_runs == []
+    session.set_live(True)
+    session.set_live(False)  # a run may have started; nothing waits
+    assert session.live.pending is None
+    request = session.generate()
+    settle(qtbot, session)
+    assert request is not None and session.gallery.results[-1].request == request
+
+
+def test_live_img2img_follows_the_painting(qtbot, make_session):
+    engine = FakeEngine(steps=1)
+    session = make_session(engine)
+    doc = session.document
+    session.set_mode("img2img")
+    session.set_live(True)
+    settle(qtbot, session)
+    runs = len(engine.started_runs)
+    sketch = doc.add_layer("sketch")
+    settle(qtbot, session)
+    patch = np.zeros((6, 6, 4), np.uint8)
+    patch[...] = (10, 200, 10, 255)
+    doc.paint(sketch.id, 2, 2, patch)
+    settle(qtbot, session)
+    assert len(engine.started_runs) > runs
+    last = engine.started_runs[-1]
+    assert last.init_image is not None and last.init_image.pixels[4, 4].tolist() == [10, 200, 10]
+    # The live result layer it replaces is not part of its own init image.
+    assert session.gallery.results[-1].request.init_image == last.init_image

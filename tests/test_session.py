@@ -1,0 +1,293 @@
+"""The session: generate, cancel, failures, img2img/inpaint inputs, lineage, history, quit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from fake_engine import FakeEngine, fake_image
+
+from backend.events import StepEvent
+from backend.images import Picture
+from backend.request import Request
+from studio.document import Document
+from studio.session import HISTORY_SIZE, Session
+from studio.settings import Settings
+
+SIZE = 32
+
+
+@pytest.fixture
+def make_session(qtbot):
+    sessions: list[Session] = []
+
+    def make(engine, **kwargs) -> Session:
+        kwargs.setdefault("document", Document(SIZE, SIZE))
+        session = Session(engine, **kwargs)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        assert session.shutdown(timeout=5)
+        assert not session.host.is_alive()
+
+
+class Seen:
+    """What a session announced."""
+
+    def __init__(self, session: Session) -> None:
+        self.frames: list[StepEvent] = []
+        self.errors: list[str] = []
+        self.ended: list[str] = []
+        self.results: list = []
+        session.frame.connect(self.frames.append)
+        session.error.connect(self.errors.append)
+        session.run_ended.connect(self.ended.append)
+        session.result_added.connect(self.results.append)
+
+
+def paint_square(doc: Document, layer_id: str, rgba=(200, 30, 30, 255), at: int = 8, side: int = 8) -> None:
+    patch = np.zeros((side, side, 4), dtype=np.uint8)
+    patch[...] = rgba
+    doc.paint(layer_id, at, at, patch)
+
+
+def test_generate_streams_every_step_then_adds_an_undoable_layer_and_a_gallery_entry(qtbot, make_session):
+    gates = [threading.Event() for _ in range(5)]
+    engine = FakeEngine(gates=gates)
+    session = make_session(engine)
+    seen = Seen(session)
+    session.set(prompt="a gold ring with a blue stone", steps=5, seed=7)
+    layers_before = len(session.document.layers)
+    request = session.generate()
+    assert request is not None and session.running
+    for i, gate in enumerate(gates, start=1):
+        gate.set()
+        qtbot.waitUntil(lambda i=i: len(seen.frames) == i, timeout=5000)
+        assert seen.frames[-1].step == i and seen.frames[-1].preview.shape == (SIZE, SIZE, 3)
+    qtbot.waitUntil(lambda: seen.ended == ["done"], timeout=5000)
+    assert not session.running
+
+    doc = session.document
+    assert len(doc.layers) == layers_before + 1
+    layer = doc.layers[-1]
+    result = session.gallery.results[-1]
+    assert seen.results == [result]
+    assert layer.name == "a gold ring with a blue stone"
+    assert layer.source == result.id
+    assert np.array_equal(layer.pixels[..., :3], fake_image(request))
+    assert result.request == request and result.request.seed == 7 and result.request.steps == 5
+    assert (result.request.width, result.request.height) == (SIZE, SIZE)
+    assert result.parents == () and not result.painted
+    assert session.prompt_history[0] == "a gold ring with a blue stone"
+    assert doc.undo()  # the result layer is one undoable step
+    assert len(doc.layers) == layers_before
+
+
+def test_cancel_mid_run_leaves_no_layer_and_no_entry_and_the_engine_takes_the_next_run(qtbot, make_session):
+    gates = [threading.Event(), threading.Event()]
+    engine = FakeEngine(steps=3, gates=gates)
+    session = make_session(engine)
+    seen = Seen(session)
+    gates[0].set()
+    session.set(prompt="cancel me")
+    session.generate()
+    qtbot.waitUntil(lambda: len(seen.frames) == 1, timeout=5000)
+    session.cancel()
+    qtbot.waitUntil(lambda: seen.ended == ["cancelled"], timeout=5000)
+    assert len(session.document.layers) == 1 and session.gallery.results == []
+    assert not session.running and not session.host.busy
+
+    gates[1].set()
+    session.set(prompt="the next one")
+    session.generate()
+    qtbot.waitUntil(lambda: seen.ended == ["cancelled", "done"], timeout=5000)
+    assert [r.request.prompt for r in session.gallery.results] == ["the next one"]
+    assert seen.errors == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"), RuntimeError("kaput")],
+    ids=["oom", "runtime"],
+)
+def test_an_engine_that_raises_reports_and_loses_nothing(qtbot, make_session, error):
+    engine = FakeEngine(steps=3, raise_at=2, error=error)
+    session = make_session(engine)
+    seen = Seen(session)
+    doc = session.document
+    ink = doc.add_layer("ink")
+    paint_square(doc, ink.id)
+    pixels = [layer.pixels.copy() for layer in doc.layers]
+    session.generate()
+    qtbot.waitUntil(lambda: seen.ended == ["failed"], timeout=5000)
+    assert len(seen.errors) == 1
+    message = seen.errors[0]
+    assert "Traceback" not in message
+    if isinstance(error, torch.OutOfMemoryError):
+        assert message.startswith("Out of memory") and "smaller size" in message
+    else:
+        assert "kaput" in message
+    assert len(doc.layers) == len(pixels)
+    assert all(np.array_equal(layer.pixels, px) for layer, px in zip(doc.layers, pixels, strict=True))
+    assert len(doc.layers) == 2 and session.gallery.results == [] and not session.running
+
+    engine.raise_at = None  # the same session runs the next request
+    session.generate()
+    qtbot.waitUntil(lambda: seen.ended == ["failed", "done"], timeout=5000)
+    assert len(session.gallery.results) == 1
+
+
+def test_bad_input_is_reported_before_anything_runs(qtbot, make_session):
+    engine = FakeEngine()
+    session = make_session(engine)
+    seen = Seen(session)
+    session.set(blend=0.5)  # a blend without a prompt B
+    assert session.generate() is None
+    assert seen.errors and "prompt B" in seen.errors[0]
+    session.set(blend=0.0)
+    session.set_mode("inpaint")
+    assert session.generate() is None
+    assert "mask" in seen.errors[-1]
+    qtbot.wait(20)
+    assert engine.started_runs == [] and not session.running
+
+
+def test_frames_of_a_superseded_run_never_reach_the_canvas(qtbot, make_session):
+    gate = threading.Event()
+    session = make_session(FakeEngine(steps=2, gates=[gate]))
+    seen = Seen(session)
+    old = session.generate()
+    new = session.generate()
+    assert old is not None and new is not None
+    session.host.step.emit(StepEvent(old.request_id, 1, 2, np.zeros((SIZE, SIZE, 3), np.uint8), 0.1))
+    assert seen.frames == []
+    gate.set()
+    qtbot.waitUntil(lambda: seen.ended == ["done"], timeout=5000)
+    assert {f.request_id for f in seen.frames} == {new.request_id}
+    assert [r.request.request_id for r in session.gallery.results] == [new.request_id]
+
+
+def test_img2img_starts_from_the_visible_canvas_and_records_lineage(qtbot, make_session):
+    engine = FakeEngine(steps=2)
+    session = make_session(engine)
+    seen = Seen(session)
+    doc = session.document
+    sketch = doc.add_layer("sketch")
+    paint_square(doc, sketch.id)
+    hidden = doc.add_layer("hidden")
+    paint_square(doc, hidden.id, rgba=(0, 255, 0, 255), at=0, side=SIZE)
+    doc.set_layer(hidden.id, visible=False)
+    session.set_mode("img2img")
+    session.set(prompt="brick", strength=0.5)
+    first = session.generate()
+    assert first is not None
+    assert first.init_image == Picture(doc.composite())
+    assert first.init_image.pixels[12, 12].tolist() == [200, 30, 30]  # the sketch, not the hidden layer
+    qtbot.waitUntil(lambda: len(seen.results) == 1, timeout=5000)
+    one = seen.results[0]
+    assert one.parents == (f"image:{first.init_image.digest[:16]}",) and not one.painted
+
+    # Paint over the result and run again: the result is a parent, painted over in between.
+    result_layer = doc.layers[-1]
+    assert result_layer.source == one.id
+    paint_square(doc, result_layer.id, rgba=(0, 0, 255, 255), at=0, side=4)
+    second = session.generate()
+    assert second is not None and second.init_image == Picture(doc.composite())
+    qtbot.waitUntil(lambda: len(seen.results) == 2, timeout=5000)
+    two = seen.results[1]
+    assert two.parents == (one.id,) and two.painted
+    assert session.gallery.chain(two.id) == [two, one]
+
+
+def test_inpaint_sends_the_mask_and_changes_only_masked_pixels(qtbot, make_session):
+    session = make_session(FakeEngine(steps=2))
+    seen = Seen(session)
+    doc = session.document
+    sketch = doc.add_layer("sketch")
+    paint_square(doc, sketch.id, at=0, side=SIZE)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[4:12, 20:30] = 255
+    doc.paint_mask(0, 0, mask)
+    before = doc.composite()
+    session.set_mode("inpaint")
+    request = session.generate()
+    assert request is not None and request.mask == Picture(mask)
+    qtbot.waitUntil(lambda: len(seen.results) == 1, timeout=5000)
+    after = doc.composite()
+    changed = np.any(after != before, axis=2)
+    assert changed.any() and not changed[mask == 0].any()
+
+
+def test_restore_puts_a_recipe_back_and_variations_record_it_as_parent(qtbot, make_session):
+    session = make_session(FakeEngine(steps=1))
+    seen = Seen(session)
+    session.set(prompt="leather", seed=11, guidance=3.0)
+    session.generate()
+    qtbot.waitUntil(lambda: len(seen.results) == 1, timeout=5000)
+    first = seen.results[0]
+    session.set(prompt="something else", seed=99, guidance=9.0)
+    session.restore(first.id)
+    assert (session.request.prompt, session.request.seed, session.request.guidance) == ("leather", 11, 3.0)
+    assert session.mode == "txt2img"
+    session.set(variation_seed=5, variation_strength=0.3)
+    session.generate()
+    qtbot.waitUntil(lambda: len(seen.results) == 2, timeout=5000)
+    assert seen.results[1].parents == (first.id,)
+    session.set(seed=12)  # a new seed: a new picture, not a variation
+    session.generate()
+    qtbot.waitUntil(lambda: len(seen.results) == 3, timeout=5000)
+    assert seen.results[2].parents == ()
+
+
+def test_use_as_init_puts_a_result_on_the_canvas(qtbot, make_session):
+    session = make_session(FakeEngine(steps=1))
+    seen = Seen(session)
+    session.generate()
+    qtbot.waitUntil(lambda: len(seen.results) == 1, timeout=5000)
+    layer = session.use_as_init(seen.results[0])
+    assert layer is not None and layer.source == seen.results[0].id
+    assert session.mode == "img2img"
+
+
+def test_set_with_an_equal_value_emits_nothing(qtbot, make_session):
+    session = make_session(FakeEngine())
+    changes: list[Request] = []
+    session.request_changed.connect(changes.append)
+    session.set(prompt="x")
+    session.set(prompt="x")
+    session.set(steps=session.request.steps)
+    assert len(changes) == 1
+
+
+def test_prompt_history_keeps_the_last_distinct_prompts_newest_first(qtbot, make_session, tmp_path):
+    settings = Settings(str(tmp_path / "studio.ini"))
+    session = make_session(FakeEngine(steps=1), settings=settings)
+    for i in range(HISTORY_SIZE + 10):
+        session._remember_prompt(f"prompt {i}")
+    session._remember_prompt("prompt 55")  # again: moves to the front, not a duplicate
+    history = session.prompt_history
+    assert len(history) == HISTORY_SIZE == len(set(history))
+    assert history[0] == "prompt 55" and history[1] == "prompt 59" and "prompt 9" not in history
+    session.set(prompt="kept between runs", steps=9)
+    assert session.shutdown(timeout=5)
+    again = make_session(FakeEngine(steps=1), settings=Settings(str(tmp_path / "studio.ini")))
+    assert again.prompt_history == history
+    assert (again.request.prompt, again.request.steps) == ("kept between runs", 9)
+
+
+def test_quit_during_a_run_stops_promptly_with_no_thread_left(qtbot):
+    gate = threading.Event()  # never opened: only the cancel ends this run
+    engine = FakeEngine(steps=3, gates=[gate])
+    session = Session(engine, document=Document(SIZE, SIZE))
+    session.generate()
+    qtbot.waitUntil(engine.running.is_set, timeout=5000)
+    t0 = time.monotonic()
+    assert session.shutdown(timeout=5)
+    assert time.monotonic() - t0 < 1.0
+    assert not session.host.is_alive()
+    assert session.gallery.results == [] and len(session.document.layers) == 1
