@@ -230,6 +230,7 @@ def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str |
     config_folder = Path(config) if config is not None else CONFIGS / CONFIG_FOR_FAMILY[family]
     if inpaint and config is None:
         raise ModelError(f"{path}: is a 9-channel inpainting checkpoint; load its diffusers folder instead")
+    _check_against_config(path, keys, config_folder)
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
@@ -244,6 +245,57 @@ def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str |
         raise ModelError(
             f"{path}: does not match the {config_folder.name} config for a {family} model ({_short(exc)})"
         ) from None
+
+
+# (tensor in an LDM checkpoint, its axis, config file, config key, index into a list value, what it is)
+_SHAPE_CHECKS = (
+    ("model.diffusion_model.input_blocks.0.0.weight", 0, "unet", "block_out_channels", 0, "UNet width"),
+    ("model.diffusion_model.input_blocks.0.0.weight", 1, "unet", "in_channels", None, "UNet input channels"),
+    ("first_stage_model.encoder.conv_in.weight", 0, "vae", "block_out_channels", 0, "VAE width"),
+    (
+        "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight",
+        1,
+        "text_encoder",
+        "hidden_size",
+        None,
+        "text encoder width",
+    ),
+    (
+        "cond_stage_model.model.token_embedding.weight",
+        1,
+        "text_encoder",
+        "hidden_size",
+        None,
+        "text encoder width",
+    ),
+    (
+        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+        1,
+        "text_encoder",
+        "hidden_size",
+        None,
+        "text encoder width",
+    ),
+)
+
+
+def _check_against_config(path: Path, keys: dict[str, tuple[int, ...]], folder: Path) -> None:
+    """Compare a few telling tensor shapes with the config before diffusers builds full-size modules."""
+    for key, axis, component, name, index, what in _SHAPE_CHECKS:
+        if key not in keys:
+            continue
+        config_file = folder / component / "config.json"
+        try:
+            want = json.loads(config_file.read_text(encoding="utf-8"))[name]
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelError(f"{config_file}: is not a usable config ({exc})") from None
+        want = want[index] if index is not None else want
+        got = keys[key][axis]
+        if got != want:
+            raise ModelError(
+                f"{path}: does not match the {folder.name} config: the {what} is {got} in the file "
+                f"but {want} in the config"
+            )
 
 
 def _pickle_to_safetensors(path: Path, tmp: Path) -> Path:

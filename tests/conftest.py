@@ -12,6 +12,9 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+# Tiny diffusers models and engines (tests/fixtures_diffusers.py).
+pytest_plugins = ["fixtures_diffusers"]
+
 
 @pytest.fixture(autouse=True)
 def no_leftover_threads():

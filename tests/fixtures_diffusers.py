@@ -1,0 +1,71 @@
+"""Pytest fixtures with tiny diffusers models (registered from conftest via `pytest_plugins`).
+
+- `tiny_sd_folder`: a saved tiny SD1.x diffusers folder (session-wide; treat it as read-only)
+- `tiny_sdxl_folder`: the same for SDXL
+- `tiny_engine`: a CPU DiffusersEngine with a fresh tiny SD1.x pipeline under the model name "tiny"
+- `tiny_request`: a fast 64×64, 3-step diffusers Request for that engine
+- `torch_one_thread`: run a test with one torch thread (tiny models gain nothing from more, and on a busy
+  2-core machine torch's spinning worker threads make them 10-30× slower)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def torch_one_thread():
+    """One intra-op torch thread for the test, restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SD1.x model saved as a diffusers folder."""
+    from tiny_models import save_tiny_sd
+
+    return save_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight SDXL model saved as a diffusers folder."""
+    from tiny_models import save_tiny_sdxl
+
+    return save_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture
+def tiny_engine(torch_one_thread):
+    """A CPU diffusers engine running a fresh tiny SD1.x pipeline named "tiny"."""
+    from tiny_models import build_tiny_sd
+
+    from backend.diffusers_engine import DiffusersEngine
+
+    engine = DiffusersEngine(device="cpu", dtype="fp32")
+    engine.use_pipeline(build_tiny_sd(), "tiny")
+    return engine
+
+
+@pytest.fixture
+def tiny_request():
+    """A fast request for `tiny_engine`: 64×64, 3 Euler steps, guidance 5."""
+    from backend.request import Request
+
+    return Request(
+        engine="diffusers",
+        model="tiny",
+        prompt="a red fox",
+        seed=7,
+        steps=3,
+        guidance=5.0,
+        width=64,
+        height=64,
+    )
