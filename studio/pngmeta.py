@@ -81,6 +81,8 @@ class PngMetadata:
     recipe_from: str | None = None  # "studio" (our JSON recipe), "a1111" (parameters only) or None
     edited: bool | None = None  # pixels differ from those exported; None when the file does not say
     notes: tuple[str, ...] = ()  # what was present but unreadable or ignored
+    digest: str = ""  # SHA-256 of the pixels as read (Picture.digest): names an image that has no id
+    size: tuple[int, int] = (0, 0)  # width, height
 
     @property
     def has_recipe(self) -> bool:
@@ -254,6 +256,7 @@ def read_png_metadata(path: str | os.PathLike[str]) -> PngMetadata:
     """
     image = open_image(Path(path))
     texts = _texts(image)
+    digest = Picture.from_pil(image).digest
     notes: list[str] = []
     request = provenance = recipe_from = edited = None
     extras: dict[str, Any] = {}
@@ -265,9 +268,9 @@ def read_png_metadata(path: str | os.PathLike[str]) -> PngMetadata:
             request, extras, provenance = recipe.request, dict(recipe.extras), recipe.provenance
             recipe_from = "studio"
             notes.extend(recipe.notes)
-            digest = data.get("image_digest")
-            if isinstance(digest, str):
-                edited = Picture.from_pil(image).digest != digest
+            written = data.get("image_digest")
+            if isinstance(written, str):
+                edited = digest != written
         except (RecipeError, ValueError, RecursionError, StudioError) as exc:
             notes.append(f"the studio recipe is unreadable: {exc}")
     if request is None and parameters:
@@ -282,5 +285,14 @@ def read_png_metadata(path: str | os.PathLike[str]) -> PngMetadata:
     if "workflow" in texts or "prompt" in texts:
         notes.append("a ComfyUI workflow is present (not read)")
     return PngMetadata(
-        request, extras, provenance, parameters, source_type, recipe_from, edited, tuple(notes)
+        request,
+        extras,
+        provenance,
+        parameters,
+        source_type,
+        recipe_from,
+        edited,
+        tuple(notes),
+        digest,
+        image.size,
     )

@@ -1,0 +1,490 @@
+"""The headless command line: `studio-cli generate`, `studio-cli info IMAGE`, `studio-cli models`.
+
+Every failure a person can cause (bad arguments, bad files, a model that will not load) ends with one
+line on stderr and a non-zero exit, never a traceback; set STUDIO_DEBUG=1 to see tracebacks anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import numpy as np
+from PIL import Image
+
+from backend.errors import StudioError
+from backend.images import Picture, load_picture
+from backend.request import MAX_SEED, Request
+from studio.a1111 import to_a1111
+from studio.pngmeta import PngMetadata, read_png_metadata, save_png
+from studio.recipe import MAX_CHAIN, Ancestor, Provenance, compact_recipe, provenance_to_dict, request_to_dict
+
+PROG = "studio-cli"
+_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+class UsageError(StudioError):
+    """A bad command line: exit status 2, like argparse."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # argparse prints usage over several lines; we want one
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(text)
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Studio without the window: generate images, read their recipes.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,info,models}")
+
+    g = sub.add_parser("generate", help="generate an image and save it as a PNG with its recipe")
+    g.add_argument("--prompt", help="what to make")
+    g.add_argument("--negative", help="what to avoid")
+    g.add_argument(
+        "--engine", choices=("patch", "diffusers"), help="default: patch, or diffusers with --model"
+    )
+    g.add_argument(
+        "--model", help="diffusers folder, .safetensors file or hub id (implies --engine diffusers)"
+    )
+    g.add_argument("--references", metavar="DIR", help="patch engine: a folder of reference images")
+    g.add_argument("--seed", type=_seed, help="default: a random seed")
+    g.add_argument("--steps", type=int)
+    g.add_argument("--guidance", type=float)
+    g.add_argument("--width", type=int, help="default: 512, or the init image's width")
+    g.add_argument("--height", type=int, help="default: 512, or the init image's height")
+    g.add_argument("--scheduler", help="euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, lcm, ...")
+    g.add_argument("--init-image", metavar="IMAGE", help="start from this image (img2img)")
+    g.add_argument("--strength", type=float, help="how much of the init image to repaint, 0 to 1")
+    g.add_argument("--mask", metavar="IMAGE", help="inpaint: white repaints, black keeps")
+    g.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None, help="seamless tiling")
+    g.add_argument("--variation-seed", type=_seed)
+    g.add_argument("--variation-strength", type=float)
+    g.add_argument("--locality", type=float, help="patch engine: 0 makes new images, 1 reproduces references")
+    g.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
+    g.add_argument(
+        "--model-folder", action="append", default=[], metavar="DIR", help="also look for models here"
+    )
+    g.add_argument("--recipe", metavar="IMAGE", help="re-run the recipe in IMAGE; other options override it")
+    g.add_argument("--out", metavar="PNG", help="default: studio-SEED.png in the current folder")
+    g.add_argument("--events", action="store_true", help="print one JSON line per step on stdout")
+    g.add_argument("--preview-dir", metavar="DIR", help="save every preview frame in DIR")
+    g.add_argument(
+        "--attribution", metavar="PNG", help="patch engine: save the map of which reference fed each pixel"
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(run=_generate)
+
+    i = sub.add_parser("info", help="print an image's recipe, provenance and lineage chain")
+    i.add_argument("image", metavar="IMAGE")
+    i.add_argument("--json", action="store_true", help="print it all as one JSON object")
+    i.set_defaults(run=_info)
+
+    m = sub.add_parser("models", help="list the models found on this machine")
+    m.add_argument("--model-folder", action="append", default=[], metavar="DIR", help="also look here")
+    m.add_argument("--no-hub", action="store_true", help="skip the Hugging Face cache")
+    m.set_defaults(run=_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage, 130 interrupted)."""
+    debug = bool(os.environ.get("STUDIO_DEBUG"))
+    if not debug:  # transformers and diffusers log advice at import; a terminal wants one line per failure
+        for name in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+            os.environ.setdefault(name, "error")
+        os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    try:
+        with warnings.catch_warnings():
+            if not debug:  # library warnings are noise to a person at a terminal
+                warnings.simplefilter("ignore")
+            args = _parser().parse_args(argv)
+            return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except UsageError as exc:
+        _fail(f"{PROG}: {exc}")
+        return 2
+    except StudioError as exc:
+        _fail(f"{PROG}: error: {exc}")
+        return 1
+    except BrokenPipeError:  # `studio-cli ... | head`: the reader left; nothing to say
+        return 1
+    except OSError as exc:
+        _fail(f"{PROG}: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}")
+        return 1
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"{PROG}: internal error: {exc.__class__.__name__}: {exc} (STUDIO_DEBUG=1 shows details)")
+        return 1
+
+
+def _fail(line: str) -> None:
+    print(" ".join(line.split()), file=sys.stderr)  # one line, whatever the message held
+
+
+# -------------------------------------------------------------------------------------------- generate
+
+
+def _generate(args: argparse.Namespace) -> int:
+    recipe_meta = _read_recipe(args.recipe) if args.recipe else None
+    base = (
+        recipe_meta.request if recipe_meta and recipe_meta.request else Request(seed=secrets.randbelow(2**32))
+    )
+    request, init_meta = build_request(args, base)
+    if args.attribution and request.engine != "patch":
+        raise UsageError("--attribution needs the patch engine")
+    out = Path(args.out) if args.out else _free_name(Path(f"studio-{request.seed}.png"))
+    if args.preview_dir:
+        Path(args.preview_dir).mkdir(parents=True, exist_ok=True)
+
+    from backend.engines import Engines  # torch loads here, after the arguments are known to be good
+    from backend.events import Done, StepEvent
+
+    options: dict[str, Any] = {"model_folders": _model_folders(args)}
+    if args.device:
+        options["device"] = args.device
+    cancel = threading.Event()
+    bar = Progress(sys.stderr, enabled=not args.quiet)
+    done = None
+    events = Engines(**options).generate(request, cancel)
+    try:
+        for event in events:
+            if isinstance(event, StepEvent):
+                bar.update(event.step, event.total, event.elapsed_s)
+                if args.events:
+                    step = {
+                        "step": event.step,
+                        "total": event.total,
+                        "elapsed_ms": round(event.elapsed_s * 1000, 1),
+                    }
+                    print(json.dumps(step), flush=True)
+                if args.preview_dir and event.preview is not None:
+                    path = Path(args.preview_dir) / f"step-{event.step:03d}.png"
+                    Image.fromarray(event.preview).save(path, compress_level=1)
+            elif isinstance(event, Done):
+                done = event
+    finally:
+        cancel.set()
+        getattr(events, "close", lambda: None)()
+        bar.finish()
+    if done is None:
+        raise StudioError("the engine stopped without an image")
+
+    provenance = lineage_for(Picture(done.image), done.request, recipe_meta, init_meta)
+    save_png(out, done.image, done.request, done.extras, provenance)
+    if args.attribution and done.attribution is not None:
+        from backend.patch_engine import attribution_to_rgb
+
+        Image.fromarray(attribution_to_rgb(done.attribution)).save(args.attribution)
+    print(str(out), file=sys.stderr if args.events else sys.stdout)
+    return 0
+
+
+def _read_recipe(path: str) -> PngMetadata:
+    meta = read_png_metadata(path)
+    if meta.request is None:
+        why = "; ".join(meta.notes) or "it carries no recipe"
+        raise StudioError(f"{path}: no recipe to re-run ({why})")
+    return meta
+
+
+def _free_name(path: Path) -> Path:
+    """The default output name, numbered so an earlier result is never overwritten."""
+    n = 2
+    candidate = path
+    while candidate.exists():
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        n += 1
+    return candidate
+
+
+def build_request(args: argparse.Namespace, base: Request) -> tuple[Request, PngMetadata | None]:
+    """The request the options describe over `base` (a recipe's or the defaults), and the init's metadata."""
+    changes: dict[str, Any] = {}
+    for option, name in (
+        ("prompt", "prompt"),
+        ("negative", "negative_prompt"),
+        ("seed", "seed"),
+        ("steps", "steps"),
+        ("guidance", "guidance"),
+        ("scheduler", "scheduler"),
+        ("strength", "strength"),
+        ("tile", "tiling"),
+        ("variation_seed", "variation_seed"),
+        ("variation_strength", "variation_strength"),
+        ("locality", "locality"),
+    ):
+        if getattr(args, option) is not None:
+            changes[name] = getattr(args, option)
+    if args.variation_strength and args.variation_seed is None and base.variation_seed is None:
+        changes["variation_seed"] = (changes.get("seed", base.seed) + 1) % (MAX_SEED + 1)
+    changes.update(_engine_and_model(args, base))
+
+    init_meta = None
+    init = base.init_image
+    if args.init_image:
+        init = load_picture(args.init_image)
+        if init.is_mask:
+            init = Picture(np.repeat(init.pixels[:, :, None], 3, axis=2))
+        init_meta = read_png_metadata(args.init_image)
+    width, height = _size(args, base, init)
+    changes.update(width=width, height=height)
+    if init is not None:
+        changes["init_image"] = _resized(init, width, height, "init image", args.init_image is not None)
+    mask = load_picture(args.mask, mask=True) if args.mask else base.mask
+    if mask is not None:
+        changes["mask"] = _resized(mask, width, height, "mask", bool(args.mask))
+    return base.replace(**changes), init_meta
+
+
+def _engine_and_model(args: argparse.Namespace, base: Request) -> dict[str, Any]:
+    if args.references and args.engine == "diffusers":
+        raise UsageError("--references is for the patch engine; the diffusers engine takes --model")
+    if args.references and args.model:
+        raise UsageError("give --references (patch engine) or --model (diffusers), not both")
+    if args.references:
+        folder = Path(args.references).expanduser()
+        if not folder.is_dir():
+            raise StudioError(f"reference folder {args.references}: no such folder")
+        return {"engine": "patch", "model": str(folder)}
+    engine = args.engine or ("diffusers" if args.model else None)
+    if args.model:
+        path = Path(args.model).expanduser()
+        if path.exists():
+            return {"engine": engine, "model": str(path)}
+        # Say so before loading torch and diffusers; a bare name may still be a discovered model.
+        m = args.model
+        if (
+            m.lower().endswith(_MODEL_SUFFIXES)
+            or m.startswith((".", "/", "~"))
+            or "\\" in m
+            or m.count("/") > 1
+        ):
+            raise StudioError(f"model {m}: no such file or folder")
+        return {"engine": engine, "model": m}
+    if engine is None or engine == base.engine:
+        return {}
+    return {"engine": engine, "model": ""}  # switching engine: the other engine's model means nothing here
+
+
+def _size(args: argparse.Namespace, base: Request, init: Picture | None) -> tuple[int, int]:
+    """The requested size; a new init image sets what was not given, keeping its proportions."""
+    width, height = args.width, args.height
+    if init is not None and args.init_image and (width is None or height is None):
+        if width is None and height is None:
+            width, height = init.width, init.height
+        elif width is None:
+            width = round(init.width * height / init.height)
+        else:
+            height = round(init.height * width / init.width)
+        width, height = max(8, width // 8 * 8), max(8, height // 8 * 8)  # the engines need multiples of 8
+    return (width if width is not None else base.width, height if height is not None else base.height)
+
+
+def _resized(picture: Picture, width: int, height: int, what: str, tell: bool) -> Picture:
+    if (picture.width, picture.height) == (width, height):
+        return picture
+    if tell:
+        print(
+            f"{PROG}: note: {what} resized from {picture.width}×{picture.height} to {width}×{height}",
+            file=sys.stderr,
+        )
+    resample = Image.Resampling.BILINEAR if picture.is_mask else Image.Resampling.LANCZOS
+    return Picture.from_pil(picture.to_pil().resize((width, height), resample), mask=picture.is_mask)
+
+
+def lineage_for(
+    image: Picture, request: Request, recipe: PngMetadata | None, init: PngMetadata | None
+) -> Provenance:
+    """The new image's provenance: named by its pixels, with the images it came from as parents.
+
+    An init image is a parent; so is a recipe image whose recipe was changed (a variation). A recipe re-run
+    unchanged keeps the original's lineage. A parent whose pixels changed since it was exported was
+    painted on in between.
+    """
+    own_id = image.digest[:16]
+    parents: list[str] = []
+    chain: list[Ancestor] = []
+    painted = False
+    if recipe is not None and recipe.request is not None:
+        if recipe.request == request and recipe.provenance is not None:  # a plain re-run: same lineage
+            parents.extend(recipe.provenance.parents)
+            chain.extend(recipe.provenance.chain)
+            painted = recipe.provenance.painted
+        else:
+            ancestor = _ancestor(recipe)
+            parents.append(ancestor.id)
+            chain.append(ancestor)
+            chain.extend(recipe.provenance.chain if recipe.provenance else ())
+            painted = painted or bool(recipe.edited)
+    if init is not None and request.init_image is not None:
+        ancestor = _ancestor(init)
+        parents.insert(0, ancestor.id)
+        chain.insert(0, ancestor)
+        chain.extend(init.provenance.chain if init.provenance else ())
+        painted = painted or bool(init.edited)
+    unique: dict[str, Ancestor] = {}
+    for a in chain:
+        unique.setdefault(a.id, a)
+    return Provenance(own_id, tuple(dict.fromkeys(parents)), painted, tuple(unique.values())[:MAX_CHAIN])
+
+
+def _ancestor(meta: PngMetadata) -> Ancestor:
+    recipe = compact_recipe(meta.request, meta.extras) if meta.request is not None else None
+    if meta.provenance is not None:
+        p = meta.provenance
+        return Ancestor(p.id, p.parents, p.painted or bool(meta.edited), recipe)
+    return Ancestor(meta.digest[:16], (), False, recipe)  # an image from elsewhere: named by its pixels
+
+
+class Progress:
+    """A one-line text progress bar, redrawn in place, at most ten times a second."""
+
+    def __init__(self, stream: TextIO, enabled: bool = True, width: int = 30) -> None:
+        self.stream, self.enabled, self.width = stream, enabled, width
+        self._drawn = 0.0
+        self._shown = False
+
+    def update(self, step: int, total: int, elapsed_s: float) -> None:
+        """Draw step of total."""
+        now = time.monotonic()
+        if not self.enabled or (step < total and now - self._drawn < 0.1):
+            return
+        self._drawn, self._shown = now, True
+        filled = round(self.width * step / max(total, 1))
+        per = elapsed_s / max(step, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\r[{bar}] {step}/{total}  {elapsed_s:.1f} s  {per:.2f} s/step")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the bar's line so what follows starts on its own."""
+        if self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
+
+
+# ------------------------------------------------------------------------------------------ info, models
+
+
+def _info(args: argparse.Namespace) -> int:
+    meta = read_png_metadata(args.image)
+    print(describe_json(args.image, meta) if args.json else describe(args.image, meta))
+    return 0
+
+
+def describe_json(path: str, meta: PngMetadata) -> str:
+    """Everything `info` knows about an image as one JSON object (images in the request by digest)."""
+    return json.dumps(
+        {
+            "file": str(path),
+            "size": list(meta.size),
+            "digest": meta.digest,
+            "recipe_from": meta.recipe_from,
+            "source_type": meta.source_type,
+            "edited": meta.edited,
+            "parameters": meta.parameters,
+            "request": request_to_dict(meta.request, images=False) if meta.request else None,
+            "extras": meta.extras,
+            "lineage": provenance_to_dict(meta.provenance) if meta.provenance else None,
+            "notes": list(meta.notes),
+        },
+        ensure_ascii=False,
+        indent=1,
+    )
+
+
+def describe(path: str, meta: PngMetadata) -> str:
+    """A person's view of an image's recipe, provenance and lineage chain."""
+    lines = [f"image       {path}  ({meta.size[0]}×{meta.size[1]})"]
+    sources = {"studio": "studio recipe (re-runs exactly)", "a1111": "A1111 parameters only (no images)"}
+    lines.append(f"recipe      {sources.get(meta.recipe_from or '', 'none: no generation metadata found')}")
+    if meta.source_type:
+        lines.append(f"source      {meta.source_type.rsplit('/', 1)[-1]} (IPTC digital source type)")
+    p = meta.provenance
+    if p is not None:
+        lines.append(f"id          {p.id}")
+        lines.append(f"parents     {', '.join(p.parents) or 'none'}")
+        lines.append(f"painted     {'yes: a person painted on it or composited it' if p.painted else 'no'}")
+    if meta.edited is not None:
+        lines.append(f"pixels      {'CHANGED since export' if meta.edited else 'unchanged since export'}")
+    r = meta.request
+    if r is not None:
+        x = meta.extras
+        lines.append(f"engine      {r.engine}")
+        model = x.get("model_name") or x.get("model") or r.model or "(default references)"
+        lines.append(f"model       {model}" + (f"  (hash {x['model_hash']})" if x.get("model_hash") else ""))
+        shares = x.get("reference_shares")
+        if isinstance(shares, dict) and shares:
+            top = sorted(shares.items(), key=lambda kv: -float(kv[1]))
+            lines.append("references  " + ", ".join(f"{n} {float(s):.0%}" for n, s in top))
+        held = [
+            f"{n} {pic.width}×{pic.height}"
+            for n, pic in (("init image", r.init_image), ("mask", r.mask))
+            if pic
+        ]
+        if held:
+            lines.append(f"embedded    {', '.join(held)}")
+        lines.append("parameters")
+        lines.extend("  " + line for line in (meta.parameters or to_a1111(r, meta.extras)).split("\n"))
+    if p is not None and p.chain:
+        lines.append("chain       nearest first")
+        for n, a in enumerate(p.chain, 1):
+            lines.append(
+                f"  {n}. {a.id}{'  painted' if a.painted else ''}  parents: {', '.join(a.parents) or 'none'}"
+            )
+            lines.append(f"     {_summary(a.recipe)}")
+    lines.extend(f"note        {note}" for note in meta.notes)
+    return "\n".join(lines)
+
+
+def _summary(compact: dict[str, Any] | None) -> str:
+    if not compact or not isinstance(compact.get("request"), dict):
+        return "(no recipe: an image from outside the studio)"
+    q = compact["request"]
+    prompt = str(q.get("prompt", ""))
+    prompt = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    steps = f"{q.get('steps')} steps"
+    return f'{q.get("engine")}: "{prompt}" seed {q.get("seed")}, {steps}, {q.get("scheduler")}'
+
+
+def _model_folders(args: argparse.Namespace) -> tuple[str, ...]:
+    """The folders given on the command line, then those the person added in the window's settings."""
+    folders = list(args.model_folder)
+    try:
+        from studio.settings import Settings
+
+        folders += Settings().model_folders
+    except Exception:  # no Qt, or unreadable settings: the command line's folders are enough
+        pass
+    return tuple(dict.fromkeys(folders))
+
+
+def _models(args: argparse.Namespace) -> int:
+    from backend.models import discover
+
+    found = discover(_model_folders(args), include_hub=not args.no_hub)
+    width = max((len(m.name) for m in found), default=0)
+    for m in found:
+        note = "  (pickle: refused unless allowed)" if m.pickle else ""
+        print(f"{m.name:<{width}}  {m.kind:<6}  {m.path}{note}")
+    if not found:
+        print("no models found; add a folder with --model-folder, or give --model a path", file=sys.stderr)
+    return 0
