@@ -280,3 +280,28 @@ def test_unwritable_output_fails_with_one_line(tmp_path, capsys, refs):
     (tmp_path / "a file").write_text("not a folder")
     code, _, err = generate(capsys, refs, tmp_path / "a file" / "x.png", "--seed", "1", "-q")
     assert code == 1 and "cannot write" in one_clear_line(err)
+
+
+def test_diffusers_model_folder_generates_and_reruns(tmp_path, capsys):
+    from tiny_models import save_tiny_sd  # tests/ is on sys.path (rootdir-relative import mode)
+
+    model = save_tiny_sd(tmp_path / "tiny-sd")
+    first, again = tmp_path / "d1.png", tmp_path / "d2.png"
+    argv = ["generate", "--model", model, "--width", "64", "--height", "64", "--steps", "2", "--seed", "8"]
+    code, stdout, err = run(
+        capsys, *argv, "--prompt", "a tiny test", "--scheduler", "euler_a", "--out", first, "--events"
+    )
+    assert code == 0, err
+    assert len(stdout.splitlines()) == 2
+    meta = read_png_metadata(first)
+    assert (meta.request.engine, meta.request.model, meta.request.scheduler) == (
+        "diffusers",
+        str(model),
+        "euler_a",
+    )
+    assert len(meta.extras["model_hash"]) == 64
+    assert f"Model hash: {meta.extras['model_hash'][:10]}, Model: tiny-sd" in meta.parameters
+    assert "Sampler: Euler a" in meta.parameters
+
+    assert run(capsys, "generate", "--recipe", first, "--out", again, "-q")[0] == 0
+    assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
