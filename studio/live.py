@@ -1,10 +1,11 @@
-"""Live scheduling: turn a stream of requests (a slider drag, typing) into a few runs, newest last.
+"""Live scheduling: turn a stream of changes (a slider drag, typing, painting) into a few runs.
 
-Policy: a request offered while the engine is idle runs at once (leading edge). While a run is in
-progress the newest offered request waits here, replacing older ones, until the run in progress has shown
-`min_frames` preview frames or ended; then it is submitted (trailing edge, so the final values always
-run). Each run therefore shows at least one frame before it is superseded: frames keep arriving during a
-drag, and a burst of changes starts only a few runs.
+Policy: a change made while the engine is idle runs at once (leading edge). While a run is in progress a
+change only marks the values dirty; once the run in progress has shown `min_frames` preview frames, or
+has ended, the newest values are built into a request and submitted (trailing edge, so the final values
+always run). Each run therefore shows a frame before it is superseded: frames keep arriving during a
+drag, and a burst of changes starts only a few runs. Requests are built only when they are about to run,
+so a burst builds few of them (an img2img request copies the whole canvas) and none pile up.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from studio.engine_host import EngineHost
 
 
 class LiveScheduler(QObject):
-    """Coalesces offered requests into runs on an EngineHost; every submission goes through it.
+    """Coalesces changes into runs on an EngineHost; every submission goes through it.
 
-    `submit` (default `host.submit`) is called for each request that is to run, so the owner can record
-    it first. Signals: `submitted(Request)` after each submission.
+    `build()` makes the request of the current values (None when they cannot run); `submit` (default
+    `host.submit`) is called for each request that is to run, so the owner can record it first.
+    Signals: `submitted(Request)` after each submission.
     """
 
     submitted = Signal(object)
@@ -30,15 +32,17 @@ class LiveScheduler(QObject):
     def __init__(
         self,
         host: EngineHost,
+        build: Callable[[], Request | None],
         submit: Callable[[Request], None] | None = None,
         min_frames: int = 1,
     ) -> None:
         super().__init__()
         self.host = host
+        self._build = build
         self._submit = submit if submit is not None else host.submit
         self.min_frames = min_frames
-        self.pending: Request | None = None
-        self.submitted_count = 0  # runs asked for, for tests and the demo's statistics
+        self.submitted_count = 0  # runs asked for, for tests and statistics
+        self._dirty = False  # the values changed since the newest submission
         self._last_id: str | None = None  # the newest request submitted
         self._frames = 0  # frames seen of that request
         # Busy as the GUI thread has seen it: from a submission until the host's idle signal arrives. The
@@ -47,16 +51,21 @@ class LiveScheduler(QObject):
         host.step.connect(self._on_step)
         host.idle.connect(self._on_idle)
 
-    def offer(self, request: Request) -> None:
-        """A new live request: run it now if the engine is free, else keep it as the newest waiting."""
+    @property
+    def pending(self) -> bool:
+        """True when changed values wait for the run in progress to show a frame."""
+        return self._dirty
+
+    def schedule(self) -> None:
+        """The values changed: run them now if the engine is free (or has shown a frame), else soon."""
         if not self._in_flight or self._frames >= self.min_frames:
-            self.submit_now(request)
+            self._run_latest()
         else:
-            self.pending = request
+            self._dirty = True
 
     def submit_now(self, request: Request) -> None:
         """Run `request` at once (Generate), superseding whatever runs or waits."""
-        self.pending = None
+        self._dirty = False
         self._last_id = request.request_id
         self._frames = 0
         self._in_flight = True
@@ -65,13 +74,19 @@ class LiveScheduler(QObject):
         self.submitted.emit(request)
 
     def discard(self) -> None:
-        """Forget the waiting request (Cancel, live switched off)."""
-        self.pending = None
+        """Forget changes not yet submitted (Cancel, live switched off)."""
+        self._dirty = False
 
     def flush(self) -> None:
-        """Submit the waiting request now, if there is one."""
-        if self.pending is not None:
-            self.submit_now(self.pending)
+        """Submit the newest values now if they changed since the last submission."""
+        if self._dirty:
+            self._run_latest()
+
+    def _run_latest(self) -> None:
+        self._dirty = False
+        request = self._build()
+        if request is not None:
+            self.submit_now(request)
 
     @Slot(object)
     def _on_step(self, ev: StepEvent) -> None:

@@ -101,7 +101,7 @@ class Session(QObject):
         self.current: Request | None = None  # the newest run submitted and not yet ended
         self.last_frame: StepEvent | None = None  # newest frame of the current run
         self.restored: Result | None = None  # the gallery entry whose recipe the panels hold
-        self._lineage: dict[str, Lineage] = {}  # request id → lineage, for the current and waiting runs
+        self._lineage: dict[str, Lineage] = {}  # request id → lineage, for the newest run
         # The layer of the last live result while the next live result may replace it, and whether its
         # AddLayer is still the newest command (then replacing it leaves no trace in the undo history).
         self._live_layer: str | None = None
@@ -115,7 +115,7 @@ class Session(QObject):
         self.host.failed.connect(self._on_failed)
         # Created after the connections above: a frame must reach the canvas before the scheduler, seeing
         # it, supersedes its run (slots run in the order they were connected).
-        self.live = LiveScheduler(self.host, submit=self._submit)
+        self.live = LiveScheduler(self.host, build=self._build_live, submit=self._submit)
         self.document.operation.connect(self._on_document_operation)
         self.document.changed.connect(self._on_document_changed)
 
@@ -255,8 +255,8 @@ class Session(QObject):
     # -- engine events (GUI thread) --------------------------------------------------------------------
     def _submit(self, request: Request) -> None:
         self.last_frame = None
-        keep = {request.request_id} | ({self.live.pending.request_id} if self.live.pending else set())
-        self._lineage = {k: v for k, v in self._lineage.items() if k in keep}
+        # Only the newest run can still add a result: forget the lineage of any other.
+        self._lineage = {k: v for k, v in self._lineage.items() if k == request.request_id}
         was_running = self.current is not None
         self.current = request
         self.host.submit(request)
@@ -371,16 +371,21 @@ class Session(QObject):
 
     # -- reacting to changes ---------------------------------------------------------------------------
     def _changed(self) -> None:
-        """Values or canvas input changed: with live on, offer a run of the new values."""
+        """Values or canvas input changed: with live on, schedule a run of the new values."""
+        if self.live_enabled and not self._closed:
+            self.live.schedule()
+
+    def _build_live(self) -> Request | None:
+        """The live scheduler's request of the current values, or None (said in the status bar)."""
         if not self.live_enabled or self._closed:
-            return
+            return None
         try:
             request, lineage = self.build(live=True)
         except StudioError as exc:
             self.status.emit(str(exc))  # while typing, a half-made value is no reason for a dialog
-            return
+            return None
         self._lineage[request.request_id] = lineage
-        self.live.offer(request)
+        return request
 
     @Slot(str, object)
     def _on_document_operation(self, what: str, command: Command) -> None:
@@ -398,6 +403,12 @@ class Session(QObject):
             self._live_layer = None
             self._live_is_last = False
             self.set(width=self.document.width, height=self.document.height)
+
+    def set_prompt_history(self, prompts: list[str]) -> None:
+        """Replace the prompt history (an opened project): distinct, newest first, at most HISTORY_SIZE."""
+        cleaned = [p.strip() for p in prompts if isinstance(p, str) and p.strip()]
+        self.prompt_history = list(dict.fromkeys(cleaned))[:HISTORY_SIZE]
+        self.history_changed.emit()
 
     def _remember_prompt(self, prompt: str) -> None:
         text = prompt.strip()

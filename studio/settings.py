@@ -70,7 +70,9 @@ class Settings:
         if self.device:
             options["device"] = self.device
         if self.taesd_folder:
-            options["taesd_folder"] = self.taesd_folder
+            options["taesd"] = self.taesd_folder
+        if self.model_folders:
+            options["model_folders"] = tuple(self.model_folders)
         return options
 
     @property

@@ -16,8 +16,11 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from backend.events import Done, Event, StepEvent
 from backend.request import Request
@@ -117,3 +120,41 @@ def _wait(gate: threading.Event, cancel: threading.Event) -> bool:
         if cancel.is_set():
             return False
     return True
+
+
+class Paced:
+    """Wraps a real engine so that each step waits until the test has taken the previous frame.
+
+    The host keeps at most one frame pending, so a fast engine may outrun the GUI thread; a test that
+    checks every step's frame releases `taken` from its frame handler to let the next step run.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.taken = threading.Semaphore(0)
+
+    def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
+        """The wrapped engine's events, pausing after each StepEvent until `taken` is released."""
+        events = self.engine.generate(request, cancel)
+        try:
+            for ev in events:
+                yield ev
+                if isinstance(ev, StepEvent):
+                    while not self.taken.acquire(timeout=0.005):
+                        if cancel.is_set():
+                            return
+        finally:
+            events.close()
+
+
+def make_references(folder: Path, count: int = 3, side: int = 32) -> Path:
+    """A tiny reference folder for the patch engine: `count` distinct seeded textures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1234)
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    for i in range(count):
+        img = rng.random((side, side, 3), dtype=np.float32) * 96
+        img[..., i % 3] += ramp[None, :] * 0.6
+        img[..., (i + 1) % 3] += ramp[:, None] * 0.3
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"texture{i}.png")
+    return folder

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from fake_engine import FakeEngine, fake_image
+from fake_engine import FakeEngine, Paced, fake_image, make_references
 
 from backend.events import StepEvent
 from backend.images import Picture
@@ -18,6 +18,11 @@ from studio.session import HISTORY_SIZE, Session
 from studio.settings import Settings
 
 SIZE = 32
+
+
+def patch_engine():
+    """A real patch engine (skipped until backend.patch_engine has landed)."""
+    return pytest.importorskip("backend.patch_engine").PatchEngine()
 
 
 @pytest.fixture
@@ -34,6 +39,11 @@ def make_session(qtbot):
     for session in sessions:
         assert session.shutdown(timeout=5)
         assert not session.host.is_alive()
+
+
+@pytest.fixture
+def references(tmp_path):
+    return make_references(tmp_path / "references")
 
 
 class Seen:
@@ -204,23 +214,46 @@ def test_img2img_starts_from_the_visible_canvas_and_records_lineage(qtbot, make_
     assert session.gallery.chain(two.id) == [two, one]
 
 
-def test_inpaint_sends_the_mask_and_changes_only_masked_pixels(qtbot, make_session):
-    session = make_session(FakeEngine(steps=2))
+def test_inpaint_with_the_patch_engine_changes_only_masked_pixels(qtbot, make_session, references):
+    session = make_session(patch_engine())
     seen = Seen(session)
     doc = session.document
     sketch = doc.add_layer("sketch")
-    paint_square(doc, sketch.id, at=0, side=SIZE)
+    paint_square(doc, sketch.id, rgba=(40, 90, 160, 255), at=0, side=SIZE)
+    paint_square(doc, sketch.id, rgba=(230, 200, 40, 255), at=10, side=8)
     mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[4:12, 20:30] = 255
+    mask[4:16, 18:30] = 255
     doc.paint_mask(0, 0, mask)
     before = doc.composite()
     session.set_mode("inpaint")
+    session.set(model=str(references), steps=4, strength=1.0, seed=3)
     request = session.generate()
     assert request is not None and request.mask == Picture(mask)
-    qtbot.waitUntil(lambda: len(seen.results) == 1, timeout=5000)
+    assert request.init_image == Picture(before)
+    qtbot.waitUntil(lambda: seen.ended == ["done"], timeout=60000)
+    assert seen.errors == []
     after = doc.composite()
     changed = np.any(after != before, axis=2)
-    assert changed.any() and not changed[mask == 0].any()
+    assert changed[mask > 0].mean() > 0.5  # the masked area was repainted ...
+    assert not changed[mask == 0].any()  # ... and nothing else moved by even one level
+    assert session.gallery.results[0].parents == (f"image:{request.init_image.digest[:16]}",)
+
+
+def test_generate_with_the_patch_engine_paints_every_step(qtbot, make_session, references):
+    engine = Paced(patch_engine())
+    session = make_session(engine)
+    seen = Seen(session)
+    session.frame.connect(lambda _ev: engine.taken.release())
+    session.set(model=str(references), steps=3, seed=5, prompt="texture")
+    request = session.generate()
+    qtbot.waitUntil(lambda: seen.ended == ["done"], timeout=60000)
+    assert [(f.step, f.total) for f in seen.frames] == [(1, 3), (2, 3), (3, 3)]
+    assert all(f.request_id == request.request_id for f in seen.frames)
+    result = session.gallery.results[0]
+    assert result.request == request and result.extras["engine"] == "patch"
+    assert result.attribution is not None and result.attribution.shape[:2] == (SIZE, SIZE)
+    assert np.array_equal(session.document.layers[-1].pixels[..., :3], result.image)
+    assert session.document.layers[-1].name == "texture"
 
 
 def test_restore_puts_a_recipe_back_and_variations_record_it_as_parent(qtbot, make_session):
@@ -278,6 +311,32 @@ def test_prompt_history_keeps_the_last_distinct_prompts_newest_first(qtbot, make
     again = make_session(FakeEngine(steps=1), settings=Settings(str(tmp_path / "studio.ini")))
     assert again.prompt_history == history
     assert (again.request.prompt, again.request.steps) == ("kept between runs", 9)
+
+
+def test_settings_keep_engine_options_and_survive_bad_values(tmp_path):
+    path = str(tmp_path / "studio.ini")
+    settings = Settings(path)
+    assert settings.engine_options() == {} and settings.last_request is None
+    settings.device = "cpu"
+    settings.taesd_folder = "/models/taesd"
+    settings.model_folders = ["/a", "/b", "/a"]
+    settings.sync()
+    again = Settings(path)
+    assert again.model_folders == ["/a", "/b"]
+    assert again.engine_options() == {
+        "device": "cpu",
+        "taesd": "/models/taesd",
+        "model_folders": ("/a", "/b"),
+    }
+    again.set_value("session/last_request", "{not json")
+    again.set_value("session/prompt_history", '{"a": 1}')
+    assert again.last_request is None and again.prompt_history == []
+
+
+def test_an_opened_project_history_replaces_the_session_history(qtbot, make_session):
+    session = make_session(FakeEngine())
+    session.set_prompt_history([" b ", "a", "b", "", "c"])
+    assert session.prompt_history == ["b", "a", "c"]
 
 
 def test_quit_during_a_run_stops_promptly_with_no_thread_left(qtbot):
