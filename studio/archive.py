@@ -76,6 +76,8 @@ def open_archive(path: str | Path, what: str) -> zipfile.ZipFile:
 def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
     """The bytes of one member, read in memory; refuses a missing member or one larger than `limit`."""
     label = Path(archive.filename or "archive").name
+    if not is_safe_member_name(name):
+        raise ProjectError(f"{label}: refers to an entry with an unsafe name: {name!r}")
     try:
         info = archive.getinfo(name)
     except KeyError:

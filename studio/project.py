@@ -194,7 +194,9 @@ def load_project(path: str | Path) -> ProjectData:
         raw = read_member(archive, MANIFEST, MAX_MANIFEST_BYTES)
         try:
             manifest = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        except RecursionError:
+            raise ProjectError(f"{label}: the manifest is nested too deeply to be a project") from None
+        except (UnicodeDecodeError, ValueError) as exc:
             raise ProjectError(f"{label}: the manifest is not valid JSON ({exc})") from None
         manifest, notes = migrate(manifest, label)
         try:
@@ -253,13 +255,23 @@ def _from_v0(manifest: dict[str, Any]) -> tuple[dict[str, Any], str]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], tuple[dict[str, Any], str]]] = {0: _from_v0}
 
 
+_KIND_NAMES = {
+    dict: "a JSON object",
+    list: "a list",
+    str: "text",
+    int: "a whole number",
+    bool: "true or false",
+}
+
+
 def _want(value: Any, kind: type | tuple[type, ...], what: str, label: str) -> Any:
-    if isinstance(value, bool) and kind in (int, float, (int, float)):
-        raise ProjectError(f"{label}: {what} should be a number, not {value!r}")
-    if not isinstance(value, kind):
-        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise ProjectError(f"{label}: {what} should be {name}, not {type(value).__name__}")
-    return value
+    """`value` if it has the JSON type a manifest field needs; a ProjectError that says so otherwise."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+        return value
+    need = "a number" if float in kinds else _KIND_NAMES.get(kinds[0], kinds[0].__name__)
+    got = "missing" if value is None else f"{type(value).__name__} {value!r:.40}"
+    raise ProjectError(f"{label}: {what} should be {need} (found {got})")
 
 
 def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from studio.atomic import atomic_write
+
 TABLE = Path(__file__).resolve().parents[1] / "bench" / "FAULTS.md"
 MODULES = ("test_project", "test_hostile_inputs", "test_crash_safety")
 
@@ -57,4 +59,4 @@ def write() -> None:
     text = render()
     if not TABLE.exists() or TABLE.read_text(encoding="utf-8") != text:
         TABLE.parent.mkdir(parents=True, exist_ok=True)
-        TABLE.write_text(text, encoding="utf-8")
+        atomic_write(TABLE, text.encode("utf-8"))
