@@ -16,7 +16,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal, Slot
 
 from backend.engine import Engine
-from backend.errors import StudioError
+from backend.errors import RequestError, StudioError
 from backend.events import Done, StepEvent
 from backend.images import Picture
 from backend.request import Request
@@ -161,16 +161,12 @@ class Session(QObject):
             self.error.emit("That result is no longer in the gallery.")
             return
         recipe = found.request
-        mode = (
-            "inpaint"
-            if recipe.mask is not None
-            else "img2img"
-            if recipe.init_image is not None
-            else "txt2img"
-        )
         self.restored = found  # set first, so live runs of the restored values count it as a parent
         self.set(**_panel_fields(recipe))
-        self.set_mode(mode)
+        if recipe.mask is not None:
+            self.set_mode("inpaint")
+        else:
+            self.set_mode("img2img" if recipe.init_image is not None else "txt2img")
 
     def use_as_init(self, result: Result | str) -> Layer | None:
         """Put a result back on the canvas as a new layer and switch to img2img from the canvas."""
@@ -226,15 +222,13 @@ class Session(QObject):
             layers = [la for la in doc.layers if not (live and la.id == self._live_layer)]
             init = Picture(composite(layers, doc.width, doc.height))
             changes["init_image"] = init
-            sources = [la for la in layers if la.visible and la.opacity > 0 and la.source is not None]
-            parents = list(dict.fromkeys(la.source for la in sources if la.source))
+            sources = [la for la in layers if la.visible and la.opacity > 0 and la.source]
+            parents = [la.source for la in sources if la.source]
             painted = any(la.painted for la in sources)
             if not parents:
                 parents = [f"image:{init.digest[:16]}"]
             if self.mode == "inpaint":
                 if not doc.mask.any():
-                    from backend.errors import RequestError
-
                     raise RequestError("Paint a mask over the area to repaint first (the mask brush).")
                 changes["mask"] = Picture(doc.mask)
         request = self.request.replace(**changes).validate()

@@ -350,3 +350,17 @@ def test_quit_during_a_run_stops_promptly_with_no_thread_left(qtbot):
     assert time.monotonic() - t0 < 1.0
     assert not session.host.is_alive()
     assert session.gallery.results == [] and len(session.document.layers) == 1
+
+
+def test_quit_during_a_real_run_stops_within_a_step(qtbot, references):
+    session = Session(patch_engine(), document=Document(64, 64))
+    frames: list[StepEvent] = []
+    session.frame.connect(frames.append)
+    session.set(model=str(references), steps=60)
+    session.generate()
+    qtbot.waitUntil(lambda: len(frames) >= 1, timeout=60000)
+    t0 = time.monotonic()
+    assert session.shutdown(timeout=10)
+    assert time.monotonic() - t0 < 3.0
+    assert not session.host.is_alive()
+    assert session.gallery.results == [] and len(session.document.layers) == 1
