@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--strength", type=float, help="how much of the init image to repaint, 0 to 1")
     g.add_argument("--mask", metavar="IMAGE", help="inpaint: white repaints, black keeps")
     g.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None, help="seamless tiling")
-    g.add_argument("--variation-seed", type=_seed)
-    g.add_argument("--variation-strength", type=float)
+    g.add_argument("--variation-seed", type=_seed, help="default with a strength: the seed + 1")
+    g.add_argument("--variation-strength", type=float, help="0 = the seed's image, 1 = the variation seed's")
     g.add_argument("--locality", type=float, help="patch engine: 0 makes new images, 1 reproduces references")
     g.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
     g.add_argument(
@@ -432,9 +432,12 @@ def describe(path: str, meta: PngMetadata) -> str:
         model = x.get("model_name") or x.get("model") or r.model or "(default references)"
         lines.append(f"model       {model}" + (f"  (hash {x['model_hash']})" if x.get("model_hash") else ""))
         shares = x.get("reference_shares")
-        if isinstance(shares, dict) and shares:
-            top = sorted(shares.items(), key=lambda kv: -float(kv[1]))
-            lines.append("references  " + ", ".join(f"{n} {float(s):.0%}" for n, s in top))
+        if isinstance(shares, dict):  # from a file: keep only well-formed entries
+            top = sorted(
+                ((n, s) for n, s in shares.items() if isinstance(s, (int, float))), key=lambda kv: -kv[1]
+            )
+            if top:
+                lines.append("references  " + ", ".join(f"{n} {s:.0%}" for n, s in top))
         held = [
             f"{n} {pic.width}×{pic.height}"
             for n, pic in (("init image", r.init_image), ("mask", r.mask))

@@ -43,6 +43,7 @@ __all__ = [
     "digital_source_type",
     "read_png_metadata",
     "save_png",
+    "xmp_packet",
 ]
 
 IPTC_SOURCE = "http://cv.iptc.org/newscodes/digitalsourcetype/"

@@ -11,7 +11,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,6 +165,17 @@ def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) 
 def compact_recipe(request: Request, extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A small recipe for an ancestor in a chain: images by digest only, plus the extras."""
     return {"request": request_to_dict(request, images=False), "extras": dict(extras or {})}
+
+
+def ancestors_of(results: Iterable[Any]) -> tuple[Ancestor, ...]:
+    """Chain links, nearest first, for results with `id`, `parents`, `painted`, `request` and `extras`.
+
+    For the window: `Provenance(r.id, r.parents, r.painted, ancestors_of(gallery.chain(r.id)[1:]))`.
+    """
+    return tuple(
+        Ancestor(str(r.id), tuple(r.parents), bool(r.painted), compact_recipe(r.request, r.extras))
+        for r in list(results)[:MAX_CHAIN]
+    )
 
 
 def provenance_to_dict(provenance: Provenance) -> dict[str, Any]:

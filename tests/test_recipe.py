@@ -21,6 +21,7 @@ from studio.recipe import (
     Ancestor,
     Provenance,
     RecipeError,
+    ancestors_of,
     compact_recipe,
     recipe_from_json,
     recipe_to_json,
@@ -288,3 +289,21 @@ def test_legacy_and_automatic_schedule_types():
     assert scheduler_from_a1111("DPM++ 2M Karras") == "dpmpp_2m_karras"
     assert scheduler_from_a1111("Euler a", "Automatic") == "euler_a"
     assert scheduler_from_a1111("euler", "karras") == "euler_karras"
+
+
+def test_ancestors_of_gallery_like_results():
+    class Result:  # the shape of studio.gallery.Result, without Qt
+        def __init__(self, id, parents, painted, request):
+            self.id, self.parents, self.painted, self.request, self.extras = (
+                id,
+                parents,
+                painted,
+                request,
+                {"k": 1},
+            )
+
+    chain = ancestors_of([Result("b", ("a",), True, EVERYTHING), Result("a", (), False, Request())])
+    assert [(a.id, a.parents, a.painted) for a in chain] == [("b", ("a",), True), ("a", (), False)]
+    assert chain[0].recipe == compact_recipe(EVERYTHING, {"k": 1})
+    back = recipe_from_json(recipe_to_json(Request(), provenance=Provenance("c", ("b",), chain=chain)))
+    assert back.provenance.chain == chain
