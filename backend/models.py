@@ -83,6 +83,11 @@ def read_safetensors_keys(path: Path) -> dict[str, tuple[int, ...]]:
     from safetensors import SafetensorError, safe_open
 
     try:
+        # safetensors says "header too large" for a header cut short; the length prefix tells the two apart.
+        with path.open("rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+        if header_size < (100 << 20) and 8 + header_size > path.stat().st_size:
+            raise ModelError(f"{path}: is truncated or corrupt: the file ends inside its header")
         with safe_open(str(path), framework="pt") as handle:
             return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
     except SafetensorError as exc:
@@ -374,8 +379,13 @@ def model_hash(source: str | Path) -> str:
 # --- Discovery ---------------------------------------------------------------------------------------------
 
 
-def discover(model_folders: tuple[str, ...] = (), include_hub: bool = True) -> list[ModelInfo]:
-    """Models in the folders a person added (and their A1111/ComfyUI checkpoint folders) and the HF cache."""
+def discover(
+    model_folders: tuple[str, ...] = (), include_hub: bool = True, hub_cache: str | Path | None = None
+) -> list[ModelInfo]:
+    """Models in the folders a person added (and their A1111/ComfyUI checkpoint folders) and the HF cache.
+
+    `hub_cache` overrides the Hugging Face cache folder (default: the one huggingface_hub uses).
+    """
     found: list[ModelInfo] = []
     seen: set[str] = set()
 
@@ -391,7 +401,7 @@ def discover(model_folders: tuple[str, ...] = (), include_hub: bool = True) -> l
                 for info in _scan_folder(place):
                     add(info)
     if include_hub:
-        for info in _scan_hub_cache():
+        for info in _scan_hub_cache(hub_cache):
             add(info)
     return found
 
@@ -414,11 +424,11 @@ def _scan_folder(place: Path, depth: int = 2) -> list[ModelInfo]:
     return out
 
 
-def _scan_hub_cache() -> list[ModelInfo]:
+def _scan_hub_cache(hub_cache: str | Path | None) -> list[ModelInfo]:
     from huggingface_hub import scan_cache_dir
 
     try:
-        cache = scan_cache_dir()
+        cache = scan_cache_dir(hub_cache)
     except Exception:  # no cache yet, or an unreadable one: nothing to list
         return []
     out = []
