@@ -7,6 +7,7 @@ line on stderr and a non-zero exit, never a traceback; set STUDIO_DEBUG=1 to see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -18,7 +19,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
-import numpy as np
 from PIL import Image
 
 from backend.errors import StudioError
@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _fail(f"{PROG}: error: {exc}")
         return 1
     except BrokenPipeError:  # `studio-cli ... | head`: the reader left; nothing to say
+        with contextlib.suppress(OSError):  # and nothing for Python to complain about at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except OSError as exc:
         _fail(f"{PROG}: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}")
@@ -240,9 +242,7 @@ def build_request(args: argparse.Namespace, base: Request) -> tuple[Request, Png
     init = base.init_image
     if args.init_image:
         init = load_picture(args.init_image)
-        if init.is_mask:
-            init = Picture(np.repeat(init.pixels[:, :, None], 3, axis=2))
-        init_meta = read_png_metadata(args.init_image)
+        init_meta = read_png_metadata(args.init_image)  # its lineage: the new image's parent
     width, height = _size(args, base, init)
     changes.update(width=width, height=height)
     if init is not None:
