@@ -1,0 +1,144 @@
+"""The File menu's project actions: save/open round trip, the unsaved marker, close asks, crash recovery."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fake_engine import FakeEngine
+from PySide6.QtWidgets import QMainWindow
+
+import ui.project_actions as project_actions
+from studio.document import Document
+from studio.gallery import Result
+from studio.journal import find_recovery
+from studio.project import load_project, save_project
+from studio.session import Session
+from studio.settings import Settings
+from ui.project_actions import ProjectActions
+
+
+class Window(QMainWindow):
+    """The parts of the main window ProjectActions uses: a title, settings, an error slot."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.errors: list[str] = []
+
+    def show_error(self, message: str) -> None:
+        self.errors.append(message)
+
+
+@pytest.fixture
+def make(qtbot, tmp_path):
+    sessions: list[Session] = []
+
+    def build(answers: dict[str, object] | None = None) -> tuple[Window, Session, ProjectActions]:
+        window = Window(Settings(str(tmp_path / "settings.ini")))
+        qtbot.addWidget(window)
+        session = Session(FakeEngine(), document=Document(40, 30))
+        sessions.append(session)
+        actions = ProjectActions(window, session, window.menuBar().addMenu("File"))
+        return window, session, actions
+
+    yield build
+    for session in sessions:
+        assert session.shutdown(timeout=5)
+
+
+def _stroke(session: Session, value: int = 200) -> None:
+    doc = session.document
+    doc.paint(doc.active_id, 3, 4, np.full((5, 6, 4), value, np.uint8))
+
+
+def test_title_marks_unsaved_work_and_save_clears_it(make, tmp_path):
+    window, session, actions = make()
+    assert window.windowTitle() == "Untitled — Studio"
+    _stroke(session)
+    assert window.windowTitle() == "Untitled* — Studio"
+    path = tmp_path / "pic.studio"
+    assert actions.save_to(path)
+    assert window.windowTitle() == "pic.studio — Studio" and actions.recent() == [str(path)]
+    assert np.array_equal(load_project(path).layers[0].pixels, session.document.layers[0].pixels)
+    session.document.undo()
+    assert window.windowTitle() == "pic.studio* — Studio"
+
+
+def test_opening_a_bad_file_shows_an_error_and_changes_nothing(make, tmp_path):
+    window, session, actions = make()
+    _stroke(session)
+    before = session.document.layers[0].pixels.copy()
+    bad = tmp_path / "bad.studio"
+    bad.write_bytes(b"PK\x03\x04 not really")
+    assert not actions.open_path(bad)
+    assert window.errors and "bad.studio" in window.errors[0]
+    assert np.array_equal(session.document.layers[0].pixels, before) and not session.document.is_clean
+    assert bad.read_bytes() == b"PK\x03\x04 not really"
+
+
+def test_open_restores_layers_gallery_and_history(make, tmp_path):
+    window, session, actions = make()
+    _stroke(session, 77)
+    result = Result(np.zeros((30, 40, 3), np.uint8), session.request.replace(prompt="a fox"))
+    session.gallery.add(result)
+    session.prompt_history = ["a fox"]
+    path = tmp_path / "fox.studio"
+    assert actions.save_to(path)
+    session.document.reset(40, 30)
+    session.gallery.replace_all([])
+    assert actions.path is None  # a new canvas is untitled
+    assert actions.open_path(path)
+    assert session.gallery.results[0].id == result.id and session.prompt_history == ["a fox"]
+    assert session.document.layers[0].pixels[5, 5, 0] == 77
+    assert window.windowTitle() == "fox.studio — Studio" and session.document.is_clean
+
+
+def test_close_asks_and_cancel_keeps_the_window(make, tmp_path, monkeypatch):
+    window, session, actions = make()
+    monkeypatch.setattr(project_actions, "_attended", lambda: True)
+    assert actions.confirm_close()  # nothing unsaved: no question
+    _stroke(session)
+    asked = []
+    monkeypatch.setattr(ProjectActions, "ask_save", lambda self: asked.append(1) or "cancel")
+    assert not actions.confirm_close() and asked
+    monkeypatch.setattr(ProjectActions, "ask_save", lambda self: "discard")
+    assert actions.confirm_close()
+    assert find_recovery(actions.data_dir) is None  # a clean close leaves nothing to recover
+
+
+def test_a_crash_is_offered_back_on_the_next_start(make, tmp_path, monkeypatch, qtbot):
+    monkeypatch.setattr(project_actions, "_attended", lambda: True)
+    monkeypatch.setattr(ProjectActions, "ask_restore", lambda self, found: True)
+    path = tmp_path / "work.studio"
+    save_project(path, Document(40, 30))
+    window, session, actions = make()
+    assert actions.open_path(path)
+    _stroke(session, 123)
+    session.document.add_layer("more")
+    session.document.set_layer(session.document.active_id, opacity=0.3)
+    want = [(la.id, la.name, la.opacity, la.pixels.tobytes()) for la in session.document.layers]
+    # The "crash": this window never closes; a second window starts with the same settings.
+    window2, session2, actions2 = make()
+    qtbot.waitUntil(lambda: actions2.path == path.absolute(), timeout=5000)
+    got = [(la.id, la.name, la.opacity, la.pixels.tobytes()) for la in session2.document.layers]
+    assert got == want
+    assert window2.windowTitle() == "work.studio* — Studio"  # restored work is unsaved until saved
+
+
+def test_the_main_window_gets_the_project_actions(qtbot, tmp_path):
+    main_window = pytest.importorskip("ui.main_window")
+    session = Session(FakeEngine(), document=Document(40, 30))
+    window = main_window.MainWindow(session, Settings(str(tmp_path / "settings.ini")))
+    qtbot.addWidget(window)
+    try:
+        actions = window.project_actions
+        assert isinstance(actions, ProjectActions)
+        texts = [a.text() for a in window.file_menu.actions()]
+        assert texts[:4] == ["Open project…", "Recent projects", "Save project", "Save project as…"]
+        _stroke(session)
+        assert window.windowTitle() == "Untitled* — Studio"
+        assert actions.save_to(tmp_path / "w.studio") and window.windowTitle() == "w.studio — Studio"
+        window.close()  # closeEvent asks confirm_close: saved, so it closes and removes the journal
+        assert not list(tmp_path.glob("**/*.journal")) and not list(tmp_path.glob("**/.*.journal"))
+    finally:
+        assert session.shutdown(timeout=5)
