@@ -179,3 +179,40 @@ def test_a_newer_format_is_refused_and_never_overwritten(tmp_path):
     with pytest.raises(ProjectError, match="newer studio"):
         load_project(path)
     assert path.read_bytes() == before and os.stat(path).st_mtime_ns == mtime
+
+
+def test_an_images_chain_survives_a_project_round_trip_and_export(tmp_path, capsys):
+    """Lineage saved in a project comes back, is exported into the PNG, and `studio-cli info` prints it."""
+    from studio.cli import main
+    from studio.pngmeta import read_png_metadata, save_png
+    from studio.recipe import Provenance, ancestors_of
+
+    doc, gallery, history = sample()
+    first, second = gallery.results
+    third = Result(
+        np.full((32, 40, 3), 90, np.uint8),
+        Request(prompt="a red fox at night", width=40, height=32),
+        parents=(second.id,),
+    )
+    gallery.add(third)
+    path = tmp_path / "lineage.studio"
+    save_project(path, doc, gallery, history)
+    reopened = Gallery()
+    reopened.replace_all(load_project(path).results)
+    newest = reopened.results[-1]
+    chain = reopened.chain(newest.id)[1:]
+    assert [r.id for r in chain] == [second.id, first.id]
+    png = tmp_path / "exported fox.png"
+    provenance = Provenance(newest.id, newest.parents, newest.painted, ancestors_of(chain))
+    save_png(png, newest.image, newest.request, newest.extras, provenance)
+
+    assert main(["info", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "chain" in text and text.index(second.id) < text.index(first.id)
+    assert "a red fox, evening" in text and "painted" in text  # the ancestor's recipe and painted mark
+    meta = read_png_metadata(png)  # re-import: the chain and the request come back from the file
+    assert meta.provenance is not None and meta.request == newest.request
+    assert [(a.id, a.parents, a.painted) for a in meta.provenance.chain] == [
+        (second.id, (first.id,), True),
+        (first.id, (), False),
+    ]
