@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from backend.errors import StudioError
 from backend.images import Picture, open_image
 from backend.request import Request
 from studio.a1111 import model_display_name, request_from_a1111, to_a1111
+from studio.atomic import atomic_write
 from studio.recipe import Provenance, RecipeError, recipe_from_dict, recipe_to_dict
 
 __all__ = [
@@ -62,8 +62,6 @@ _NS = {
 }
 # XML 1.0 forbids most control characters; a prompt may hold them, the XMP must not.
 _XML_BAD = dict.fromkeys(c for c in range(32) if c not in (9, 10, 13))
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ExportError(StudioError):
@@ -129,30 +127,11 @@ def save_png(
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write beside the target, flush, fsync, rename over it: a crash leaves the old file or the new."""
-    folder = path.parent if str(path.parent) else Path(".")
-    tmp = None
+    """Atomic write via studio.atomic (a crash leaves the old file or the new); errors as ExportError."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write(path, write)
     except OSError as exc:
         raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _reference_shares(extras: Mapping[str, Any]) -> list[tuple[str, float]]:
