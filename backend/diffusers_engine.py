@@ -192,17 +192,9 @@ class DiffusersEngine:
                 if inpaint_extra is not None:
                     model_input = torch.cat([model_input, inpaint_extra], dim=1)
                 sigma = current_sigma(scheduler)
-                noise_pred = pipe.unet(
-                    model_input,
-                    t,
-                    encoder_hidden_states=torch.cat([uncond.tokens, c.tokens]) if guided else c.tokens,
-                    timestep_cond=timestep_cond,
-                    added_cond_kwargs=_with_pooled(added, uncond, c, guided),
-                    return_dict=False,
-                )[0]
-                if guided:
-                    noise_uncond, noise_text = noise_pred.chunk(2)
-                    noise_pred = classifier_free_guidance(noise_uncond, noise_text, r.guidance)
+                noise_pred = _predict_noise(
+                    pipe.unet, model_input, t, uncond, c, guided, r.guidance, timestep_cond, added
+                )
                 sample = latents
                 out = scheduler.step(noise_pred, t, latents, **extra_step, return_dict=True)
                 latents = out.prev_sample
@@ -250,6 +242,7 @@ class DiffusersEngine:
         self, pipe: Any, r: Request, mask: torch.Tensor, generator: torch.Generator, guided: bool
     ) -> torch.Tensor:
         """The 9-channel UNet's extra input: the mask and the latents of the image with the hole blanked."""
+        assert r.mask is not None and r.init_image is not None
         keep = torch.from_numpy(r.mask.pixels < 128)[None, None]
         image = pipe.image_processor.preprocess(r.init_image.to_pil())
         masked = (image * keep).to(self.device, pipe.vae.dtype)  # the hole becomes mid-grey (0 in [-1, 1])
@@ -346,6 +339,33 @@ def decode_latents(pipe: Any, latents: torch.Tensor) -> np.ndarray:
             latents = latents / vae.config.scaling_factor
         image = vae.decode(latents, return_dict=False)[0]
     return pipe.image_processor.postprocess(image, output_type="np")[0]
+
+
+@torch.no_grad()
+def _predict_noise(
+    unet: Any,
+    model_input: torch.Tensor,
+    t: torch.Tensor,
+    uncond: Embeds,
+    cond: Embeds,
+    guided: bool,
+    guidance: float,
+    timestep_cond: torch.Tensor | None,
+    added: dict[str, Any] | None,
+) -> torch.Tensor:
+    """One UNet call (both halves of the guidance batch at once) and classifier-free guidance."""
+    noise_pred = unet(
+        model_input,
+        t,
+        encoder_hidden_states=torch.cat([uncond.tokens, cond.tokens]) if guided else cond.tokens,
+        timestep_cond=timestep_cond,
+        added_cond_kwargs=_with_pooled(added, uncond, cond, guided),
+        return_dict=False,
+    )[0]
+    if not guided:
+        return noise_pred
+    noise_uncond, noise_text = noise_pred.chunk(2)
+    return classifier_free_guidance(noise_uncond, noise_text, guidance)
 
 
 def _with_pooled(

@@ -65,6 +65,7 @@ def test_last_preview_is_latent_rgb_of_final_latents(tiny_engine, tiny_request) 
         events = _run(tiny_engine, tiny_request)
     finally:
         pipe.vae.decode = original
+    assert not captured["latents"].requires_grad  # the loop builds no autograd graph across steps
     expected = to_frame(latent_to_rgb(captured["latents"], "sd1"), 64, 64).numpy()
     assert np.abs(events[-2].preview.astype(int) - expected.astype(int)).max() <= 1
 
