@@ -24,6 +24,7 @@ from studio.document import Command, Document, Layer, MoveLayer, blank_pixels, c
 from studio.engine_host import EngineHost
 from studio.gallery import Gallery, Result
 from studio.live import LiveScheduler
+from studio.prompts import clean_prompt
 from studio.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,12 @@ class Session(QObject):
         """Change fields of the request; equal values change nothing; with live on, re-render."""
         if "init_image" in changes or "mask" in changes:
             raise ValueError("init image and mask come from the document: use set_mode")
+        for key in ("prompt", "negative_prompt", "prompt_b"):  # where typed or pasted text enters
+            text = changes.get(key)
+            if isinstance(text, str):
+                changes[key], notice = clean_prompt(text)
+                if notice:
+                    self.status.emit(notice)
         new = self.request.replace(**changes)
         if new == self.request:
             return

@@ -375,3 +375,24 @@ def test_prompts_are_accepted_or_trimmed_with_a_notice(label, text, expect, noti
 def test_an_uncleaned_long_prompt_is_a_readable_error_not_a_crash():
     with pytest.raises(StudioError, match="limit is 2000"):
         Request(prompt="x" * 5000).validate()
+
+
+def test_the_session_cleans_prompts_where_they_enter(qtbot):
+    from fake_engine import FakeEngine
+
+    from studio.session import Session
+
+    session = Session(FakeEngine(), document=Document(32, 32))
+    try:
+        notices: list[str] = []
+        session.status.connect(notices.append)
+        session.set(prompt="a fox\x00\x1b 🦊" + "x" * 3000, negative_prompt="blurry\x07")
+        assert (
+            session.request.prompt.startswith("a fox 🦊") and len(session.request.prompt) == MAX_PROMPT_CHARS
+        )
+        assert session.request.negative_prompt == "blurry"
+        assert len(notices) == 2 and "cut to 2000" in notices[0]
+        session.build()[0].validate()  # the cleaned request runs
+        faults.record("prompt", "control characters and 3000 characters typed into the session", notices[0])
+    finally:
+        assert session.shutdown(timeout=5)
