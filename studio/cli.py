@@ -26,6 +26,7 @@ from backend.images import Picture, load_picture
 from backend.request import MAX_SEED, Request
 from studio.a1111 import to_a1111
 from studio.pngmeta import PngMetadata, read_png_metadata, save_png
+from studio.prompts import clean_prompt
 from studio.recipe import MAX_CHAIN, Ancestor, Provenance, compact_recipe, provenance_to_dict, request_to_dict
 
 PROG = "studio-cli"
@@ -234,6 +235,11 @@ def build_request(args: argparse.Namespace, base: Request) -> tuple[Request, Png
     ):
         if getattr(args, option) is not None:
             changes[name] = getattr(args, option)
+    for name in ("prompt", "negative_prompt"):  # where typed text enters: no control characters, capped
+        if name in changes:
+            changes[name], notice = clean_prompt(changes[name])
+            if notice:
+                print(f"{PROG}: note: {notice}", file=sys.stderr)
     if args.variation_strength and args.variation_seed is None and base.variation_seed is None:
         changes["variation_seed"] = (changes.get("seed", base.seed) + 1) % (MAX_SEED + 1)
     changes.update(_engine_and_model(args, base))

@@ -396,3 +396,23 @@ def test_the_session_cleans_prompts_where_they_enter(qtbot):
         faults.record("prompt", "control characters and 3000 characters typed into the session", notices[0])
     finally:
         assert session.shutdown(timeout=5)
+
+
+def test_the_cli_cleans_prompts_and_still_generates(tmp_path, capsys):
+    from studio.cli import main
+    from studio.pngmeta import read_png_metadata
+
+    out = tmp_path / "fox ✓.png"
+    prompt = "a fox\x1b[31m\x00 🦊 " + "y" * 3000
+    args = ["generate", "--prompt", prompt, "--width", "32", "--height", "32", "--steps", "2", "--seed", "1"]
+    assert main([*args, "--out", str(out), "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "removed 2 control character(s)" in err and "cut to 2000" in err
+    meta = read_png_metadata(out)
+    assert meta.request is not None and meta.request.prompt.startswith("a fox[31m 🦊 y")
+    assert len(meta.request.prompt) == MAX_PROMPT_CHARS
+    faults.record(
+        "prompt",
+        "`studio-cli generate --prompt` with control characters, 3000 characters",
+        "generated; " + err.split("note: ")[1].strip(),
+    )
