@@ -105,11 +105,12 @@ def _wait_forever() -> None:
 
 
 def save_loop(path: Path) -> None:
-    """Save state A once, then B, A, B... over the same file until killed."""
+    """Save state A (unless the file exists), then B, A, B... over the same file until killed."""
     from studio.project import save_project
 
     states = [big_state(640, 640, 1), big_state(640, 640, 2)]
-    save_project(path, states[0])
+    if not path.exists():  # later runs start saving at once, so more of each run is a kill window
+        save_project(path, states[0])
     print("ready", flush=True)
     for i in range(1, 1_000_000):
         save_project(path, states[i % 2])

@@ -108,11 +108,11 @@ def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
     path = tmp_path / "big project.studio"
     states = {digest(project_data(crash_app.big_state(640, 640, seed))): seed for seed in (1, 2)}
     rng = random.Random(1234)
-    mid_write, kills = 0, 6
+    mid_write, kills = 0, 10
     for _ in range(kills):
         child = Child("save-loop", str(path))
         assert child.line() == "ready"
-        time.sleep(rng.uniform(0.0, 0.3))  # the fault under test is a kill at a random moment
+        time.sleep(rng.uniform(0.0, 0.4))  # the fault under test is a kill at a random moment
         child.kill()
         mid_write += any(p.name.endswith(".part") for p in tmp_path.iterdir())
         data = load_project(path)  # always opens
