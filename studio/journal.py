@@ -35,6 +35,11 @@ from studio.journal_records import apply_record, decode_all, encode, operation_r
 from studio.project import ProjectData, load_project, project_data, result_to_json, save_project
 from studio.recipe import recipe_from_dict
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a second running studio may offer the first one's work
+    fcntl = None  # type: ignore[assignment]
+
 JOURNAL_SUFFIX = ".journal"
 SNAPSHOT_SUFFIX = ".snapshot"
 SNAPSHOT_EVERY_MS = 5 * 60 * 1000
@@ -127,6 +132,7 @@ class Journal(QObject):
             # Replacing the journal atomically switches from the old base to the new one in one step.
             atomic_write(self.path, encode(header))
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            _lock(self._fd)
         except (OSError, StudioError) as exc:
             self._fail(exc)
             return
@@ -153,6 +159,11 @@ class Journal(QObject):
         if self.path is not None:
             _remove(self.path, snapshot_path(self.path))
         self.path = None
+
+    def abandon(self) -> None:
+        """Stop writing and let go of the journal without deleting it: exactly what a crash leaves behind."""
+        self._timer.stop()
+        self._close_fd()
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -231,6 +242,29 @@ class Journal(QObject):
         self.failed.emit(f"Crash recovery is off: cannot write the recovery journal ({exc}). Save your work.")
 
 
+def _lock(fd: int) -> None:
+    """Hold an exclusive lock on a live journal; the OS drops it when the process ends, however it ends."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _in_use(path: Path) -> bool:
+    """True when a running process holds the journal's lock (so it is no crash leftover)."""
+    if fcntl is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing also releases the lock if we took it
+    return False
+
+
 def _remove(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(OSError):
@@ -264,6 +298,8 @@ def find_recovery(data_dir: str | Path, projects: Sequence[str | Path] = ()) -> 
     found: list[Recovery] = []
     for path in candidates:
         try:
+            if _in_use(path):
+                continue  # another running studio is writing it: not a crash
             records, _ = decode_all(path.read_bytes())
             modified = path.stat().st_mtime
         except OSError:

@@ -206,6 +206,8 @@ def test_journal_on_a_saved_project_recovers_and_a_clean_close_removes_it(tmp_pa
     assert find_recovery(tmp_path / "data", [project]) is None  # nothing done yet: nothing to offer
     _work(doc, gallery, history)
     journal.record_history()
+    assert find_recovery(tmp_path / "data", [project]) is None  # in use by a running studio: no crash
+    journal.abandon()  # the crash
     found = find_recovery(tmp_path / "data", [project])
     assert found is not None and found.project == project.absolute() and found.operations > 5
     assert digest(recover(found)) == digest(project_data(doc, gallery, history))
@@ -229,6 +231,7 @@ def test_a_save_between_journal_and_rebase_is_not_applied_twice(tmp_path, qtbot)
     _work(doc, gallery, history)
     # The process dies right after the new save replaced the file, before the journal was rebased.
     save_project(project, doc, gallery, history)
+    journal.abandon()
     found = find_recovery(tmp_path / "data", [project])
     assert found is not None
     assert digest(recover(found)) == digest(project_data(doc, gallery, history))
@@ -252,6 +255,7 @@ def test_compaction_and_unknown_commands_take_a_snapshot(tmp_path, qtbot):
             pass
 
     doc.push(Crop())
+    journal.abandon()
     found = find_recovery(tmp_path)
     assert found is not None
     assert digest(recover(found)) == digest(project_data(doc, gallery, history))
