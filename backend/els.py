@@ -1,0 +1,383 @@
+"""The math of the equivariant local score (ELS) machine, as small pure functions.
+
+Kamb & Ganguli (2025): a denoiser built only from locality and translation equivariance. For a noisy image
+x_t = a_t·x_0 + b_t·ε and reference images r_i, the clean-image estimate at pixel p is
+
+    x̂0(p) = Σ_{i,q} w_{i,q}(p) · r_i(q),
+    w = softmax_{i,q}( −‖x_t[Ω_p] − a_t·r_i[Ω_q]‖² / (2 b_t²) + prior_i )
+
+with Ω a k×k patch. That is attention: queries are the noisy image's patches, keys the scaled reference
+patches, values the keys' centre pixels. Both the noisy image and the references are padded the same way
+(zeros, or circularly when tiling), so border queries prefer border keys and tiling stays equivariant.
+
+Images are float tensors C×H×W in [-1, 1]; references are N×C×H×W.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# The paper's calibrated patch sizes for 32² images: 3 px at low noise growing to ~21 px at high noise.
+PATCH_FRACTION_LOW = 3 / 32
+PATCH_FRACTION_HIGH = 21 / 32
+# Locality 0.5 is the calibrated schedule; each step of the slider multiplies it by 2**LOCALITY_OCTAVES.
+# 7 octaves over the slider puts locality 1.0 above the whole image at every noise level (memorisation).
+LOCALITY_OCTAVES = 7.0
+MIN_PATCH = 3
+
+
+class Cancelled(Exception):
+    """Raised inside a long computation when its cancel check says stop."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A clean-image estimate and, per pixel, the total softmax weight of each reference."""
+
+    x0: torch.Tensor  # C×H×W
+    ref_weights: torch.Tensor  # N×H×W, sums to 1 over N
+
+
+# --- schedule -------------------------------------------------------------------------------------------
+
+
+def alpha_sigma(t: float) -> tuple[float, float]:
+    """Cosine schedule: a_t = cos((t/1.008)·π/2), b_t = sqrt(1 − a_t²)."""
+    a = math.cos((t / 1.008) * math.pi / 2)
+    return a, math.sqrt(max(0.0, 1.0 - a * a))
+
+
+def timesteps(steps: int, start: float = 1.0) -> list[float]:
+    """DDIM times from `start` down to 0 in `steps` equal steps (steps + 1 values)."""
+    return [start * (1.0 - i / steps) for i in range(steps + 1)]
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """How many of the request's steps an img2img run of this strength takes (at least one)."""
+    return max(1, round(steps * strength))
+
+
+def locality_gain(locality: float) -> float:
+    """How much the locality slider scales the patch-size schedule (1 at the default 0.5)."""
+    return 2.0 ** ((locality - 0.5) * LOCALITY_OCTAVES)
+
+
+def patch_fraction(t: float, locality: float) -> float:
+    """Patch side as a fraction of the image side at time t: geometric from low to high noise."""
+    base = PATCH_FRACTION_LOW * (PATCH_FRACTION_HIGH / PATCH_FRACTION_LOW) ** t
+    return base * locality_gain(locality)
+
+
+def patch_size(t: float, locality: float, side: int) -> int | None:
+    """Odd patch size k for time t on an image whose smaller side is `side`; None = the whole image."""
+    fraction = patch_fraction(t, locality)
+    if fraction >= 1.0:
+        return None
+    k = max(MIN_PATCH, round(fraction * side))
+    k += 1 - k % 2  # odd, so the patch has a centre pixel
+    return min(k, side - 1 + side % 2)
+
+
+def ddim_step(x_t: torch.Tensor, x0: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """Deterministic DDIM: keep the implied noise, move the estimate to time t_next."""
+    a, b = alpha_sigma(t)
+    a_next, b_next = alpha_sigma(t_next)
+    eps = (x_t - a * x0) / max(b, 1e-8)
+    return a_next * x0 + b_next * eps
+
+
+def noise_to(x0: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
+    """The forward process x_t = a_t·x0 + b_t·ε."""
+    a, b = alpha_sigma(t)
+    return a * x0 + b * eps
+
+
+def slerp(u: torch.Tensor, v: torch.Tensor, s: float) -> torch.Tensor:
+    """Spherical interpolation of two noise tensors, so the mix keeps a Gaussian's norm."""
+    cos = torch.sum(u * v) / (u.norm() * v.norm())
+    omega = torch.acos(cos.clamp(-1.0, 1.0))
+    if float(omega) < 1e-4:
+        return (1 - s) * u + s * v
+    return (torch.sin((1 - s) * omega) * u + torch.sin(s * omega) * v) / torch.sin(omega)
+
+
+# --- patches --------------------------------------------------------------------------------------------
+
+
+def pad_image(x: torch.Tensor, pad: int, circular: bool) -> torch.Tensor:
+    """Pad a C×H×W (or N×C×H×W) image by `pad` on each side: zeros, or wrapped when tiling."""
+    if pad == 0:
+        return x
+    if not circular:
+        return F.pad(x, (pad, pad, pad, pad))
+    h, w = x.shape[-2:]
+    # Index arithmetic wraps any number of times, for patches wider than the image.
+    ys = torch.arange(-pad, h + pad, device=x.device) % h
+    xs = torch.arange(-pad, w + pad, device=x.device) % w
+    return x[..., ys, :][..., xs]
+
+
+def band_patches(padded: torch.Tensor, k: int, y0: int, y1: int, dilation: int = 1) -> torch.Tensor:
+    """Patches centred on rows y0..y1 of an image padded by dilation·(k−1)/2: (rows·W) × (C·k²)."""
+    span = dilation * (k - 1)
+    band = padded[None, :, y0 : y1 + span, :]
+    cols = F.unfold(band, kernel_size=k, dilation=dilation)  # 1 × (C·k²) × (rows·W)
+    return cols[0].T
+
+
+# --- attention ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyBlock:
+    """Keys of a run of references, each with the same count: G×M×D keys, G×M norms, G×M×C values."""
+
+    first: int  # index of the block's first reference
+    keys: torch.Tensor
+    norms: torch.Tensor  # ‖key‖² over the full patch, even when keys are projected to fewer dimensions
+    values: torch.Tensor
+
+
+def exact_blocks(
+    refs: torch.Tensor, values: torch.Tensor, a: float, k: int, circular: bool, dilation: int, rows: int
+) -> Iterator[KeyBlock]:
+    """Every key position of every reference, one band of `rows` rows of one reference at a time."""
+    n, c, h, w = refs.shape
+    padded = pad_image(refs, dilation * (k - 1) // 2, circular)
+    for i in range(n):
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            keys = band_patches(padded[i], k, y0, y1, dilation) * a
+            vals = values[i, :, y0:y1].reshape(c, -1).T
+            yield KeyBlock(i, keys[None], (keys * keys).sum(1)[None], vals[None])
+
+
+def subset_block(
+    refs: torch.Tensor,
+    values: torch.Tensor,
+    a: float,
+    k: int,
+    circular: bool,
+    dilation: int,
+    index: torch.Tensor,
+) -> KeyBlock:
+    """The keys at the same chosen positions (flat indices into H·W) of every reference, in one block."""
+    n, c, h, w = refs.shape
+    padded = pad_image(refs, dilation * (k - 1) // 2, circular)
+    span = dilation * torch.arange(k, device=refs.device)
+    yy = (index // w)[:, None, None] + span[None, :, None]
+    xx = (index % w)[:, None, None] + span[None, None, :]
+    patches = padded[:, :, yy, xx]  # N × C × M × k × k
+    keys = patches.permute(0, 2, 1, 3, 4).reshape(n, index.numel(), -1) * a
+    norms = (keys * keys).sum(2)
+    vals = values.reshape(n, c, h * w)[:, :, index].transpose(1, 2)
+    return KeyBlock(0, keys, norms, vals)
+
+
+def patch_attention(
+    x_t: torch.Tensor,
+    refs: torch.Tensor,
+    a: float,
+    b: float,
+    k: int,
+    circular: bool,
+    log_prior: torch.Tensor,
+    *,
+    blocks: list[KeyBlock] | None = None,
+    features: torch.Tensor | None = None,
+    low_precision: bool = False,
+    logit_budget: int = 1 << 22,
+    key_rows: int = 32,
+    should_stop: Callable[[], bool] | None = None,
+) -> Estimate:
+    """Chunked ELS estimate: a streaming log-sum-exp over key blocks, a band of query rows at a time.
+
+    Memory is bounded by `logit_budget` logits whatever the image and reference sizes. Without `blocks`
+    every key of every reference takes part (the exact path). `features` (d×H×W) replaces each query's
+    k×k patch by the same reduced coordinates the blocks' keys use (the fast path). `low_precision` does
+    the query·key products in fp16 (for GPUs; bf16 is too coarse at low noise), the rest in fp32.
+    """
+    c, h, w = x_t.shape
+    n = refs.shape[0]
+    padded_q = pad_image(x_t, (k - 1) // 2, circular) if features is None else None
+    # Logit = (q·key − ½‖key‖²)·scale: ‖q‖² is the same for every key of a query, so it cancels.
+    scale = 1.0 / (b * b)
+    widest = w * key_rows if blocks is None else max(blk.keys.shape[0] * blk.keys.shape[1] for blk in blocks)
+    q_rows = max(1, logit_budget // (widest * w))
+    x0 = torch.empty(c, h * w, dtype=x_t.dtype, device=x_t.device)
+    ref_weights = torch.empty(n, h * w, dtype=x_t.dtype, device=x_t.device)
+    for y0 in range(0, h, q_rows):
+        if should_stop is not None and should_stop():
+            raise Cancelled
+        if features is None:
+            queries = band_patches(padded_q, k, y0, min(h, y0 + q_rows))
+        else:
+            queries = features[:, y0 : y0 + q_rows].reshape(features.shape[0], -1).T
+        if low_precision:
+            queries = queries.half()
+        nq = queries.shape[0]
+        m = torch.full((nq, n), -math.inf, dtype=x_t.dtype, device=x_t.device)
+        s = torch.zeros(nq, n, dtype=x_t.dtype, device=x_t.device)
+        v = torch.zeros(nq, n, c, dtype=x_t.dtype, device=x_t.device)
+        source = blocks if blocks is not None else exact_blocks(refs, refs, a, k, circular, 1, key_rows)
+        for blk in source:
+            g, mk, _ = blk.keys.shape
+            keys = (blk.keys.reshape(g * mk, -1) * scale).to(queries.dtype)
+            bias = blk.norms.reshape(1, g * mk) * (-0.5 * scale)
+            if low_precision:  # the bias would overflow fp16: add it in fp32
+                logits = ((queries @ keys.T).float() + bias).view(nq, g, mk)
+            else:
+                logits = torch.addmm(bias, queries, keys.T).view(nq, g, mk)
+            sl = slice(blk.first, blk.first + g)
+            m[:, sl], s[:, sl], v[:, sl] = _merge(m[:, sl], s[:, sl], v[:, sl], logits, blk.values)
+        weights = torch.softmax(m + torch.log(s) + log_prior, dim=1)
+        rows = slice(y0 * w, min(h, y0 + q_rows) * w)
+        x0[:, rows] = torch.einsum("qn,qnc->cq", weights, v / s[..., None])
+        ref_weights[:, rows] = weights.T
+    return Estimate(x0.reshape(c, h, w), ref_weights.reshape(n, h, w))
+
+
+def _merge(
+    m: torch.Tensor, s: torch.Tensor, v: torch.Tensor, logits: torch.Tensor, values: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One online log-sum-exp update: fold Q×G×M logits and G×M×C values into (max, sum, weighted sum)."""
+    new_m = torch.maximum(m, logits.amax(dim=2))
+    # Clamped so far-off keys give exp(−80), not denormals: those are 20× slower on x86 and no more exact.
+    p = torch.exp((logits - new_m[..., None]).clamp_(min=-80.0))
+    keep = torch.exp(m - new_m)  # exp(−inf) = 0 for a reference seen for the first time
+    chunk_v = torch.einsum("qgm,gmc->qgc", p, values)
+    return new_m, s * keep + p.sum(2), v * keep[..., None] + chunk_v
+
+
+def local_score(
+    x_t: torch.Tensor, refs: torch.Tensor, a: float, b: float, k: int, circular: bool, log_prior: torch.Tensor
+) -> Estimate:
+    """The LS variant: each pixel compares only with the same position q = p of every reference."""
+    pad = (k - 1) // 2
+    diff = (x_t[None] - a * refs).pow(2).sum(1, keepdim=True)  # N×1×H×W
+    dist = F.avg_pool2d(pad_image(diff, pad, circular), k, stride=1)[:, 0] * (k * k)
+    logits = -dist / (2 * b * b) + log_prior[:, None, None]
+    weights = torch.softmax(logits, dim=0)
+    return Estimate(torch.einsum("nhw,nchw->chw", weights, refs), weights)
+
+
+def whole_image(
+    x_t: torch.Tensor, refs: torch.Tensor, a: float, b: float, circular: bool, log_prior: torch.Tensor
+) -> Estimate:
+    """The ideal denoiser (patch = whole image): reproduces a reference as the noise goes to zero.
+
+    Without tiling every reference is compared aligned. With tiling the whole-image patch wraps, so every
+    circular shift of every reference is a key; FFTs give all shifts' distances and the mix at once.
+    """
+    n, c, h, w = refs.shape
+    if not circular:
+        dist = (x_t[None] - a * refs).pow(2).flatten(1).sum(1)
+        weights = torch.softmax(-dist / (2 * b * b) + log_prior, dim=0)
+        x0 = torch.einsum("n,nchw->chw", weights, refs)
+        return Estimate(x0, weights[:, None, None].expand(n, h, w).clone())
+    fx = torch.fft.rfft2(x_t.double())
+    fr = torch.fft.rfft2(refs.double())
+    # cross[i, s] = Σ_p x(p)·r_i(p − s): the dot product of x with r_i rolled by s.
+    cross = torch.fft.irfft2((fx[None] * fr.conj()).sum(1), s=(h, w))
+    norms = refs.double().pow(2).flatten(1).sum(1)
+    logits = (a * cross - 0.5 * a * a * norms[:, None, None]) / (b * b) + log_prior.double()[:, None, None]
+    shift_w = torch.softmax(logits.flatten(), 0).reshape(n, h, w)
+    x0 = torch.fft.irfft2(torch.fft.rfft2(shift_w)[:, None] * fr, s=(h, w)).sum(0)
+    share = shift_w.flatten(1).sum(1)
+    return Estimate(x0.to(x_t.dtype), share[:, None, None].expand(n, h, w).to(x_t.dtype).clone())
+
+
+def cosine_basis(k: int, f: int) -> torch.Tensor:
+    """The f lowest orthonormal DCT-II vectors over k taps (f×k)."""
+    n = torch.arange(k, dtype=torch.float64)
+    rows = [torch.cos(math.pi * (n + 0.5) * j / k) * math.sqrt((1 if j == 0 else 2) / k) for j in range(f)]
+    return torch.stack(rows).float()
+
+
+def cosine_features(x: torch.Tensor, k: int, f: int, circular: bool) -> torch.Tensor:
+    """Each pixel's k×k patch on its f×f lowest cosine frequencies per channel: B×(C·f²)×H×W.
+
+    Separable, so it costs O(k·f) per pixel instead of O(k²·f²); padded like the patches.
+    """
+    bsz, c, h, w = x.shape
+    basis = cosine_basis(k, f).to(x)
+    padded = pad_image(x, (k - 1) // 2, circular)
+    rows = F.conv2d(padded, basis.repeat(c, 1)[:, None, None, :], groups=c)  # B×(C·f)×(H+k−1)×W
+    return F.conv2d(rows, basis.repeat(c * f, 1)[:, None, :, None], groups=c * f)
+
+
+def subset_features(
+    refs: torch.Tensor, k: int, f: int, circular: bool, index: torch.Tensor, budget: int = 1 << 24
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cosine_features and ‖patch‖² of every reference at the chosen positions only: N×M×(C·f²), N×M.
+
+    Gathers the k×k patches a few references at a time (at most `budget` floats), since computing the
+    features at every position would cost as much as the whole step.
+    """
+    n, c, h, w = refs.shape
+    basis = cosine_basis(k, f).to(refs)
+    padded = pad_image(refs, (k - 1) // 2, circular)
+    span = torch.arange(k, device=refs.device)
+    yy = (index // w)[:, None, None] + span[None, :, None]
+    xx = (index % w)[:, None, None] + span[None, None, :]
+    group = max(1, budget // (index.numel() * c * k * k))
+    feats, norms = [], []
+    for i in range(0, n, group):
+        patches = padded[i : i + group][:, :, yy, xx]  # G×C×M×k×k
+        norms.append(patches.pow(2).sum((1, 3, 4)))
+        # Same order as cosine_features: channel, x frequency, y frequency.
+        coef = torch.einsum("gcmyx,fx,ey->gmcfe", patches, basis, basis)
+        feats.append(coef.reshape(coef.shape[0], coef.shape[1], -1))
+    return torch.cat(feats), torch.cat(norms)
+
+
+def fast_patch_attention(
+    x_t: torch.Tensor,
+    refs: torch.Tensor,
+    a: float,
+    b: float,
+    k: int,
+    circular: bool,
+    log_prior: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    max_keys: int = 4096,
+    freqs: int = 5,
+    low_precision: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Estimate:
+    """The fast ELS estimate: a random subset of key positions, patches reduced to low frequencies.
+
+    - Each reference offers the same max_keys / N random positions, drawn afresh each step so the run as
+      a whole sees every part of every reference.
+    - Patches are compared on their `freqs`×`freqs` lowest cosine frequencies per channel (what most of
+      a texture patch's energy is in); each key's full norm is kept, so only the cross term of the high
+      frequencies is dropped.
+    Queries stay at every pixel and the key subset does not depend on the image, so the estimate is
+    still translation-equivariant.
+    """
+    n, c, h, w = refs.shape
+    f = min(k, freqs)
+    per_ref = max(1, min(h * w, max_keys // n))
+    index = torch.randperm(h * w, generator=generator)[:per_ref].to(x_t.device)
+    keys, norms = subset_features(refs, k, f, circular, index)
+    keys, norms = keys * a, norms * (a * a)
+    values = refs.flatten(2)[:, :, index].transpose(1, 2)
+    return patch_attention(
+        x_t,
+        refs,
+        a,
+        b,
+        k,
+        circular,
+        log_prior,
+        blocks=[KeyBlock(0, keys, norms, values)],
+        features=cosine_features(x_t[None], k, f, circular)[0],
+        low_precision=low_precision,
+        should_stop=should_stop,
+    )

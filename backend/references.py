@@ -1,0 +1,169 @@
+"""Reference image sets for the patch engine: load a folder, read tags, pick references for a prompt."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from backend.errors import ImageError, ReferencesError
+from backend.images import open_image, pil_to_array
+
+DEFAULT_FOLDER = Path(__file__).resolve().parents[1] / "assets" / "references"
+SIDECAR = "references.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+MIN_SIDE = 16  # smaller images have too few patches to draw from
+MAX_REFERENCES = 256  # every reference is a key set for every pixel: more would be unusably slow
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One reference image (H×W×3 uint8) with its name (file stem) and lower-case tags."""
+
+    name: str
+    pixels: np.ndarray
+    tags: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The references of one folder, with a hash that identifies the set in recipes."""
+
+    folder: Path
+    references: tuple[Reference, ...]
+    digest: str
+
+    @property
+    def names(self) -> list[str]:
+        """Reference names in load order (the attribution map's indices)."""
+        return [r.name for r in self.references]
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words of a prompt, tag or file name (split on anything not a letter or digit)."""
+    return [w for w in re.split(r"[^0-9a-z]+", text.lower()) if w]
+
+
+def _stem(word: str) -> str:
+    # "bricks" should find "brick"; a crude plural strip is enough for tags.
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+def folder_key(folder: Path) -> tuple:
+    """What decides whether a cached set is stale: the folder and every file's name, size and mtime."""
+    try:
+        entries = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file()
+        )
+    except OSError:
+        return (str(folder), None)
+    return (str(folder.resolve()), tuple(entries))
+
+
+def load_references(folder: str | Path) -> ReferenceSet:
+    """Load every image in a folder as an RGB reference; raise ReferencesError with a clear reason."""
+    path = Path(folder).expanduser()
+    if not path.exists():
+        raise ReferencesError(f"reference folder {path} does not exist")
+    if not path.is_dir():
+        raise ReferencesError(f"{path} is not a folder; choose a folder of reference images")
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as exc:
+        raise ReferencesError(f"cannot read reference folder {path}: {exc.strerror or exc}") from None
+    if not files:
+        raise ReferencesError(
+            f"reference folder {path} has no images (looked for {', '.join(IMAGE_SUFFIXES)})"
+        )
+    if len(files) > MAX_REFERENCES:
+        raise ReferencesError(
+            f"reference folder {path} has {len(files)} images; the limit is {MAX_REFERENCES}"
+        )
+    sidecar = _read_sidecar(path)
+    digest = hashlib.sha256()
+    refs = []
+    for file in files:
+        pixels = _read_reference(file)
+        tags = frozenset(_stem(w) for w in words(file.stem)) | sidecar.get(file.name, frozenset())
+        refs.append(Reference(file.stem, pixels, tags))
+        digest.update(file.name.encode())
+        digest.update(hashlib.sha256(pixels.tobytes()).digest())
+    return ReferenceSet(path, tuple(refs), digest.hexdigest()[:16])
+
+
+def _read_reference(file: Path) -> np.ndarray:
+    try:
+        image = open_image(file)
+    except ImageError as exc:
+        raise ReferencesError(f"reference {file.name} cannot be used: {exc}") from None
+    if image.mode not in ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "I", "I;16", "I;16B", "I;16L", "F"):
+        # CMYK, YCbCr, LAB...: PIL's conversions of these are approximate, so say so rather than guess.
+        raise ReferencesError(
+            f"reference {file.name} is in {image.mode} colour mode; save it as RGB or greyscale"
+        )
+    if min(image.size) < MIN_SIDE:
+        w, h = image.size
+        raise ReferencesError(f"reference {file.name} is {w}×{h}; references must be at least {MIN_SIDE} px")
+    return pil_to_array(image)
+
+
+def _read_sidecar(folder: Path) -> dict[str, frozenset[str]]:
+    """Tags per file name from references.json: a list of {"file": ..., "tags": [...]}."""
+    path = folder / SIDECAR
+    if not path.is_file():
+        return {}
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        return {
+            str(e["file"]): frozenset(_stem(w) for tag in e.get("tags", []) for w in words(str(tag)))
+            for e in entries
+        }
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ReferencesError(f"{path} is not a valid tag list ({exc.__class__.__name__}: {exc})") from None
+
+
+def select(refs: ReferenceSet, prompt: str, negative: str = "") -> list[int]:
+    """Indices of the references a prompt asks for: any prompt word among a reference's name or tags.
+
+    An empty prompt, or one that names no reference, uses them all; the negative prompt removes matches.
+    """
+    wanted = {_stem(w) for w in words(prompt)}
+    unwanted = {_stem(w) for w in words(negative)}
+    chosen = [i for i, r in enumerate(refs.references) if r.tags & wanted]
+    if not chosen:
+        chosen = list(range(len(refs.references)))
+    kept = [i for i in chosen if not refs.references[i].tags & unwanted]
+    if not kept:
+        raise ReferencesError("the negative prompt removes every reference; nothing is left to draw from")
+    return kept
+
+
+def log_priors(refs: ReferenceSet, indices: list[int], weights: tuple[tuple[str, float], ...]) -> list[float]:
+    """Each selected reference's log-prior: the sum of the weights whose name or tag matches it."""
+    out = []
+    for i in indices:
+        ref = refs.references[i]
+        total = 0.0
+        for key, value in weights:
+            key_words = {_stem(w) for w in words(key)}
+            if key == ref.name or (key_words and key_words <= ref.tags):
+                total += value
+        out.append(total)
+    return out
+
+
+def fit(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale an image to cover width×height and crop the centre, so patches keep their proportions."""
+    h, w = pixels.shape[:2]
+    scale = max(width / w, height / h)
+    size = (max(width, round(w * scale)), max(height, round(h * scale)))
+    image = Image.fromarray(pixels)
+    if size != (w, h):
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(image.crop((left, top, left + width, top + height)))
