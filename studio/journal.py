@@ -44,6 +44,9 @@ JOURNAL_SUFFIX = ".journal"
 SNAPSHOT_SUFFIX = ".snapshot"
 SNAPSHOT_EVERY_MS = 5 * 60 * 1000
 MAX_JOURNAL_BYTES = 256 * 1024 * 1024
+# A snapshot is a full project save on the GUI thread (a second or more for a big canvas): the timer takes
+# one only when the journal has grown enough that replaying it would be slow, not every few minutes.
+TIMER_MIN_BYTES = 16 * 1024 * 1024
 
 
 def journal_path(project: str | Path | None, data_dir: str | Path) -> Path:
@@ -79,6 +82,7 @@ class Journal(QObject):
         self.data_dir = Path(data_dir)
         self.history = history or (lambda: [])
         self.max_bytes = max_bytes
+        self.timer_min_bytes = min(TIMER_MIN_BYTES, max_bytes)
         self.path: Path | None = None
         self.project: Path | None = None
         self._fd: int | None = None
@@ -225,7 +229,7 @@ class Journal(QObject):
             self.compact()
 
     def _on_timer(self) -> None:
-        if self._records:
+        if self._fd is not None and self._records and os.fstat(self._fd).st_size > self.timer_min_bytes:
             self.compact()
 
     def _data(self) -> ProjectData:

@@ -261,3 +261,20 @@ def test_compaction_and_unknown_commands_take_a_snapshot(tmp_path, qtbot):
     assert digest(recover(found)) == digest(project_data(doc, gallery, history))
     journal.close()
     assert list(tmp_path.glob("recovery/*")) == []
+
+
+def test_the_timer_compacts_a_grown_journal(tmp_path, qtbot):
+    doc, gallery, history = Document(48, 40), Gallery(), []
+    journal = Journal(doc, gallery, tmp_path, history=lambda: history, snapshot_every_ms=20)
+    journal.timer_min_bytes = 10_000
+    journal.start()
+    assert journal.path is not None
+    _work(doc, gallery, history, upto=6)  # holds a result layer: over 10 kB
+    grown = os.path.getsize(journal.path)
+    assert grown > 10_000
+    qtbot.waitUntil(lambda: os.path.getsize(journal.path) < 1_000, timeout=5000)
+    journal.abandon()
+    found = find_recovery(tmp_path)
+    assert found is not None and found.operations == 0  # all of it now lives in the snapshot
+    assert digest(recover(found)) == digest(project_data(doc, gallery, history))
+    journal.close()
