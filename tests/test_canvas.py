@@ -1,0 +1,106 @@
+"""The canvas widget: strokes go through the document as one undo step each, views pan and zoom."""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtGui import QColor
+
+from studio.document import Document
+from ui.canvas import CanvasView
+from ui.tools import ERASER, MASK, PICKER
+
+
+def make_canvas(qtbot, width: int = 64, height: int = 48) -> CanvasView:
+    doc = Document(width, height)
+    canvas = CanvasView(doc)
+    qtbot.addWidget(canvas)
+    canvas.resize(width + 24, height + 24)  # zoom 1: widget pixels map 1:1 onto document pixels
+    canvas.show()
+    qtbot.waitExposed(canvas)
+    canvas.actual_size()
+    return canvas
+
+
+def drag(
+    qtbot, canvas: CanvasView, points: list[tuple[int, int]], mods=Qt.KeyboardModifier.NoModifier
+) -> None:
+    """Press at the first document point, move through the rest, release at the last."""
+    off = canvas.offset
+
+    def at(p: tuple[int, int]) -> QPoint:
+        return QPoint(int(off.x() + p[0]), int(off.y() + p[1]))
+
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, mods, at(points[0]))
+    for p in points[1:]:
+        qtbot.mouseMove(canvas, at(p))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, mods, at(points[-1]))
+
+
+def test_brush_stroke_is_one_undo_step_and_undo_redo_are_exact(qtbot):
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    layer = doc.add_layer("ink")
+    before = layer.pixels.copy()
+    canvas.brush.size, canvas.brush.color = 8, (200, 20, 30)
+    depth = len(doc._done)
+    drag(qtbot, canvas, [(10, 10), (20, 12), (30, 14), (40, 20)])
+    assert len(doc._done) == depth + 1 and doc.undo_label == "Brush stroke"
+    painted = layer.pixels.copy()
+    assert not np.array_equal(painted, before)
+    assert tuple(painted[12, 20]) == (200, 20, 30, 255)
+    assert painted[40, 5, 3] == 0  # far from the stroke: untouched
+    # The canvas shows the stroke (composite over white).
+    assert canvas.composite_image().pixelColor(20, 12) == QColor(200, 20, 30)
+    assert doc.undo()
+    assert np.array_equal(layer.pixels, before)
+    assert canvas.composite_image().pixelColor(20, 12) == QColor(255, 255, 255)
+    assert doc.redo()
+    assert np.array_equal(layer.pixels, painted)
+
+
+def test_eraser_and_mask_brush(qtbot):
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    layer = doc.add_layer("fill")
+    doc.fill(layer.id, (0, 0, 255, 255))
+    canvas.tool, canvas.brush.size, canvas.brush.hardness = ERASER, 10, 1.0
+    drag(qtbot, canvas, [(30, 20), (34, 20)])
+    assert layer.pixels[20, 32, 3] == 0 and layer.pixels[5, 5, 3] == 255
+    canvas.tool = MASK
+    drag(qtbot, canvas, [(10, 10), (12, 10)])
+    assert doc.mask[10, 11] == 255 and doc.mask[40, 60] == 0
+    assert canvas._mask_image is not None  # shown as the red overlay
+    drag(qtbot, canvas, [(10, 10), (12, 10)], Qt.KeyboardModifier.AltModifier)
+    assert doc.mask[10, 11] == 0
+    doc.undo()
+    assert doc.mask[10, 11] == 255
+
+
+def test_picker_takes_the_visible_colour(qtbot):
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    doc.fill(doc.active_id, (10, 120, 30, 255))
+    picked: list[QColor] = []
+    canvas.color_picked.connect(picked.append)
+    canvas.tool = PICKER
+    drag(qtbot, canvas, [(5, 5)])
+    assert picked and picked[-1] == QColor(10, 120, 30)
+
+
+def test_preview_frames_are_counted_when_painted_and_zoom_keeps_the_anchor(qtbot):
+    canvas = make_canvas(qtbot)
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[...] = (0, 200, 0)
+    canvas.set_preview(frame)
+    qtbot.waitUntil(lambda: canvas.frames_painted == 1)
+    shot = canvas.grab().toImage()
+    centre = canvas.doc_rect().center().toPoint()
+    assert shot.pixelColor(centre) == QColor(0, 200, 0)
+    canvas.clear_preview()
+    anchor = canvas.doc_rect().topLeft()
+    before = canvas.to_doc(anchor)
+    canvas.set_zoom(4.0, anchor)
+    assert canvas.zoom == 4.0 and canvas.to_doc(anchor) == before
+    canvas.fit()
+    assert canvas.doc_rect().width() <= canvas.width()

@@ -1,0 +1,1 @@
+"""Qt widgets of the studio window: canvas, panels, gallery and the main window. No generation logic."""

@@ -1,0 +1,362 @@
+"""The canvas: shows the document, paints strokes, pans and zooms, and overlays generation previews.
+
+The composite is cached as a QImage and rebuilt only when the document says it changed. The preview
+overlay counts the frames it actually painted (`frames_painted`), which `studio --demo` reports.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRect, QRectF, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QImage,
+    QMouseEvent,
+    QPainter,
+    QPaintEvent,
+    QPen,
+    QTabletEvent,
+    QWheelEvent,
+)
+from PySide6.QtWidgets import QWidget
+
+from studio.document import Document, Layer, composite
+from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke
+
+MASK_RGBA = (230, 30, 30, 0.45)  # the mask shows as translucent red
+MIN_ZOOM, MAX_ZOOM = 0.05, 32.0
+
+
+def array_to_qimage(pixels: np.ndarray) -> QImage:
+    """A QImage that owns a copy of an H×W×3 RGB or H×W×4 straight-alpha RGBA uint8 array."""
+    arr = np.ascontiguousarray(pixels, dtype=np.uint8)
+    h, w = arr.shape[:2]
+    fmt = QImage.Format.Format_RGBA8888 if arr.shape[2] == 4 else QImage.Format.Format_RGB888
+    return QImage(arr.data, w, h, arr.strides[0], fmt).copy()
+
+
+class CanvasView(QWidget):
+    """Draws `document.composite()` with the mask and preview overlays; paints with the current tool."""
+
+    color_picked = Signal(QColor)
+    zoom_changed = Signal(float)
+    stroke_committed = Signal(str)  # tool name, after the one document operation of a stroke
+
+    def __init__(self, document: Document, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.document = document
+        self.tool = BRUSH
+        self.brush = BrushSettings()
+        self.zoom = 1.0
+        self.offset = QPointF(0, 0)  # widget position of the document's top-left corner
+        self.frames_painted = 0
+        self._auto_fit = True  # keep fitting the window until the person zooms or pans
+        self._preview: QImage | None = None
+        self._preview_pending = False
+        self._clear_after_paint = False
+        self._stroke: Stroke | None = None
+        self._pan_from: QPointF | None = None
+        self._space = False
+        self._hover: QPointF | None = None
+        self._rgb = np.zeros((1, 1, 3), np.uint8)
+        self._image = QImage()
+        self._mask_image: QImage | None = None
+        self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
+        self.setMinimumSize(200, 200)
+        self.setCursor(Qt.CursorShape.CrossCursor)
+        document.changed.connect(self._on_document_changed)
+        self._rebuild_image()
+        self._rebuild_mask()
+
+    # -- the cached images ---------------------------------------------------------------------------
+    def _on_document_changed(self, kind: str) -> None:
+        if kind in ("mask", "reset"):
+            self._rebuild_mask()
+        if kind != "mask":
+            self._rebuild_image()
+        if kind == "reset":
+            self._auto_fit = True
+            self.fit()
+        self.update()
+
+    def _rebuild_image(self) -> None:
+        self._rgb = np.ascontiguousarray(self.document.composite())
+        self._wrap_rgb()
+
+    def _wrap_rgb(self) -> None:
+        h, w = self._rgb.shape[:2]
+        # Wraps the array without copying: keep self._rgb alive as long as the image.
+        self._image = QImage(self._rgb.data, w, h, self._rgb.strides[0], QImage.Format.Format_RGB888)
+
+    def _rebuild_mask(self, mask: np.ndarray | None = None) -> None:
+        mask = self.document.mask if mask is None else mask
+        if not mask.any():
+            self._mask_image = None
+            return
+        r, g, b, a = MASK_RGBA
+        rgba = np.empty(mask.shape + (4,), np.uint8)
+        rgba[..., :3] = (r, g, b)
+        rgba[..., 3] = (mask.astype(np.float32) * a).astype(np.uint8)
+        self._mask_image = array_to_qimage(rgba)
+
+    def composite_image(self) -> QImage:
+        """The cached composite (what the canvas shows under the overlays)."""
+        return self._image
+
+    # -- preview overlay ------------------------------------------------------------------------------
+    def set_preview(self, pixels: np.ndarray) -> None:
+        """Show a generation step's preview (H×W×3 uint8) over the canvas until cleared."""
+        self._preview = array_to_qimage(pixels)
+        self._preview_pending = True
+        self._clear_after_paint = False
+        self.update()
+
+    def clear_preview(self) -> None:
+        """Remove the preview overlay (the run ended, was cancelled or failed).
+
+        A frame that arrived but was not painted yet is painted once first: the last step's frame often
+        comes just before the result, and every frame that reached the canvas should be seen.
+        """
+        if self._preview_pending:
+            self._clear_after_paint = True
+        else:
+            self._preview = None
+        self.update()
+
+    @property
+    def has_preview(self) -> bool:
+        """True while a preview frame is shown."""
+        return self._preview is not None
+
+    # -- view transform -------------------------------------------------------------------------------
+    def doc_rect(self) -> QRectF:
+        """Where the document lies in widget coordinates."""
+        return QRectF(
+            self.offset, self.offset + QPointF(self.document.width, self.document.height) * self.zoom
+        )
+
+    def to_doc(self, pos: QPointF) -> QPointF:
+        """Widget coordinates → document pixel coordinates."""
+        return (pos - self.offset) / self.zoom
+
+    def set_zoom(self, zoom: float, anchor: QPointF | None = None) -> None:
+        """Zoom keeping the document point under `anchor` (default: the widget centre) in place."""
+        zoom = min(max(zoom, MIN_ZOOM), MAX_ZOOM)
+        anchor = QPointF(self.width() / 2, self.height() / 2) if anchor is None else anchor
+        fixed = self.to_doc(anchor)
+        self.zoom = zoom
+        self.offset = anchor - fixed * zoom
+        self.zoom_changed.emit(zoom)
+        self.update()
+
+    def fit(self) -> None:
+        """Zoom so the whole document fits the widget with a margin, centred."""
+        w, h = self.document.width, self.document.height
+        zoom = min((self.width() - 24) / w, (self.height() - 24) / h) if w and h else 1.0
+        self.zoom = min(max(zoom, MIN_ZOOM), MAX_ZOOM)
+        self._center()
+
+    def actual_size(self) -> None:
+        """Zoom to 100 %, centred."""
+        self._auto_fit = False
+        self.zoom = 1.0
+        self._center()
+
+    def _center(self) -> None:
+        size = QPointF(self.document.width, self.document.height) * self.zoom
+        self.offset = QPointF((self.width() - size.x()) / 2, (self.height() - size.y()) / 2)
+        self.zoom_changed.emit(self.zoom)
+        self.update()
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if self._auto_fit:
+            self.fit()
+        super().resizeEvent(event)
+
+    # -- painting the widget --------------------------------------------------------------------------
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+        painter = QPainter(self)
+        painter.fillRect(self.rect(), QColor(58, 58, 62))
+        target = self.doc_rect()
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.zoom < 1.0)
+        painter.drawImage(target, self._image)
+        if self._mask_image is not None:
+            painter.drawImage(target, self._mask_image)
+        if self._preview is not None:
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
+            painter.drawImage(target, self._preview)
+            if self._preview_pending:
+                self.frames_painted += 1
+                self._preview_pending = False
+            if self._clear_after_paint:
+                self._clear_after_paint = False
+                self._preview = None
+                self.update()
+        painter.setPen(QPen(QColor(30, 30, 30), 1))
+        painter.drawRect(target.adjusted(-1, -1, 0, 0))
+        if self._hover is not None and self.tool in (BRUSH, ERASER, MASK) and self._pan_from is None:
+            radius = self.brush.size * self.zoom / 2
+            painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+            painter.setPen(QPen(QColor(255, 255, 255, 200), 1))
+            painter.drawEllipse(self._hover, radius, radius)
+            painter.setPen(QPen(QColor(0, 0, 0, 200), 1))
+            painter.drawEllipse(self._hover, radius + 1, radius + 1)
+        painter.end()
+
+    # -- input ------------------------------------------------------------------------------------------
+    def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        self._press(event.position(), event.button(), event.modifiers(), 1.0)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        self._move(event.position(), 1.0)
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        self._release(event.button())
+
+    def tabletEvent(self, event: QTabletEvent) -> None:  # noqa: N802 - Qt override
+        """Pen input: pressure scales the dab size."""
+        kind = event.type()
+        if kind == QTabletEvent.Type.TabletPress:
+            self._press(event.position(), event.button(), event.modifiers(), event.pressure())
+        elif kind == QTabletEvent.Type.TabletMove:
+            self._move(event.position(), event.pressure())
+        elif kind == QTabletEvent.Type.TabletRelease:
+            self._release(event.button())
+        event.accept()
+
+    def _press(self, pos: QPointF, button, modifiers, pressure: float) -> None:
+        self.setFocus()
+        if button == Qt.MouseButton.MiddleButton or (button == Qt.MouseButton.LeftButton and self._space):
+            self._pan_from = pos
+            self.setCursor(Qt.CursorShape.ClosedHandCursor)
+            return
+        if button != Qt.MouseButton.LeftButton:
+            return
+        point = self.to_doc(pos)
+        if self.tool == PICKER:
+            self._pick(point)
+            return
+        layer = self.document.active
+        if self.tool != MASK and layer is None:
+            return
+        erase = self.tool == MASK and bool(modifiers & Qt.KeyboardModifier.AltModifier)
+        self._stroke = Stroke(self.tool, self.brush, self.document.width, self.document.height, erase)
+        self._show_stroke(self._stroke.add_point(point, pressure))
+
+    def _move(self, pos: QPointF, pressure: float) -> None:
+        if self._pan_from is not None:
+            self._auto_fit = False
+            self.offset += pos - self._pan_from
+            self._pan_from = pos
+            self.update()
+            return
+        old = self._hover
+        self._hover = pos
+        if self._stroke is not None:
+            self._show_stroke(self._stroke.add_point(self.to_doc(pos), pressure))
+        elif self.tool == PICKER and self._pressed_left():
+            self._pick(self.to_doc(pos))
+        if self.tool in (BRUSH, ERASER, MASK):
+            r = self.brush.size * self.zoom / 2 + 3
+            for centre in (old, pos):
+                if centre is not None:
+                    self.update(QRectF(centre.x() - r, centre.y() - r, 2 * r, 2 * r).toAlignedRect())
+
+    def _pressed_left(self) -> bool:
+        from PySide6.QtWidgets import QApplication
+
+        return bool(QApplication.mouseButtons() & Qt.MouseButton.LeftButton)
+
+    def _release(self, button) -> None:
+        if self._pan_from is not None and button in (Qt.MouseButton.MiddleButton, Qt.MouseButton.LeftButton):
+            self._pan_from = None
+            self.setCursor(Qt.CursorShape.OpenHandCursor if self._space else Qt.CursorShape.CrossCursor)
+            return
+        if self._stroke is not None and button == Qt.MouseButton.LeftButton:
+            self.commit_stroke()
+
+    def leaveEvent(self, event) -> None:  # noqa: N802 - Qt override
+        self._hover = None
+        self.update()
+        super().leaveEvent(event)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self._auto_fit = False
+            self.set_zoom(self.zoom * (1.25**steps), event.position())
+        event.accept()
+
+    def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self._space = True
+            self.setCursor(Qt.CursorShape.OpenHandCursor)
+            return
+        super().keyPressEvent(event)
+
+    def keyReleaseEvent(self, event) -> None:  # noqa: N802 - Qt override
+        if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
+            self._space = False
+            if self._pan_from is None:
+                self.setCursor(Qt.CursorShape.CrossCursor)
+            return
+        super().keyReleaseEvent(event)
+
+    # -- strokes ------------------------------------------------------------------------------------------
+    def _pick(self, point: QPointF) -> None:
+        x, y = int(point.x()), int(point.y())
+        if 0 <= x < self.document.width and 0 <= y < self.document.height:
+            r, g, b = (int(v) for v in self._rgb[y, x])
+            self.color_picked.emit(QColor(r, g, b))
+
+    def _show_stroke(self, rect: QRect) -> None:
+        """Redraw the part of the cached composite a stroke segment touched, as if committed."""
+        stroke = self._stroke
+        if stroke is None or rect.isEmpty():
+            return
+        x, y, w, h = rect.x(), rect.y(), rect.width(), rect.height()
+        doc = self.document
+        if stroke.tool == MASK:
+            mask = doc.mask.copy()
+            mask[y : y + h, x : x + w] = stroke.apply(doc.mask[y : y + h, x : x + w], rect)
+            self._rebuild_mask(mask)
+            self.update()
+            return
+        active = doc.active_id
+        crops = []
+        for layer in doc.layers:
+            pixels = layer.pixels[y : y + h, x : x + w]
+            if layer.id == active:
+                pixels = stroke.apply(pixels, rect)
+            crops.append(Layer(layer.name, pixels, layer.opacity, layer.visible, id=layer.id))
+        self._rgb[y : y + h, x : x + w] = composite(crops, w, h)
+        self._wrap_rgb()
+        view = QRectF(self.offset + QPointF(x, y) * self.zoom, QPointF(w, h) * self.zoom)
+        self.update(view.toAlignedRect().adjusted(-2, -2, 2, 2))
+
+    def commit_stroke(self) -> None:
+        """End the stroke in progress with ONE document operation (one undo step)."""
+        stroke, self._stroke = self._stroke, None
+        if stroke is None or stroke.bounds.isEmpty():
+            return
+        b = stroke.bounds
+        x, y, w, h = b.x(), b.y(), b.width(), b.height()
+        doc = self.document
+        if stroke.tool == MASK:
+            after = stroke.apply(doc.mask[y : y + h, x : x + w], b)
+            doc.paint_mask(x, y, after, label="Erase mask" if stroke.erase else "Mask")
+        elif doc.active is not None:
+            layer = doc.active
+            after = stroke.apply(layer.pixels[y : y + h, x : x + w], b)
+            doc.paint(layer.id, x, y, after, label="Erase" if stroke.tool == ERASER else "Brush stroke")
+        self.stroke_committed.emit(stroke.tool)
+
+    def cancel_stroke(self) -> None:
+        """Drop the stroke in progress without touching the document."""
+        if self._stroke is not None:
+            self._stroke = None
+            self._rebuild_image()
+            self._rebuild_mask()
+            self.update()
