@@ -1,0 +1,192 @@
+"""The studio window end to end: previews reach the canvas, results land, recipes restore, runs cancel,
+errors leave it usable, quitting mid-run is clean, and `studio --demo` prints its line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_engine import FakeEngine, fake_image
+from PySide6.QtCore import QPoint, Qt
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import QApplication
+
+from studio.document import Document
+from studio.session import Session
+from studio.settings import Settings
+from ui.main_window import MainWindow
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    """Build a window on a fake engine; closed (and its engine thread joined) after the test."""
+    windows: list[MainWindow] = []
+
+    def make(engine: FakeEngine, size: int = 64) -> MainWindow:
+        settings = Settings(str(tmp_path / "settings.ini"))
+        session = Session(engine=engine, document=Document(size, size), settings=settings)
+        window = MainWindow(session, settings)
+        qtbot.addWidget(window)
+        window.show()
+        window.activateWindow()
+        # Shortcuts (Ctrl+Enter, Esc, Ctrl+Z) go to the active window.
+        qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+        windows.append(window)
+        return window
+
+    yield make
+    for window in windows:
+        window.close()
+        assert not window.session.host.is_alive()
+
+
+def centre_colour(window: MainWindow) -> QColor:
+    """The colour the canvas widget shows at the middle of the document."""
+    canvas = window.canvas
+    return canvas.grab().toImage().pixelColor(canvas.doc_rect().center().toPoint())
+
+
+def test_generate_paints_every_step_then_adds_a_layer_and_gallery_entry(make_window, qtbot):
+    gates = [threading.Event() for _ in range(4)]
+    window = make_window(FakeEngine(gates=gates))
+    session = window.session
+    window.prompt_panel.seed.lock.setChecked(True)
+    window.prompt_panel.prompt.setPlainText("a gold ring")
+    window.prompt_panel.steps.setValue(4)
+    layers_before = len(session.document.layers)
+    qtbot.keyClick(window, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
+    final = fake_image(session.current)
+    for step, gate in enumerate(gates, start=1):
+        with qtbot.waitSignal(
+            session.result_added if step == 4 else session.progress, timeout=5000
+        ) as blocker:
+            gate.set()
+        qtbot.waitUntil(lambda s=step: window.canvas.frames_painted == s)
+        expected = (final.astype(np.uint16) * step // 4).astype(np.uint8)[32, 32]
+        got = centre_colour(window)
+        assert abs(got.red() - int(expected[0])) <= 2 and abs(got.green() - int(expected[1])) <= 2
+    result = blocker.args[0]
+    assert result.request.prompt == "a gold ring" and result.request.steps == 4
+    assert np.array_equal(result.image, final)
+    assert len(session.document.layers) == layers_before + 1
+    assert session.document.layers[-1].source == result.id
+    assert window.gallery_panel.list.count() == 1
+    assert "a gold ring" in window.gallery_panel.list.item(0).toolTip()
+    qtbot.waitUntil(lambda: not window.canvas.has_preview)
+    # The result layer is undoable like any other operation.
+    window.undo_action.trigger()
+    assert len(session.document.layers) == layers_before
+
+
+def test_clicking_a_gallery_entry_restores_its_recipe_into_the_panels(make_window, qtbot):
+    window = make_window(FakeEngine(steps=2))
+    panel = window.prompt_panel
+    panel.seed.lock.setChecked(True)
+    panel.prompt.setPlainText("a red shoe")
+    panel.guidance.setValue(3.5)
+    with qtbot.waitSignal(window.session.result_added, timeout=5000):
+        window.generate_action.trigger()
+    panel.prompt.setPlainText("something else")
+    panel.guidance.setValue(9.0)
+    window.slider_panel.locality.slider.setValue(900)
+    item = window.gallery_panel.list.item(0)
+    rect = window.gallery_panel.list.visualItemRect(item)
+    qtbot.mouseClick(window.gallery_panel.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert panel.prompt.toPlainText() == "a red shoe"
+    assert panel.guidance.value() == 3.5
+    assert window.slider_panel.locality.value() == 0.5
+
+
+def test_escape_cancels_the_run_and_the_next_one_works(make_window, qtbot):
+    gates = [threading.Event() for _ in range(3)]
+    window = make_window(FakeEngine(gates=gates))
+    session = window.session
+    window.prompt_panel.steps.setValue(3)
+    layers_before = len(session.document.layers)
+    window.generate_action.trigger()
+    gates[0].set()
+    qtbot.waitUntil(lambda: window.canvas.frames_painted == 1)
+    assert window.cancel_action.isEnabled()
+    with qtbot.waitSignal(session.run_ended, timeout=5000) as ended:
+        qtbot.keyClick(window.canvas, Qt.Key.Key_Escape)
+    assert ended.args == ["cancelled"]
+    assert len(session.document.layers) == layers_before and not session.gallery.results
+    assert not window.canvas.has_preview and "Cancelled" in window.status.message.text()
+    for gate in gates:
+        gate.set()
+    with qtbot.waitSignal(session.result_added, timeout=5000):
+        window.generate_action.trigger()
+    assert len(session.gallery.results) == 1
+
+
+def test_engine_error_shows_in_status_bar_and_dialog_and_the_window_stays_usable(make_window, qtbot):
+    engine = FakeEngine(raise_at=2, error=RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
+    window = make_window(engine)
+    session = window.session
+    with qtbot.waitSignal(session.error, timeout=5000):
+        window.generate_action.trigger()
+    assert "Out of memory" in window.status.message.text()
+    assert window.error_box is not None and window.error_box.isVisible()
+    assert "smaller size" in window.error_box.informativeText()
+    window.error_box.accept()
+    window.activateWindow()
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
+    # Still usable: a stroke paints and undoes, and the next run (no error this time) lands.
+    layer = session.document.add_layer("ink")
+    canvas = window.canvas
+    canvas.actual_size()
+    start = canvas.offset.toPoint() + QPoint(10, 10)
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=start)
+    qtbot.mouseMove(canvas, start + QPoint(20, 5))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=start + QPoint(20, 5))
+    assert layer.pixels[..., 3].any()
+    qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert not layer.pixels[..., 3].any()
+    engine.raise_at = None
+    with qtbot.waitSignal(session.result_added, timeout=5000):
+        window.generate_action.trigger()
+
+
+def test_closing_the_window_during_a_run_stops_the_engine_thread(make_window, qtbot):
+    gate = threading.Event()  # never set: the run is stuck until cancelled
+    window = make_window(FakeEngine(gates=[gate]))
+    window.generate_action.trigger()
+    qtbot.waitUntil(lambda: window.session.running and window.session.host.busy)
+    assert window.close()
+    assert not window.session.host.is_alive()
+
+
+def test_window_layout_is_remembered(make_window, qtbot, tmp_path):
+    window = make_window(FakeEngine(steps=1))
+    window.resize(700, 560)  # within the offscreen screen, which restoreGeometry clamps to
+    window.docks["gallery"].hide()
+    window.close()
+    again = make_window(FakeEngine(steps=1))
+    assert again.size().width() == 700
+    assert not again.docks["gallery"].isVisible()
+
+
+def test_demo_command_prints_its_line_and_writes_the_screenshot(tmp_path):
+    out = tmp_path / "demo.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    command = ["-m", "ui.app", "--demo", str(out), "--size", "64", "--steps", "4"]
+    proc = subprocess.run(
+        [sys.executable, *command, "--settings", str(tmp_path / "s.ini")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1 and re.fullmatch(r"frames=\d+ steps=4 max_stall_ms=\d+", lines[0]), proc.stdout
+    assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

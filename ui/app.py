@@ -1,0 +1,150 @@
+"""`studio`: open the window. `studio --demo OUT.png`: one generation, a screenshot, one line of numbers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from PySide6.QtCore import QObject, QTimer, Slot
+from PySide6.QtWidgets import QApplication
+
+from studio.document import Document
+from studio.session import Session
+from studio.settings import Settings
+from ui.main_window import MainWindow
+
+# The patch engine on a laptop CPU: 256² with 20 steps finishes in seconds, a good first picture.
+DEFAULT_CANVAS = (256, 256)
+DEMO_PROMPT = "a stone wall with moss"
+
+
+class StallMeter(QObject):
+    """The longest the GUI event loop went without running a 5 ms timer: how long the window froze."""
+
+    def __init__(self, interval_ms: int = 5) -> None:
+        super().__init__()
+        self.max_gap_s = 0.0
+        self.interval_s = interval_ms / 1000
+        self._last = time.perf_counter()
+        self._timer = QTimer(self)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+
+    def start(self) -> None:
+        """Start measuring from now."""
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> None:
+        """Stop measuring."""
+        self._timer.stop()
+
+    @Slot()
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.max_gap_s = max(self.max_gap_s, now - self._last - self.interval_s)
+        self._last = now
+
+    @property
+    def max_stall_ms(self) -> int:
+        """The longest stall beyond the timer's own interval, in milliseconds."""
+        return round(max(self.max_gap_s, 0.0) * 1000)
+
+
+class Demo(QObject):
+    """Runs one generation in the real window, then saves a screenshot and prints the numbers."""
+
+    def __init__(self, window: MainWindow, out: str) -> None:
+        super().__init__()
+        self.window = window
+        self.out = out
+        self.steps = 0
+        self.exit_code = 1
+        self.meter = StallMeter()
+        session = window.session
+        session.result_added.connect(self._finished)
+        session.run_ended.connect(self._ended)
+        session.error.connect(self._failed)
+
+    def start(self) -> None:
+        """Generate with the window's default settings."""
+        self.meter.start()
+        if not self.window.session.request.prompt:
+            self.window.session.set(prompt=DEMO_PROMPT)
+        request = self.window.session.generate()
+        self.steps = request.steps if request is not None else 0
+
+    @Slot(object)
+    def _finished(self, result) -> None:  # noqa: ANN001
+        self.steps = result.request.steps
+        self.exit_code = 0
+
+    @Slot(str)
+    def _ended(self, how: str) -> None:
+        # Let the result layer and the gallery entry paint before the screenshot.
+        QTimer.singleShot(100, self._capture)
+
+    @Slot(str)
+    def _failed(self, message: str) -> None:
+        print(f"error: {message}", file=sys.stderr)
+        if not self.window.session.running:
+            QTimer.singleShot(0, self._capture)
+
+    @Slot()
+    def _capture(self) -> None:
+        self.meter.stop()
+        if not self.window.grab().save(self.out):
+            print(f"error: could not write {self.out}", file=sys.stderr)
+            self.exit_code = 1
+        frames = self.window.canvas.frames_painted
+        print(f"frames={frames} steps={self.steps} max_stall_ms={self.meter.max_stall_ms}", flush=True)
+        self.window.close()
+        QApplication.instance().exit(self.exit_code)
+
+
+def build_window(
+    settings: Settings, size: tuple[int, int] = DEFAULT_CANVAS, steps: int | None = None
+) -> MainWindow:
+    """The window on a fresh session with a canvas of `size`."""
+    session = Session(document=Document(*size), settings=settings)
+    if steps is not None:
+        session.set(steps=steps)
+    return MainWindow(session, settings)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `studio` command."""
+    parser = argparse.ArgumentParser(prog="studio", description="Paint, sketch and steer a diffusion model.")
+    parser.add_argument(
+        "--demo", metavar="OUT.png", help="run one generation, save a screenshot, print stats"
+    )
+    parser.add_argument("--settings", metavar="FILE.ini", help="keep preferences in this file instead")
+    parser.add_argument("--size", type=int, help=f"canvas side in pixels (default {DEFAULT_CANVAS[0]})")
+    parser.add_argument("--steps", type=int, help="denoising steps to start with")
+    args = parser.parse_args(argv)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName("Studio")
+    app.setApplicationName("Studio")
+    if args.settings:
+        settings = Settings(args.settings)
+    elif args.demo:  # the demo runs the defaults and leaves the person's preferences alone
+        scratch = tempfile.TemporaryDirectory()
+        settings = Settings(str(Path(scratch.name) / "demo.ini"))
+    else:
+        settings = Settings()
+    size = (args.size, args.size) if args.size else DEFAULT_CANVAS
+    window = build_window(settings, size, args.steps)
+    window.show()
+    if args.demo:
+        demo = Demo(window, args.demo)
+        QTimer.singleShot(0, demo.start)
+        code = app.exec()
+        return code if code else demo.exit_code
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The model/engine picker: the built-in patch engine, diffusers models found on this machine, or a
+folder or file the person chooses. Choosing one is `session.set(engine=..., model=...)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from PySide6.QtCore import QSignalBlocker
+from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
+
+from backend.request import Request
+
+log = logging.getLogger(__name__)
+BUILTIN = "patch|"  # item data: "engine|model" (a str: QVariant round-trips it exactly)
+CHOOSE_FOLDER, CHOOSE_FILE, CHOOSE_REFERENCES = "folder", "file", "references"
+
+
+def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(label, path) of the diffusers models `backend.models` finds here; [] when it cannot look."""
+    if importlib.util.find_spec("backend.models") is None:
+        return []
+    try:
+        from backend.models import discover
+
+        return [(f"{m.name} ({m.kind})", m.path) for m in discover(model_folders) if not m.pickle]
+    except Exception as exc:  # discovery is a convenience: a broken cache must not stop the window
+        log.warning("model discovery failed: %s", exc)
+        return []
+
+
+class EnginePicker(QComboBox):
+    """A combo box of engines and models bound to a Session."""
+
+    def __init__(self, session, parent: QWidget | None = None) -> None:  # noqa: ANN001
+        super().__init__(parent)
+        self.session = session
+        self.setToolTip("Which engine and model generate: the built-in patch engine needs no download")
+        self.setMinimumContentsLength(28)
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.models: list[tuple[str, str]] = []
+        self.activated.connect(self._chosen)
+        session.request_changed.connect(self.show_request)
+        self.rebuild()
+
+    def rebuild(self, models: list[tuple[str, str]] | None = None) -> None:
+        """List the engines (and `models`, when given: discovery is slow, so the window runs it later)."""
+        if models is not None:
+            self.models = models
+        with QSignalBlocker(self):
+            self.clear()
+            self.addItem("Patch engine (built-in, no download)", BUILTIN)
+            for label, path in self.models:
+                self.addItem(f"Diffusers: {label}", f"diffusers|{path}")
+            self.insertSeparator(self.count())
+            self.addItem("Diffusers model folder…", CHOOSE_FOLDER)
+            self.addItem("Diffusers model file (.safetensors)…", CHOOSE_FILE)
+            self.addItem("Patch engine with my reference images…", CHOOSE_REFERENCES)
+        self.show_request(self.session.request)
+
+    def show_request(self, request: Request) -> None:
+        """Select the entry of the session's engine and model (adding it when it is not listed)."""
+        key = f"{request.engine}|{request.model}"
+        with QSignalBlocker(self):
+            index = self.findData(key)
+            if index < 0:
+                name = request.model.rstrip("/").rsplit("/", 1)[-1] or request.model
+                label = f"Patch engine: {name}" if request.engine == "patch" else f"Diffusers: {name}"
+                self.insertItem(1, label, key)
+                index = 1
+            self.setCurrentIndex(index)
+
+    def _chosen(self, index: int) -> None:
+        data = self.itemData(index)
+        if data == CHOOSE_FOLDER:
+            path = QFileDialog.getExistingDirectory(self, "Choose a diffusers model folder")
+            data = f"diffusers|{path}" if path else None
+        elif data == CHOOSE_FILE:
+            path, _ = QFileDialog.getOpenFileName(
+                self, "Choose a model file", "", "Safetensors (*.safetensors)"
+            )
+            data = f"diffusers|{path}" if path else None
+        elif data == CHOOSE_REFERENCES:
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder of reference images")
+            data = f"patch|{path}" if path else None
+        if data is None:  # the person cancelled the file dialog: show what is still in use
+            self.show_request(self.session.request)
+            return
+        engine, model = data.split("|", 1)
+        self.session.set(engine=engine, model=model)

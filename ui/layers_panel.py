@@ -1,0 +1,141 @@
+"""The layers dock: list (top layer first) with visibility, rename, opacity, and add/delete/duplicate/reorder.
+
+Every change is a Document operation, so it lands on the one undo stack.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QSignalBlocker, QSize, Qt, QTimer
+from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QSlider,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.document import Document, Layer
+from ui.canvas import array_to_qimage
+from ui.prompt_panel import tool_button
+
+THUMB = 40
+
+
+def layer_icon(layer: Layer) -> QIcon:
+    """A small thumbnail of a layer over a checkerboard-free white (what it adds to the picture)."""
+    px = layer.pixels
+    step = max(1, max(px.shape[:2]) // THUMB)
+    small = px[::step, ::step].astype(np.float32)
+    alpha = small[..., 3:4] / 255.0
+    rgb = (small[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
+    return QIcon(QPixmap.fromImage(array_to_qimage(rgb)))
+
+
+class LayersPanel(QWidget):
+    """Shows the document's layers and turns clicks into document operations."""
+
+    def __init__(self, document: Document, parent=None) -> None:  # noqa: ANN001
+        super().__init__(parent)
+        self.document = document
+        self.list = QListWidget()
+        self.list.setIconSize(QSize(THUMB, THUMB))
+        self.opacity = QSlider(Qt.Orientation.Horizontal)
+        self.opacity.setRange(0, 100)
+        self.opacity_label = QLabel("100 %")
+        buttons = QHBoxLayout()
+        self.buttons: dict[str, QToolButton] = {}
+        for key, text, tip in (
+            ("add", "+", "New layer"),
+            ("duplicate", "Copy", "Duplicate layer"),
+            ("up", "▲", "Move layer up"),
+            ("down", "▼", "Move layer down"),
+            ("delete", "Delete", "Delete layer"),
+        ):
+            button = tool_button(text, tip)
+            buttons.addWidget(button)
+            self.buttons[key] = button
+        buttons.addStretch(1)
+        opacity_row = QHBoxLayout()
+        opacity_row.addWidget(QLabel("Opacity"))
+        opacity_row.addWidget(self.opacity, 1)
+        opacity_row.addWidget(self.opacity_label)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.list, 1)
+        layout.addLayout(opacity_row)
+        layout.addLayout(buttons)
+
+        self.buttons["add"].clicked.connect(lambda: document.add_layer())
+        self.buttons["duplicate"].clicked.connect(self._duplicate)
+        self.buttons["up"].clicked.connect(lambda: self._move(+1))
+        self.buttons["down"].clicked.connect(lambda: self._move(-1))
+        self.buttons["delete"].clicked.connect(self._delete)
+        self.list.currentItemChanged.connect(self._selected)
+        self.list.itemChanged.connect(self._item_edited)
+        self.opacity.valueChanged.connect(lambda v: self.opacity_label.setText(f"{v} %"))
+        # One undo step per drag: commit the opacity when the slider is let go (or moved by keys).
+        self.opacity.sliderReleased.connect(self._commit_opacity)
+        self.opacity.actionTriggered.connect(self._opacity_action)
+        document.changed.connect(lambda kind: None if kind == "mask" else self.refresh())
+        self.refresh()
+
+    def refresh(self, *_: object) -> None:
+        """Rebuild the list from the document (top layer first) and select the active layer."""
+        doc = self.document
+        with QSignalBlocker(self.list):
+            self.list.clear()
+            for layer in reversed(doc.layers):
+                item = QListWidgetItem(layer_icon(layer), layer.name)
+                item.setData(Qt.ItemDataRole.UserRole, layer.id)
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
+                item.setToolTip("Tick to show, double-click to rename")
+                self.list.addItem(item)
+                if layer.id == doc.active_id:
+                    self.list.setCurrentItem(item)
+        self._show_opacity()
+        self.buttons["delete"].setEnabled(len(doc.layers) > 1)
+
+    def _show_opacity(self) -> None:
+        layer = self.document.active
+        with QSignalBlocker(self.opacity):
+            self.opacity.setValue(round((layer.opacity if layer else 1.0) * 100))
+        self.opacity_label.setText(f"{self.opacity.value()} %")
+
+    def _selected(self, item: QListWidgetItem | None, _previous: object = None) -> None:
+        if item is not None:
+            # Choosing the layer to paint on is not a document change: no undo step.
+            self.document.active_id = item.data(Qt.ItemDataRole.UserRole)
+            self._show_opacity()
+
+    def _item_edited(self, item: QListWidgetItem) -> None:
+        layer_id = item.data(Qt.ItemDataRole.UserRole)
+        visible = item.checkState() == Qt.CheckState.Checked
+        name = item.text().strip() or self.document.layer(layer_id).name
+        self.document.set_layer(layer_id, name=name, visible=visible)
+
+    def _commit_opacity(self) -> None:
+        if self.document.active_id:
+            self.document.set_layer(self.document.active_id, opacity=self.opacity.value() / 100.0)
+
+    def _opacity_action(self, _action: int) -> None:
+        if not self.opacity.isSliderDown():  # page/arrow keys and clicks on the groove
+            # The action comes before the value moves: commit once it has.
+            QTimer.singleShot(0, self._commit_opacity)
+
+    def _duplicate(self) -> None:
+        if self.document.active_id:
+            self.document.duplicate_layer(self.document.active_id)
+
+    def _delete(self) -> None:
+        if self.document.active_id and len(self.document.layers) > 1:
+            self.document.delete_layer(self.document.active_id)
+
+    def _move(self, delta: int) -> None:
+        layer_id = self.document.active_id
+        if layer_id:
+            self.document.move_layer(layer_id, self.document.index_of(layer_id) + delta)

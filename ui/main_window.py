@@ -1,0 +1,352 @@
+"""The studio window: canvas in the middle, docks for prompt, sliders, layers and gallery, a status bar.
+
+It wires widgets to the Session and back; generation logic lives in `studio/`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QDockWidget,
+    QFileDialog,
+    QFrame,
+    QMainWindow,
+    QMessageBox,
+    QScrollArea,
+    QToolBar,
+    QWidget,
+)
+
+from backend.errors import StudioError
+from backend.images import load_picture
+from studio.settings import Settings
+from ui import exports
+from ui.brush_bar import BrushBar
+from ui.canvas import CanvasView
+from ui.dialogs import ask_canvas_size, confirm, show_error
+from ui.engine_picker import EnginePicker, discovered_models
+from ui.gallery_panel import GalleryPanel
+from ui.layers_panel import LayersPanel
+from ui.prompt_panel import PromptPanel
+from ui.slider_panel import SliderPanel
+from ui.status import StatusBar
+
+DEFAULT_SIZE = (1360, 860)
+IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
+
+
+class MainWindow(QMainWindow):
+    """The studio's one window, bound to a Session."""
+
+    def __init__(self, session, settings: Settings | None = None) -> None:  # noqa: ANN001
+        super().__init__()
+        self.session = session
+        self.settings = settings or Settings()
+        self.document = session.document
+        self.error_box: QMessageBox | None = None
+        self.setObjectName("studio-window")
+        self.setWindowTitle("Studio")
+        self.setAcceptDrops(True)
+        self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
+
+        self.canvas = CanvasView(self.document)
+        self.setCentralWidget(self.canvas)
+        self._make_actions()
+        self.brush_bar = BrushBar(self.canvas, self)
+        self.addToolBar(self.brush_bar)
+        self.engine_bar = QToolBar("Engine", self)
+        self.addToolBar(self.engine_bar)
+        self.engine_bar.setObjectName("engine-bar")
+        self.engine_picker = EnginePicker(session)
+        self.engine_bar.addWidget(self.engine_picker)
+        self.prompt_panel = PromptPanel(session, self.generate_action, self.cancel_action, self.live_action)
+        self.slider_panel = SliderPanel(session)
+        self.layers_panel = LayersPanel(self.document)
+        self.gallery_panel = GalleryPanel(session)
+        self.prompt_panel.size_requested.connect(self.request_size)
+        left = Qt.DockWidgetArea.LeftDockWidgetArea
+        right = Qt.DockWidgetArea.RightDockWidgetArea
+        self.docks = {
+            "prompt": self._dock("Prompt", self.prompt_panel, left, scroll=True),
+            "sliders": self._dock("Sliders", self.slider_panel, left, scroll=True),
+            "layers": self._dock("Layers", self.layers_panel, right),
+            "gallery": self._dock("Gallery", self.gallery_panel, right),
+        }
+        self.tabifyDockWidget(self.docks["prompt"], self.docks["sliders"])
+        self.docks["prompt"].raise_()
+        self.status = StatusBar(self, self.settings.device)
+        self.setStatusBar(self.status)
+        self._make_menus()
+        self._connect_session()
+        self.document.changed.connect(self._document_changed)
+        self._document_changed()
+        self.project_actions = None
+        if importlib.util.find_spec("ui.project_actions") is not None:
+            from ui.project_actions import ProjectActions
+
+            self.project_actions = ProjectActions(self, session, self.file_menu)
+        self._restore_layout()
+        # Listing models scans folders and the hub cache: after the window is up, not before.
+        QTimer.singleShot(0, self._discover_models)
+
+    # -- building ---------------------------------------------------------------------
+    def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:  # noqa: ANN001
+        action = QAction(text, self)
+        if shortcut is not None:
+            keys = shortcut if isinstance(shortcut, list) else [shortcut]
+            action.setShortcuts([QKeySequence(k) for k in keys])
+        if tip:
+            action.setToolTip(tip)
+            action.setStatusTip(tip)
+        action.triggered.connect(slot)
+        self.addAction(action)  # shortcuts work wherever the focus is in the window
+        return action
+
+    def _make_actions(self) -> None:
+        self.generate_action = self._action(
+            "Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "Generate an image (Ctrl+Enter)"
+        )
+        self.cancel_action = self._action("Cancel", self.session.cancel, "Esc", "Stop the run (Esc)")
+        self.cancel_action.setEnabled(False)
+        self.live_action = QAction("Live", self, checkable=True)
+        self.live_action.setToolTip(
+            "Re-render while you drag sliders or edit fields, without pressing Generate"
+        )
+        self.live_action.toggled.connect(self.session.set_live)
+        self.undo_action = self._action("Undo", self.document.undo, QKeySequence.StandardKey.Undo)
+        self.redo_action = self._action("Redo", self.document.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        self.new_action = self._action("New canvas…", self.new_canvas, QKeySequence.StandardKey.New)
+        self.open_action = self._action("Open image as layer…", self.open_image, "Ctrl+I")
+        self.export_png_action = self._action("Export PNG with recipe…", self.export_png, "Ctrl+E")
+        self.export_ora_action = self._action("Export layers (OpenRaster)…", self.export_ora, "Ctrl+Shift+E")
+        self.quit_action = self._action("Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.fit_action = self._action("Fit", self.canvas.fit, "F", "Fit the canvas in the window (F)")
+        self.actual_action = self._action("100 %", self.canvas.actual_size, "1", "Actual pixels (1)")
+        self.zoom_in_action = self._action(
+            "Zoom in", lambda: self.canvas.set_zoom(self.canvas.zoom * 1.25), "Ctrl+="
+        )
+        self.zoom_out_action = self._action(
+            "Zoom out", lambda: self.canvas.set_zoom(self.canvas.zoom / 1.25), "Ctrl+-"
+        )
+        self.fill_action = self._action("Fill layer with colour", self.fill_layer, "Shift+F5")
+        self.clear_action = self._action("Clear layer", self.clear_layer, "Delete")
+        self.clear_mask_action = self._action("Clear mask", self.document.clear_mask, "Ctrl+Shift+M")
+
+    def _dock(
+        self, title: str, widget: QWidget, area: Qt.DockWidgetArea, scroll: bool = False
+    ) -> QDockWidget:
+        dock = QDockWidget(title, self)
+        dock.setObjectName(f"dock-{title.lower()}")
+        if scroll:  # long panels (one slider per reference) must not make the window taller than the screen
+            area_widget = QScrollArea()
+            area_widget.setWidgetResizable(True)
+            area_widget.setFrameShape(QFrame.Shape.NoFrame)
+            area_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+            area_widget.setWidget(widget)
+            widget = area_widget
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        return dock
+
+    def _make_menus(self) -> None:
+        bar = self.menuBar()
+        self.file_menu = bar.addMenu("&File")
+        for action in (
+            self.new_action,
+            self.open_action,
+            None,
+            self.export_png_action,
+            self.export_ora_action,
+        ):
+            self.file_menu.addAction(action) if action else self.file_menu.addSeparator()
+        self.file_menu.addSeparator()
+        self.file_menu.addAction(self.quit_action)
+        edit = bar.addMenu("&Edit")
+        for action in (self.undo_action, self.redo_action, None, self.fill_action, self.clear_action):
+            edit.addAction(action) if action else edit.addSeparator()
+        edit.addAction(self.clear_mask_action)
+        tools = bar.addMenu("&Tools")
+        for action in self.brush_bar.tool_actions.values():
+            tools.addAction(action)
+        tools.addSeparator()
+        tools.addAction(self.brush_bar.smaller)
+        tools.addAction(self.brush_bar.bigger)
+        self.addAction(self.brush_bar.smaller)
+        self.addAction(self.brush_bar.bigger)
+        view = bar.addMenu("&View")
+        for action in (self.fit_action, self.actual_action, self.zoom_in_action, self.zoom_out_action):
+            view.addAction(action)
+        view.addSeparator()
+        for dock in self.docks.values():
+            view.addAction(dock.toggleViewAction())
+        generate = bar.addMenu("&Generate")
+        for action in (self.generate_action, self.cancel_action, self.live_action):
+            generate.addAction(action)
+
+    def _connect_session(self) -> None:
+        s = self.session
+        s.frame.connect(self._frame)
+        s.progress.connect(self.status.show_progress)
+        s.run_started.connect(self._started)
+        s.result_added.connect(self._result_added)
+        s.run_ended.connect(self._run_ended)
+        s.error.connect(self.show_error)
+        s.status.connect(self.status.show_message)
+        s.running_changed.connect(self._busy_changed)
+        s.live_changed.connect(self.live_action.setChecked)
+        s.request_changed.connect(lambda request: self.status.show_engine(request.engine))
+        self.status.show_engine(s.request.engine)
+
+    def _restore_layout(self) -> None:
+        geometry = self.settings.value("window/geometry")
+        state = self.settings.value("window/state")
+        if geometry is None or not self.restoreGeometry(geometry):
+            self.resize(*DEFAULT_SIZE)
+        if state is not None:
+            self.restoreState(state)
+        else:
+            self.resizeDocks(
+                [self.docks["prompt"], self.docks["layers"]], [330, 260], Qt.Orientation.Horizontal
+            )
+            self.resizeDocks(
+                [self.docks["layers"], self.docks["gallery"]], [300, 420], Qt.Orientation.Vertical
+            )
+
+    def _discover_models(self) -> None:
+        self.engine_picker.rebuild(discovered_models(tuple(self.settings.model_folders)))
+
+    # -- generation ---------------------------------------------------------------------
+    def generate(self) -> None:
+        """Run the panels' settings (a fresh seed unless it is locked)."""
+        if not self.prompt_panel.seed_locked:
+            self.session.set(seed=random.randrange(2**32))
+        self.session.generate()
+
+    def _frame(self, ev) -> None:  # noqa: ANN001 - a StepEvent of the current run
+        if ev.preview is not None:
+            self.canvas.set_preview(ev.preview)
+
+    def _started(self, _request) -> None:  # noqa: ANN001
+        self.status.show_started()
+
+    def _busy_changed(self, busy: bool) -> None:
+        self.cancel_action.setEnabled(busy)
+        if not busy:
+            self.canvas.clear_preview()
+
+    def _result_added(self, result) -> None:  # noqa: ANN001
+        self.canvas.clear_preview()
+        self.status.show_done(result)
+
+    def _run_ended(self, how: str) -> None:
+        self.canvas.clear_preview()
+        if how == "cancelled":
+            self.status.show_message("Cancelled: nothing was added")
+
+    def show_error(self, message: str) -> None:
+        """Show an error in the status bar and a dialog that says what to do; nothing else changes."""
+        self.canvas.clear_preview()
+        self.status.show_error(message)
+        if self.error_box is not None:
+            self.error_box.close()
+        self.error_box = show_error(self, "Studio", message)
+
+    # -- canvas and files ---------------------------------------------------------------------
+    def _document_changed(self, *_: object) -> None:
+        doc = self.document
+        self.undo_action.setEnabled(doc.can_undo)
+        self.redo_action.setEnabled(doc.can_redo)
+        self.undo_action.setText(f"Undo {doc.undo_label}".strip())
+        self.redo_action.setText(f"Redo {doc.redo_label}".strip())
+
+    def new_canvas(self, size: tuple[int, int] | None = None) -> None:
+        """Start an empty canvas (asks for the size when none is given)."""
+        doc = self.document
+        size = size or ask_canvas_size(self, doc.width, doc.height)
+        if size is None:
+            return
+        if not doc.is_clean and not confirm(
+            self, "New canvas", "Clear the canvas? Its undo history goes too."
+        ):
+            return
+        doc.reset(*size)
+        self.session.set(width=size[0], height=size[1])
+
+    def request_size(self, width: int, height: int) -> None:
+        """The prompt panel's size: a new canvas of that size (asks first when there is work to lose)."""
+        if (width, height) != (self.document.width, self.document.height):
+            self.new_canvas((width, height))
+
+    def open_image(self) -> None:
+        """Choose an image file and add it as a layer."""
+        path, _ = QFileDialog.getOpenFileName(self, "Open image as layer", "", IMAGE_FILTER)
+        if path:
+            self.add_image_layer(path)
+
+    def add_image_layer(self, path: str) -> bool:
+        """Add the image at `path` as a new layer fitted to the canvas; errors go to the error dialog."""
+        try:
+            picture = load_picture(path)
+        except StudioError as exc:
+            self.show_error(str(exc))
+            return False
+        self.document.add_layer(Path(path).stem, exports.fit_to_canvas(picture.pixels, self.document))
+        self.status.show_message(f"Opened {Path(path).name} as a layer")
+        return True
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        for url in event.mimeData().urls():
+            if url.isLocalFile():
+                self.add_image_layer(url.toLocalFile())
+        event.acceptProposedAction()
+
+    def fill_layer(self) -> None:
+        """Fill the active layer with the brush colour."""
+        if self.document.active_id:
+            self.document.fill(self.document.active_id, (*self.canvas.brush.color, 255))
+
+    def clear_layer(self) -> None:
+        """Make the active layer transparent."""
+        if self.document.active_id:
+            self.document.clear(self.document.active_id)
+
+    def export_png(self) -> None:
+        """Save the visible image as a PNG carrying the recipe of the newest result on the canvas."""
+        path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "studio.png", "PNG (*.png)")
+        if path:
+            self._export(exports.export_png, path)
+
+    def export_ora(self) -> None:
+        """Save every layer as an OpenRaster file (Krita, GIMP and MyPaint open it)."""
+        path, _ = QFileDialog.getSaveFileName(self, "Export layers", "studio.ora", "OpenRaster (*.ora)")
+        if path:
+            self._export(exports.export_ora, path)
+
+    def _export(self, write, path: str) -> None:  # noqa: ANN001
+        try:
+            write(path, self.session)
+        except StudioError as exc:
+            self.show_error(str(exc))
+            return
+        self.status.show_message(f"Saved {path}")
+
+    # -- closing ---------------------------------------------------------------------
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        if self.project_actions is not None and not self.project_actions.confirm_close():
+            event.ignore()
+            return
+        self.settings.set_value("window/geometry", self.saveGeometry())
+        self.settings.set_value("window/state", self.saveState())
+        self.settings.sync()
+        self.canvas.cancel_stroke()
+        self.session.shutdown()  # cancels the run and joins the engine thread: quitting mid-run is prompt
+        event.accept()

@@ -1,0 +1,249 @@
+"""Latent sliders: variation, prompt blend, concept sliders, guidance, strength, patch-engine locality and
+per-reference weights. Each slider shows its value and has a reset; every move is one `session.set`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from PySide6.QtCore import QSignalBlocker, Qt, Signal
+from PySide6.QtWidgets import (
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backend.request import Concept, Request
+from ui.prompt_panel import set_text, tool_button
+
+TICKS = 1000  # slider positions across a range: fine enough for a smooth drag
+
+
+class ValueSlider(QWidget):
+    """A float slider with its value shown and a reset button."""
+
+    moved = Signal(float)
+
+    def __init__(self, low: float, high: float, default: float, decimals: int = 2, parent=None) -> None:  # noqa: ANN001
+        super().__init__(parent)
+        self.low, self.high, self.default, self.decimals = low, high, default, decimals
+        self.slider = QSlider(Qt.Orientation.Horizontal)
+        self.slider.setRange(0, TICKS)
+        self.label = QLabel()
+        self.label.setMinimumWidth(40)
+        self.label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self.reset = tool_button("↺", f"Reset to {default:.{decimals}f}")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.label)
+        row.addWidget(self.reset)
+        self.slider.valueChanged.connect(self._slid)
+        self.reset.clicked.connect(lambda: self._announce(self.default))
+        self.show_value(default)
+
+    def value(self) -> float:
+        """The value the slider shows."""
+        return round(self.low + (self.high - self.low) * self.slider.value() / TICKS, self.decimals)
+
+    def show_value(self, value: float) -> None:
+        """Move the slider to `value` without announcing it (values past the range pin to its end)."""
+        tick = round((value - self.low) / (self.high - self.low) * TICKS)
+        with QSignalBlocker(self.slider):
+            self.slider.setValue(max(0, min(TICKS, tick)))
+        self.label.setText(f"{value:.{self.decimals}f}")
+
+    def _slid(self, _tick: int) -> None:
+        self._announce(self.value())
+
+    def _announce(self, value: float) -> None:
+        self.show_value(value)
+        self.moved.emit(value)
+
+
+class ConceptRow(QWidget):
+    """One concept slider: two phrases and a weight, with a remove button."""
+
+    changed = Signal()
+    remove = Signal(object)
+
+    def __init__(self, concept: Concept, parent=None) -> None:  # noqa: ANN001
+        super().__init__(parent)
+        self.negative = QLineEdit(concept.negative, placeholderText="from, e.g. “plain”")
+        self.positive = QLineEdit(concept.positive, placeholderText="to, e.g. “ornate”")
+        self.weight = ValueSlider(-5.0, 5.0, 0.0)
+        self.weight.show_value(concept.weight)
+        drop = tool_button("✕", "Remove this concept slider")
+        phrases = QHBoxLayout()
+        phrases.addWidget(self.negative)
+        phrases.addWidget(QLabel("→"))
+        phrases.addWidget(self.positive)
+        phrases.addWidget(drop)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 4)
+        layout.addLayout(phrases)
+        layout.addWidget(self.weight)
+        self.start = concept.start
+        self.negative.editingFinished.connect(self.changed)
+        self.positive.editingFinished.connect(self.changed)
+        self.weight.moved.connect(lambda _v: self.changed.emit())
+        drop.clicked.connect(lambda: self.remove.emit(self))
+
+    def concept(self) -> Concept:
+        """The concept the row shows."""
+        return Concept(self.positive.text(), self.negative.text(), self.weight.value(), self.start)
+
+    def complete(self) -> bool:
+        """Both phrases given (the request refuses half a concept)."""
+        return bool(self.positive.text().strip() and self.negative.text().strip())
+
+
+class SliderPanel(QWidget):
+    """The latent sliders, bound to a Session."""
+
+    def __init__(self, session, parent=None) -> None:  # noqa: ANN001
+        super().__init__(parent)
+        self.session = session
+        defaults = Request()
+        self.variation_seed = QLineEdit(placeholderText="seed")
+        dice = tool_button("Random", "A new variation seed")
+        self.variation = ValueSlider(0.0, 1.0, 0.0)
+        self.prompt_b = QLineEdit(placeholderText="a second prompt to blend towards")
+        self.blend = ValueSlider(0.0, 1.0, 0.0)
+        self.guidance = ValueSlider(0.0, 20.0, defaults.guidance, 1)
+        self.strength = ValueSlider(0.0, 1.0, defaults.strength)
+        self.locality = ValueSlider(0.0, 1.0, defaults.locality)
+        self.locality.setToolTip("Patch size: 1 copies a reference whole, small values invent new images")
+        self.concept_rows: list[ConceptRow] = []
+        self.concept_box = QVBoxLayout()
+        add_concept = QPushButton("Add concept slider")
+        self.reference_sliders: dict[str, ValueSlider] = {}
+        self.references_form = QFormLayout()
+
+        seed_row = QHBoxLayout()
+        seed_row.addWidget(self.variation_seed, 1)
+        seed_row.addWidget(dice)
+        form = QFormLayout()
+        form.addRow("Variation seed", seed_row)
+        form.addRow("Variation", self.variation)
+        form.addRow("Prompt B", self.prompt_b)
+        form.addRow("Blend", self.blend)
+        form.addRow("Guidance", self.guidance)
+        form.addRow("Strength", self.strength)
+        concepts = QGroupBox("Concepts")
+        concepts_layout = QVBoxLayout(concepts)
+        concepts_layout.addLayout(self.concept_box)
+        concepts_layout.addWidget(add_concept)
+        self.patch_box = QGroupBox("Patch engine")
+        patch_layout = QFormLayout(self.patch_box)
+        patch_layout.addRow("Locality", self.locality)
+        patch_layout.addRow(self.references_form)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(concepts)
+        layout.addWidget(self.patch_box)
+        layout.addStretch(1)
+
+        self.variation_seed.editingFinished.connect(self._variation_seed_edited)
+        dice.clicked.connect(lambda: session.set(variation_seed=random.randrange(2**32)))
+        self.variation.moved.connect(self._variation_moved)
+        self.prompt_b.editingFinished.connect(lambda: session.set(prompt_b=self.prompt_b.text()))
+        self.blend.moved.connect(lambda v: session.set(blend=v) if self.prompt_b.text().strip() else None)
+        self.guidance.moved.connect(lambda v: session.set(guidance=v))
+        self.strength.moved.connect(lambda v: session.set(strength=v))
+        self.locality.moved.connect(lambda v: session.set(locality=v))
+        add_concept.clicked.connect(lambda: self._add_concept_row(Concept("", "")))
+        session.request_changed.connect(self.show_request)
+        self._references_for: str | None = None
+        self.show_request(session.request)
+
+    def _variation_seed_edited(self) -> None:
+        text = self.variation_seed.text().strip()
+        self.session.set(variation_seed=int(text) if text.isdigit() else None)
+
+    def _variation_moved(self, value: float) -> None:
+        changes: dict[str, object] = {"variation_strength": value}
+        if value > 0 and self.session.request.variation_seed is None:
+            changes["variation_seed"] = random.randrange(2**32)  # a variation needs a second seed
+        self.session.set(**changes)
+
+    def show_request(self, request: Request) -> None:
+        """Put the session's request into the sliders."""
+        set_text(self.variation_seed, "" if request.variation_seed is None else str(request.variation_seed))
+        self.variation.show_value(request.variation_strength)
+        set_text(self.prompt_b, request.prompt_b)
+        self.blend.show_value(request.blend)
+        self.guidance.show_value(request.guidance)
+        self.strength.show_value(request.strength)
+        self.locality.show_value(request.locality)
+        shown = tuple(row.concept() for row in self.concept_rows if row.complete())
+        if shown != request.concepts:
+            for row in list(self.concept_rows):
+                self._drop_row(row, announce=False)
+            for concept in request.concepts:
+                self._add_concept_row(concept)
+        self.patch_box.setVisible(request.engine == "patch")
+        if request.engine == "patch":
+            self._show_references(request)
+
+    # -- concepts -----------------------------------------------------------------------------------------
+    def _add_concept_row(self, concept: Concept) -> None:
+        row = ConceptRow(concept)
+        row.changed.connect(self._concepts_changed)
+        row.remove.connect(self._drop_row)
+        self.concept_rows.append(row)
+        self.concept_box.addWidget(row)
+
+    def _drop_row(self, row: ConceptRow, announce: bool = True) -> None:
+        self.concept_rows.remove(row)
+        row.setParent(None)
+        row.deleteLater()
+        if announce:
+            self._concepts_changed()
+
+    def _concepts_changed(self) -> None:
+        # Half-filled rows stay on screen but out of the request, which refuses them.
+        self.session.set(concepts=tuple(row.concept() for row in self.concept_rows if row.complete()))
+
+    # -- patch engine references --------------------------------------------------------------------------
+    def _show_references(self, request: Request) -> None:
+        if self._references_for != request.model:
+            self._references_for = request.model
+            self._list_references(request.model)
+        weights = dict(request.reference_weights)
+        for name, slider in self.reference_sliders.items():
+            slider.show_value(weights.get(name, 0.0))
+
+    def _list_references(self, folder: str) -> None:
+        while self.references_form.rowCount():
+            self.references_form.removeRow(0)
+        self.reference_sliders.clear()
+        try:
+            from backend.references import DEFAULT_FOLDER, load_references
+
+            names = load_references(folder or DEFAULT_FOLDER).names
+        except Exception as exc:  # a missing or broken folder: the engine reports it on Generate
+            self.references_form.addRow(QLabel(f"References: {exc}"))
+            return
+        for name in names:
+            slider = ValueSlider(-5.0, 5.0, 0.0, 1)
+            slider.setToolTip(f"How much “{name}” feeds the image (log-prior weight)")
+            slider.moved.connect(self._reference_setter(name))
+            self.reference_sliders[name] = slider
+            self.references_form.addRow(name, slider)
+
+    def _reference_setter(self, name: str) -> Callable[[float], None]:
+        def set_weight(value: float) -> None:
+            weights = dict(self.session.request.reference_weights)
+            weights[name] = value
+            kept = tuple((k, v) for k, v in weights.items() if v != 0.0)
+            self.session.set(reference_weights=kept)
+
+        return set_weight
