@@ -117,6 +117,7 @@ class DiffusersEngine:
     def _denoise(
         self, r: Request, cancel: threading.Event, started: float, previews: bool = True
     ) -> Generator[StepEvent, None, torch.Tensor | None]:
+        r.validate()
         # 1. Model, scheduler and generator. The generator is drawn from in the pipelines' order:
         #    VAE encoding of an init image, then the starting noise, then ancestral steps.
         model = self.load(r.model)
@@ -181,6 +182,8 @@ class DiffusersEngine:
                 timestep_cond = timestep_cond.to(device=device, dtype=dtype)
             extra_step = step_kwargs(scheduler, generator)
             previewer = self._previewer(model, r) if previews else None
+            alphas = getattr(scheduler, "alphas_cumprod", None)
+            alphas = alphas.to(device) if previewer is not None and alphas is not None else None
 
             # 6. Denoising loop.
             for i, t in enumerate(timesteps):
@@ -203,7 +206,7 @@ class DiffusersEngine:
                     latents = reimpose_known(latents, image_latents, noise, mask, scheduler, next_t)
                 frame = None
                 if previewer is not None:
-                    previewer.push(clean_estimate(out, scheduler, sample, noise_pred, t, sigma))
+                    previewer.push(clean_estimate(out, scheduler, sample, noise_pred, t, sigma, alphas))
                     frame = previewer.finish() if i + 1 == len(timesteps) else previewer.latest()
                 yield StepEvent(r.request_id, i + 1, len(timesteps), frame, time.perf_counter() - started)
             return None if cancel.is_set() else latents

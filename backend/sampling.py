@@ -72,13 +72,21 @@ def initial_noise(
     return noise
 
 
-def current_sigma(scheduler: Any) -> torch.Tensor | None:
-    """σ of the step about to run for k-diffusion-style schedulers (sample = x0 + σ·ε), else None."""
+def current_sigma(scheduler: Any) -> float | None:
+    """σ of the step about to run for k-diffusion-style schedulers (sample = x0 + σ·ε), else None.
+
+    diffusers keeps these σ on the CPU, so reading one never waits for the GPU.
+    """
     sigmas = getattr(scheduler, "sigmas", None)
     index = getattr(scheduler, "step_index", None)
-    if sigmas is None or index is None or float(scheduler.init_noise_sigma) <= 1.0:
+    if (
+        sigmas is None
+        or index is None
+        or float(scheduler.init_noise_sigma) <= 1.0
+        or sigmas.device.type != "cpu"
+    ):
         return None
-    return sigmas[index]
+    return float(sigmas[index])
 
 
 def estimate_x0(
@@ -86,7 +94,7 @@ def estimate_x0(
     model_output: torch.Tensor,
     prediction_type: str,
     alpha_bar: torch.Tensor | None = None,
-    sigma: torch.Tensor | None = None,
+    sigma: float | None = None,
 ) -> torch.Tensor:
     """The clean latents the model's prediction implies at this step (for previews).
 
@@ -95,7 +103,6 @@ def estimate_x0(
     if prediction_type == "sample":
         return model_output
     if sigma is not None:
-        sigma = sigma.to(sample.device, sample.dtype)
         if prediction_type == "v_prediction":
             return model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
         return sample - sigma * model_output
@@ -113,17 +120,21 @@ def clean_estimate(
     sample: torch.Tensor,
     model_output: torch.Tensor,
     t: torch.Tensor,
-    sigma: Any,
+    sigma: float | None,
+    alphas_cumprod: torch.Tensor | None,
 ) -> torch.Tensor:
-    """x0 from the scheduler's step output when it gives one, else computed from the model output."""
+    """x0 from the scheduler's step output when it gives one, else computed from the model output.
+
+    `alphas_cumprod` lives on t's device, so that looking up ᾱ_t needs no copy back to the host.
+    """
     for name in ("pred_original_sample", "denoised"):
         value = getattr(step_output, name, None)
         if value is not None:
             return value
-    alpha_bar = None
-    if sigma is None:
-        alpha_bar = scheduler.alphas_cumprod[int(t)]
-    return estimate_x0(sample, model_output, scheduler.config.prediction_type, alpha_bar, sigma)
+    prediction = scheduler.config.prediction_type
+    if sigma is not None or alphas_cumprod is None:
+        return estimate_x0(sample, model_output, prediction, sigma=sigma if sigma is not None else 0.0)
+    return estimate_x0(sample, model_output, prediction, alpha_bar=alphas_cumprod[t.long()])
 
 
 def latent_mask(

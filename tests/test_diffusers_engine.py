@@ -50,8 +50,12 @@ def test_preview_none_gives_no_frames(tiny_engine, tiny_request) -> None:
     assert isinstance(events[-1], Done)
 
 
-def test_last_preview_is_latent_rgb_of_final_latents(tiny_engine, tiny_request) -> None:
-    """At the last Euler step x0 is the final latents: the preview is their latent-RGB image."""
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m"])
+def test_last_preview_is_latent_rgb_of_final_latents(tiny_engine, tiny_request, scheduler) -> None:
+    """At the last step x0 is the final latents: the preview is their latent-RGB image.
+
+    Euler reports x0; DPM++ 2M does not, so its preview checks the engine's own x0 from the noise prediction.
+    """
     captured = {}
     pipe = tiny_engine.model.pipe
     original = pipe.vae.decode
@@ -62,7 +66,7 @@ def test_last_preview_is_latent_rgb_of_final_latents(tiny_engine, tiny_request) 
 
     pipe.vae.decode = spy
     try:
-        events = _run(tiny_engine, tiny_request)
+        events = _run(tiny_engine, tiny_request.replace(scheduler=scheduler))
     finally:
         pipe.vae.decode = original
     assert not captured["latents"].requires_grad  # the loop builds no autograd graph across steps
@@ -80,7 +84,7 @@ def test_x0_fallback_matches_schedulers_own_estimate() -> None:
         euler.set_timesteps(10)
         t = euler.timesteps[3]
         euler._init_step_index(t)
-        sigma = euler.sigmas[euler.step_index]
+        sigma = float(euler.sigmas[euler.step_index])
         reported = euler.step(eps, t, sample).pred_original_sample
         torch.testing.assert_close(estimate_x0(sample, eps, prediction, sigma=sigma), reported)
         ddim = DDIMScheduler(**config, prediction_type=prediction, clip_sample=False)
@@ -212,3 +216,27 @@ def test_dispatcher_loads_a_folder_and_reports_its_hash(
         list(engines.generate(r.replace(model=str(tiny_sd_folder / "missing")), threading.Event()))
     again = list(engines.generate(r, threading.Event()))[-1]  # the engine works after a failed load
     np.testing.assert_array_equal(again.image, done.image)
+
+
+def test_taesd_previews_from_a_local_folder(tmp_path, tiny_request, torch_one_thread) -> None:
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    tiny_taesd = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8),
+        decoder_block_out_channels=(8, 8, 8, 8),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
+    )
+    tiny_taesd.save_pretrained(tmp_path / "taesd")
+    engine = DiffusersEngine(device="cpu", taesd=str(tmp_path))  # finds the taesd/ subfolder for SD1
+    engine.use_pipeline(build_tiny_sd(), "tiny")
+    by_taesd = _run(engine, tiny_request.replace(preview="taesd"))
+    by_factors = _run(engine, tiny_request.replace(preview="latent_rgb"))
+    assert by_taesd[0].preview.shape == (64, 64, 3)
+    assert not np.array_equal(by_taesd[0].preview, by_factors[0].preview)
+    np.testing.assert_array_equal(by_taesd[-1].image, by_factors[-1].image)  # previews never touch the result
+    broken = DiffusersEngine(device="cpu", taesd=str(tmp_path / "nothing-here"))
+    broken.use_pipeline(build_tiny_sd(), "tiny")
+    with pytest.raises(ModelError, match="not a TAESD"):
+        _run(broken, tiny_request.replace(preview="taesd"))
