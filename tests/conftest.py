@@ -12,6 +12,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import pytest  # noqa: E402
 
+import studio.qt_workarounds  # noqa: E402, F401 - the whole test process emits signals: PySide6 6.12 bug
+
 # Tiny diffusers models and engines (tests/fixtures_diffusers.py).
 pytest_plugins = ["fixtures_diffusers"]
 

@@ -278,3 +278,24 @@ def test_the_timer_compacts_a_grown_journal(tmp_path, qtbot):
     assert found is not None and found.operations == 0  # all of it now lives in the snapshot
     assert digest(recover(found)) == digest(project_data(doc, gallery, history))
     journal.close()
+
+
+def test_a_long_session_of_signal_emits_does_not_abort_the_process(tmp_path):
+    """PySide6 6.12's emit() drops a reference to True per call: without the fix a fresh process aborts."""
+    code = (
+        "from studio.document import Document\n"
+        "doc = Document(8, 8)\n"
+        "for _ in range(60_000):\n"
+        "    doc.changed.emit('pixels')\n"
+        "print('alive')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and "alive" in done.stdout, done.stderr[-500:]
+    faults.record(
+        "process",
+        "60000 Qt signal emits in one process (PySide6 6.12 refcount bug)",
+        "process kept running",
+        0,
+    )
