@@ -112,7 +112,8 @@ class Journal(QObject):
         old = self.path
         self._close_fd()
         self.project = Path(project).absolute() if project is not None else None
-        if self.project is not None or old is None:
+        untitled = old is not None and old.parent == self.data_dir / "recovery"
+        if self.project is not None or not untitled:  # an untitled journal keeps its file when compacted
             self.path = journal_path(self.project, self.data_dir)
         assert self.path is not None
         snap = snapshot_path(self.path)

@@ -299,3 +299,20 @@ def test_a_long_session_of_signal_emits_does_not_abort_the_process(tmp_path):
         "process kept running",
         0,
     )
+
+
+def test_a_journal_follows_the_document_from_project_to_untitled_and_back(tmp_path, qtbot):
+    doc, gallery = Document(16, 16), Gallery()
+    project = tmp_path / "p.studio"
+    journal = Journal(doc, gallery, tmp_path / "data")
+    journal.start(project, save_project(project, doc))
+    assert journal.path == journal_path(project, tmp_path)
+    journal.start(None)  # an imported .ora: no project file any more
+    assert journal.path is not None and journal.path.parent == tmp_path / "data" / "recovery"
+    assert not journal_path(project, tmp_path).exists()
+    untitled = journal.path
+    journal.compact()
+    assert journal.path == untitled  # compaction keeps the untitled journal's name
+    journal.note_saved(project, save_project(project, doc))
+    assert journal.path == journal_path(project, tmp_path) and not untitled.exists()
+    journal.close()
