@@ -102,7 +102,11 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
         yield f"prompt blend must be between 0 and 1 (got {r.blend})"
     if r.blend > 0 and not r.prompt_b.strip():
         yield "a prompt blend needs a second prompt (prompt B)"
-    for text_name, text in (("prompt", r.prompt), ("negative prompt", r.negative_prompt), ("prompt B", r.prompt_b)):
+    for text_name, text in (
+        ("prompt", r.prompt),
+        ("negative prompt", r.negative_prompt),
+        ("prompt B", r.prompt_b),
+    ):
         if len(text) > MAX_PROMPT_CHARS:
             yield f"{text_name} is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}"
     for c in r.concepts:
