@@ -11,16 +11,12 @@ import pytest
 from fake_engine import FakeEngine, fake_image, make_references
 
 from backend.events import StepEvent
+from backend.patch_engine import PatchEngine
 from backend.request import Request
 from studio.document import Document
 from studio.session import Session
 
 SIZE = 32
-
-
-def patch_engine():
-    """A real patch engine (skipped until backend.patch_engine has landed)."""
-    return pytest.importorskip("backend.patch_engine").PatchEngine()
 
 
 @pytest.fixture
@@ -57,7 +53,7 @@ def count(kind: type) -> int:
 
 def test_a_burst_starts_few_runs_and_ends_on_the_final_values(qtbot, make_session, tmp_path):
     references = str(make_references(tmp_path / "references"))
-    session = make_session(patch_engine())
+    session = make_session(PatchEngine())
     started: list[Request] = []
     session.host.started.connect(started.append)
     session.set(model=references, steps=2, seed=4, variation_seed=9)
@@ -73,7 +69,7 @@ def test_a_burst_starts_few_runs_and_ends_on_the_final_values(qtbot, make_sessio
     assert np.array_equal(session.document.layers[-1].pixels[..., :3], result.image)
 
     # A fresh engine run with the final values gives the same image.
-    fresh = list(patch_engine().generate(final.replace(width=SIZE, height=SIZE), threading.Event()))
+    fresh = list(PatchEngine().generate(final.replace(width=SIZE, height=SIZE), threading.Event()))
     assert np.array_equal(fresh[-1].image, result.image)
 
 

@@ -12,17 +12,13 @@ from fake_engine import FakeEngine, Paced, fake_image, make_references
 
 from backend.events import StepEvent
 from backend.images import Picture
+from backend.patch_engine import PatchEngine
 from backend.request import Request
 from studio.document import Document
 from studio.session import HISTORY_SIZE, Session
 from studio.settings import Settings
 
 SIZE = 32
-
-
-def patch_engine():
-    """A real patch engine (skipped until backend.patch_engine has landed)."""
-    return pytest.importorskip("backend.patch_engine").PatchEngine()
 
 
 @pytest.fixture
@@ -215,7 +211,7 @@ def test_img2img_starts_from_the_visible_canvas_and_records_lineage(qtbot, make_
 
 
 def test_inpaint_with_the_patch_engine_changes_only_masked_pixels(qtbot, make_session, references):
-    session = make_session(patch_engine())
+    session = make_session(PatchEngine())
     seen = Seen(session)
     doc = session.document
     sketch = doc.add_layer("sketch")
@@ -240,7 +236,7 @@ def test_inpaint_with_the_patch_engine_changes_only_masked_pixels(qtbot, make_se
 
 
 def test_generate_with_the_patch_engine_paints_every_step(qtbot, make_session, references):
-    engine = Paced(patch_engine())
+    engine = Paced(PatchEngine())
     session = make_session(engine)
     seen = Seen(session)
     session.frame.connect(lambda _ev: engine.taken.release())
@@ -353,7 +349,7 @@ def test_quit_during_a_run_stops_promptly_with_no_thread_left(qtbot):
 
 
 def test_quit_during_a_real_run_stops_within_a_step(qtbot, references):
-    session = Session(patch_engine(), document=Document(64, 64))
+    session = Session(PatchEngine(), document=Document(64, 64))
     frames: list[StepEvent] = []
     session.frame.connect(frames.append)
     session.set(model=str(references), steps=60)
