@@ -3,8 +3,8 @@
     python tests/crash_app.py save-loop PROJECT      save two large states over PROJECT, alternately, forever
     python tests/crash_app.py work DATA_DIR SEED     a scripted session (strokes, layer ops, results, undo)
                                                      journalled into DATA_DIR; prints "done N" after each
-    python tests/crash_app.py generate DATA_DIR OUT  strokes, layer ops and a real patch-engine generation,
-                                                     then saves the live state to OUT and prints "ready"
+    python tests/crash_app.py generate DATA_DIR OUT  a Session: strokes, layer ops and a real patch-engine
+                                                     generation, then saves the state to OUT, prints "ready"
 
 Each mode then waits to be killed. The operations are a pure function of the seed (ids included, via
 `deterministic_ids`) so the test can rebuild the state after any number of them in its own process.
@@ -138,31 +138,33 @@ def work(data_dir: Path, seed: int) -> None:
 
 
 def generate(data_dir: Path, out: Path) -> None:
-    """Strokes, layer operations and one real patch-engine generation, journalled, then wait to be killed."""
+    """A real Session: strokes, layer ops and a patch-engine generation, journalled; then await the kill."""
     from PySide6.QtCore import QCoreApplication
 
-    from backend.engines import Engines
-    from backend.events import Done
     from studio.journal import Journal
     from studio.project import save_project
+    from studio.session import Session
 
-    _app = QCoreApplication.instance() or QCoreApplication([])
-    doc, gallery, history = Document(32, 32), Gallery(), []
-    journal = Journal(doc, gallery, data_dir, history=lambda: history)
+    app = QCoreApplication.instance() or QCoreApplication([])
+    session = Session(document=Document(32, 32))
+    doc, gallery = session.document, session.gallery
+    journal = Journal(doc, gallery, data_dir, history=lambda: session.prompt_history)
+    session.history_changed.connect(journal.record_history)
     journal.start()
-    ops = scripted_ops(doc, gallery, history, seed=5)
+    ops = scripted_ops(doc, gallery, [], seed=5)
     for op in ops[:5]:
         op()
-    request = Request(engine="patch", prompt="a small test", seed=11, steps=2, width=32, height=32)
-    done = [ev for ev in Engines().generate(request, threading.Event()) if isinstance(ev, Done)][0]
-    result = Result(done.image, done.request, dict(done.extras), attribution=done.attribution)
-    doc.add_layer("generated", done.image, source=result.id)
-    gallery.add(result)
-    history.insert(0, request.prompt)
-    journal.record_history()
+    session.set(prompt="a small test", seed=11, steps=2)
+    session.result_added.connect(app.quit)  # the result is a layer, a gallery entry and a history line
+    session.run_ended.connect(app.quit)
+    if session.generate() is None:
+        raise SystemExit("the generation was refused")
+    app.exec()
+    if not any(layer.source for layer in doc.layers):
+        raise SystemExit("the generation ended without a result")
     for op in ops[6:11]:
         op()
-    save_project(out, doc, gallery, history)
+    save_project(out, doc, gallery, session.prompt_history)
     _wait_forever()
 
 

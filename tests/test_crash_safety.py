@@ -183,7 +183,7 @@ def test_sigkill_after_a_real_generation_recovers_it(tmp_path):
     assert got.results[0].attribution is not None
     faults.record(
         "journal",
-        "SIGKILL after strokes, layer ops and a patch-engine generation",
+        "SIGKILL after strokes, layer ops and a patch-engine generation in a Session",
         "recovered document, gallery and history equal the state before the kill",
         layer_bytes_lost(got, want),
     )
