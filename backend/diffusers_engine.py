@@ -34,6 +34,7 @@ from backend.sampling import (
     initial_noise,
     latent_mask,
     reimpose_known,
+    sdxl_time_ids,
     step_kwargs,
     to_uint8,
     uses_guidance,
@@ -174,7 +175,7 @@ class DiffusersEngine:
                     inpaint_extra = self._inpaint_channels(pipe, r, mask, generator, guided)
 
             # 5. Per-step inputs that do not change: SDXL's size conditioning, LCM's guidance embedding.
-            added = self._added_conditioning(pipe, r, guided, dtype)
+            added = self._added_conditioning(r, pipe.unet, guided, dtype)
             timestep_cond = None
             if pipe.unet.config.time_cond_proj_dim is not None:
                 w = torch.tensor(r.guidance - 1).repeat(1)
@@ -255,17 +256,12 @@ class DiffusersEngine:
         return torch.cat([extra] * 2) if guided else extra
 
     def _added_conditioning(
-        self, pipe: Any, r: Request, guided: bool, dtype: torch.dtype
+        self, r: Request, unet: Any, guided: bool, dtype: torch.dtype
     ) -> dict[str, Any] | None:
         """SDXL's micro-conditioning (original size, crop, target size); None for SD 1/2."""
-        if getattr(pipe.unet.config, "addition_embed_type", None) != "text_time":
+        if getattr(unet.config, "addition_embed_type", None) != "text_time":
             return None
-        projection = int(pipe.text_encoder_2.config.projection_dim)
-        size = (r.height, r.width)
-        time_ids = pipe._get_add_time_ids(
-            size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection
-        )
-        time_ids = time_ids.to(self.device)
+        time_ids = sdxl_time_ids(r.height, r.width, dtype).to(self.device)
         return {"time_ids": torch.cat([time_ids, time_ids]) if guided else time_ids}
 
     def _decode(self, r: Request, latents: torch.Tensor) -> np.ndarray:

@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -161,13 +162,11 @@ def _resolve(ref: str, model_folders: tuple[str, ...]) -> Path | None:
 
 def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[Any, str]:
     from diffusers import DiffusionPipeline
-    from huggingface_hub import snapshot_download
 
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
     try:
-        folder = snapshot_download(
-            repo_id, local_files_only=offline, allow_patterns=["*.json", "*.txt", "*.safetensors", "*.model"]
-        )
+        # diffusers picks the component files (not the multi-GB single-file copies many repos also hold).
+        folder = DiffusionPipeline.download(repo_id, local_files_only=offline, use_safetensors=True)
     except Exception as exc:
         where = (
             "is not in the local Hugging Face cache and the studio is offline"
@@ -177,7 +176,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[Any, str]:
         raise ModelError(f"{repo_id}: {where} ({_short(exc)})") from None
     extra = _pipeline_extras(Path(folder))
     pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, **extra)
-    return pipe, folder
+    return pipe, str(folder)
 
 
 def _load_folder(folder: Path, dtype: torch.dtype, allow_pickle: bool) -> Any:
@@ -233,23 +232,47 @@ def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str |
     conv_in = keys.get("model.diffusion_model.input_blocks.0.0.weight", ())
     inpaint = len(conv_in) == 4 and conv_in[1] == 9
     config_folder = Path(config) if config is not None else CONFIGS / CONFIG_FOR_FAMILY[family]
-    if inpaint and config is None:
-        raise ModelError(f"{path}: is a 9-channel inpainting checkpoint; load its diffusers folder instead")
-    _check_against_config(path, keys, config_folder)
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    extra = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-    try:
-        return cls.from_single_file(
-            str(path), config=str(config_folder), torch_dtype=dtype, local_files_only=True, **extra
+    with tempfile.TemporaryDirectory() as tmp:
+        if inpaint:
+            config_folder = _inpaint_config(config_folder, Path(tmp))
+        _check_against_config(path, keys, config_folder)
+        from diffusers import (
+            StableDiffusionInpaintPipeline,
+            StableDiffusionPipeline,
+            StableDiffusionXLInpaintPipeline,
+            StableDiffusionXLPipeline,
         )
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as exc:
-        raise ModelError(
-            f"{path}: does not match the {config_folder.name} config for a {family} model ({_short(exc)})"
-        ) from None
+
+        if family == "sdxl":
+            cls, extra = (StableDiffusionXLInpaintPipeline if inpaint else StableDiffusionXLPipeline), {}
+        else:
+            cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+            extra = {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            return cls.from_single_file(
+                str(path), config=str(config_folder), torch_dtype=dtype, local_files_only=True, **extra
+            )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"{path}: does not match the {Path(config or config_folder).name} config for a {family} "
+                f"model ({_short(exc)})"
+            ) from None
+
+
+def _inpaint_config(folder: Path, tmp: Path) -> Path:
+    """The config folder for a 9-channel inpainting checkpoint: a copy whose UNet takes 9 input channels."""
+    unet_config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    if unet_config.get("in_channels") == 9:
+        return folder
+    copy = Path(shutil.copytree(folder, tmp / folder.name))
+    unet_config["in_channels"] = 9
+    (copy / "unet" / "config.json").write_text(json.dumps(unet_config), encoding="utf-8")
+    index = json.loads((copy / "model_index.json").read_text(encoding="utf-8"))
+    index["_class_name"] = index["_class_name"].replace("Pipeline", "InpaintPipeline")
+    (copy / "model_index.json").write_text(json.dumps(index), encoding="utf-8")
+    return copy
 
 
 # (tensor in an LDM checkpoint, its axis, config file, config key, index into a list value, what it is)

@@ -159,6 +159,11 @@ def reimpose_known(
     return (1 - mask) * known + mask * latents
 
 
+def sdxl_time_ids(height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """SDXL's size conditioning: original size, crop top-left, target size (no crop, no resize)."""
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Float image in [0, 1] → uint8, rounding as diffusers' `numpy_to_pil` does."""
     return (image * 255).round().astype(np.uint8)

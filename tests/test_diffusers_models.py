@@ -207,3 +207,20 @@ def test_discovery_finds_a1111_comfyui_folders_and_the_hub_cache(tmp_path, tiny_
     assert by_name["juggernaut"].path == str(comfy / "juggernaut.safetensors")
     assert by_name[tiny_sd_folder.name].kind == "folder"
     assert by_name["someone/tiny-sd"].kind == "hub"
+
+
+def test_single_file_inpainting_checkpoint_gets_a_nine_channel_config(
+    tmp_path, tiny_sd_folder, tiny_request
+) -> None:
+    """A 9-channel checkpoint with an ordinary config folder: the loader widens the UNet's input itself."""
+    from backend.images import Picture
+
+    pipe = build_tiny_sd(inpaint=True)
+    checkpoint = save_ldm_checkpoint(pipe, tmp_path / "tiny-inpainting.safetensors")
+    loaded = load_model(str(checkpoint), CPU, F32, config=tiny_sd_folder)  # tiny_sd_folder's UNet takes 4
+    assert loaded.inpaint_unet and type(loaded.pipe).__name__ == "StableDiffusionInpaintPipeline"
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    init = Picture(np.full((64, 64, 3), 128, np.uint8))
+    r = tiny_request.replace(init_image=init, mask=Picture(mask), strength=1.0)
+    np.testing.assert_allclose(_render(loaded.pipe, r), _render(pipe, r), atol=1e-5)
