@@ -287,7 +287,7 @@ class Session(QObject):
     def _on_done(self, done: Done) -> None:
         if not self._is_current(done.request_id):
             return
-        lineage = self._lineage.pop(done.request_id, Lineage())
+        lineage = self._lineage.get(done.request_id, Lineage())
         self._end()
         try:
             result = self._add_result(done, lineage)
@@ -316,8 +316,7 @@ class Session(QObject):
             self.run_ended.emit("failed")
 
     def _end(self) -> None:
-        if self.current is not None:
-            self._lineage.pop(self.current.request_id, None)
+        self._lineage.clear()  # it only ever holds the current run's
         self.current = None
         self.last_frame = None
         self.running_changed.emit(False)
