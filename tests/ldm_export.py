@@ -1,4 +1,4 @@
-"""Write a tiny SD1.x pipeline as an original-layout (LDM) single-file checkpoint, like A1111 and ComfyUI use.
+"""Write a tiny SD1.x or SDXL pipeline as one original-layout (LDM) checkpoint file, as A1111 and ComfyUI use.
 
 The inverse of diffusers' single-file conversion (`diffusers.loaders.single_file_utils`), for any
 `layers_per_block` and block count, so that tests can load a real single-file checkpoint offline.
@@ -34,6 +34,8 @@ def unet_to_ldm(unet: Any) -> dict[str, torch.Tensor]:
     fixed = {
         "time_embedding.linear_1": "time_embed.0",
         "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0",
+        "add_embedding.linear_2": "label_emb.0.2",
         "conv_in": "input_blocks.0.0",
         "conv_norm_out": "out.0",
         "conv_out": "out.2",
@@ -108,13 +110,54 @@ def vae_to_ldm(vae: Any) -> dict[str, torch.Tensor]:
     return out
 
 
+def clip_to_ldm(encoder: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIP text model under its original names (nested in `text_model.`)."""
+    out = {}
+    for key, value in encoder.state_dict().items():
+        # transformers ≥ 5.6 flattened CLIPTextModel; original checkpoints keep text_model.
+        out[prefix + (key if key.startswith("text_model.") else "text_model." + key)] = value
+    return out
+
+
+def open_clip_to_ldm(encoder: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """A CLIPTextModelWithProjection in OpenCLIP's layout (fused q/k/v, transposed projection), as SDXL stores
+    its second text tower."""
+    state = {k.removeprefix("text_model."): v for k, v in encoder.state_dict().items()}
+    out = {
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T.contiguous(),
+    }
+    names = {
+        "layer_norm1": "ln_1",
+        "layer_norm2": "ln_2",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+        "self_attn.out_proj": "attn.out_proj",
+    }
+    for i in range(encoder.config.num_hidden_layers):
+        layer = f"encoder.layers.{i}."
+        for kind in ("weight", "bias"):
+            fused = [state.pop(f"{layer}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            out[f"transformer.resblocks.{i}.attn.in_proj_{kind}"] = torch.cat(fused)
+            for old, new in names.items():
+                out[f"transformer.resblocks.{i}.{new}.{kind}"] = state.pop(f"{layer}{old}.{kind}")
+    state.pop("embeddings.position_ids", None)
+    if state:
+        raise KeyError(f"no OpenCLIP name for {sorted(state)}")
+    return {prefix + k: v for k, v in out.items()}
+
+
 def save_ldm_checkpoint(pipe: Any, path: str | Path) -> Path:
-    """Save an SD1.x pipeline's UNet, VAE and CLIP text encoder as one LDM-layout .safetensors file."""
+    """Save an SD1.x or SDXL pipeline's UNet, VAE and text towers as one LDM-layout .safetensors file."""
     tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae)}
-    for key, value in pipe.text_encoder.state_dict().items():
-        # Original checkpoints nest CLIP under text_model.; transformers ≥ 5.6 flattened CLIPTextModel.
-        inner = key if key.startswith("text_model.") else "text_model." + key
-        tensors["cond_stage_model.transformer." + inner] = value
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        tensors.update(clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
+        tensors.update(open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model."))
+    else:
+        tensors.update(clip_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
     path = Path(path)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path

@@ -14,7 +14,7 @@ import pytest
 import torch
 from ldm_export import save_ldm_checkpoint, unet_to_ldm, vae_to_ldm
 from safetensors.torch import save_file
-from tiny_models import build_tiny_sd
+from tiny_models import build_tiny_sd, build_tiny_sdxl
 
 from backend.diffusers_engine import DiffusersEngine
 from backend.engines import Engines
@@ -53,6 +53,15 @@ def test_single_safetensors_file_loads_offline_with_a_local_config(
     assert loaded.family == "sd1" and loaded.source == str(checkpoint)
     np.testing.assert_array_equal(_render(loaded.pipe, tiny_request), _render(pipe, tiny_request))
     assert model_hash(checkpoint) == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+
+
+def test_single_file_sdxl_loads_offline(tmp_path, tiny_sdxl_folder, tiny_request, no_network) -> None:
+    """SDXL's layout: CLIP-L under conditioner.embedders.0, OpenCLIP (fused q/k/v) under embedders.1."""
+    pipe = build_tiny_sdxl()
+    checkpoint = save_ldm_checkpoint(pipe, tmp_path / "tiny-xl.safetensors")
+    loaded = load_model(str(checkpoint), CPU, F32, config=tiny_sdxl_folder)
+    assert loaded.family == "sdxl"
+    np.testing.assert_array_equal(_render(loaded.pipe, tiny_request), _render(pipe, tiny_request))
 
 
 def test_shipped_configs_parse_offline(no_network) -> None:

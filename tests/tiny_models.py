@@ -27,6 +27,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 MAX_LENGTH = 77
 TEXT_DIM = 32
+# SDXL's second text tower is wider than its first, as in the real model (1280 vs 768); single-file loading
+# tells the two apart by that width.
+TEXT_DIM_2 = 48
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -72,10 +75,10 @@ def _tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(tiny_tokenizer_folder(tmp, pad_token))
 
 
-def _text_config(**extra: object) -> CLIPTextConfig:
+def _text_config(hidden: int = TEXT_DIM, **extra: object) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=514,
-        hidden_size=TEXT_DIM,
+        hidden_size=hidden,
         intermediate_size=37,
         num_hidden_layers=2,
         num_attention_heads=4,
@@ -158,17 +161,17 @@ def build_tiny_sdxl(seed: int = 0) -> StableDiffusionXLPipeline:
         transformer_layers_per_block=(1, 2),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
-        cross_attention_dim=2 * TEXT_DIM,
+        cross_attention_dim=TEXT_DIM + TEXT_DIM_2,
         addition_embed_type="text_time",
         addition_time_embed_dim=time_dim,
         # six time ids (original size, crop, target size) plus the pooled text embedding
-        projection_class_embeddings_input_dim=6 * time_dim + TEXT_DIM,
+        projection_class_embeddings_input_dim=6 * time_dim + TEXT_DIM_2,
         norm_num_groups=16,
     )
     pipe = StableDiffusionXLPipeline(
         vae=_vae(),
         text_encoder=CLIPTextModel(_text_config()),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection_dim=TEXT_DIM)),
+        text_encoder_2=CLIPTextModelWithProjection(_text_config(TEXT_DIM_2, projection_dim=TEXT_DIM_2)),
         tokenizer=_tokenizer(),
         tokenizer_2=_tokenizer(pad_token="!"),
         unet=unet,
