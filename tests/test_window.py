@@ -190,3 +190,45 @@ def test_demo_command_prints_its_line_and_writes_the_screenshot(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1 and re.fullmatch(r"frames=\d+ steps=4 max_stall_ms=\d+", lines[0]), proc.stdout
     assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_inpaint_from_the_mask_brush_keeps_unmasked_pixels(make_window, qtbot):
+    window = make_window(FakeEngine(steps=2))
+    session, canvas = window.session, window.canvas
+    canvas.actual_size()
+    origin = canvas.offset.toPoint()
+    window.brush_bar.tool_actions["mask"].trigger()
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=origin + QPoint(20, 20))
+    qtbot.mouseMove(canvas, origin + QPoint(40, 24))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=origin + QPoint(40, 24))
+    mask = session.document.mask.copy()
+    assert mask[22, 30] == 255 and not mask[50:, :].any()
+    panel = window.prompt_panel
+    panel.mode.setCurrentIndex(panel.mode.findData("inpaint"))
+    panel.mode.activated.emit(panel.mode.currentIndex())
+    assert session.mode == "inpaint" and panel.strength.isEnabled()
+    before = session.document.composite()
+    with qtbot.waitSignal(session.result_added, timeout=5000) as blocker:
+        window.generate_action.trigger()
+    result = blocker.args[0]
+    assert np.array_equal(result.request.mask.pixels, mask)
+    keep = mask == 0
+    assert np.array_equal(result.image[keep], before[keep])
+    assert not np.array_equal(result.image[~keep], before[~keep])
+
+
+def test_live_slider_burst_starts_few_runs_and_ends_on_the_final_values(make_window, qtbot):
+    engine = FakeEngine(steps=3)
+    window = make_window(engine)
+    session = window.session
+    window.live_action.setChecked(True)
+    assert session.live_enabled
+    slider = window.slider_panel.locality.slider
+    for tick in range(0, 1000, 10):  # a drag: 100 values
+        slider.setValue(tick)
+    qtbot.waitUntil(lambda: not session.running and bool(session.gallery.results), timeout=10000)
+    qtbot.waitUntil(lambda: not session.running, timeout=10000)
+    final = session.gallery.results[-1]
+    assert final.request.locality == 0.99 == session.request.locality
+    assert np.array_equal(final.image, fake_image(final.request))
+    assert len(engine.started_runs) < 20

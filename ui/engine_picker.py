@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable
 
 from PySide6.QtCore import QSignalBlocker
 from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
@@ -40,9 +41,17 @@ class EnginePicker(QComboBox):
         self.setMinimumContentsLength(28)
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.models: list[tuple[str, str]] = []
+        self.discover: Callable[[], list[tuple[str, str]]] | None = None
         self.activated.connect(self._chosen)
         session.request_changed.connect(self.show_request)
         self.rebuild()
+
+    def showPopup(self) -> None:  # noqa: N802 - Qt override
+        """List the models found on this machine the first time the list opens (scanning takes a while)."""
+        if self.discover is not None:
+            discover, self.discover = self.discover, None
+            self.rebuild(discover())
+        super().showPopup()
 
     def rebuild(self, models: list[tuple[str, str]] | None = None) -> None:
         """List the engines (and `models`, when given: discovery is slow, so the window runs it later)."""

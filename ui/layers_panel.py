@@ -44,6 +44,8 @@ class LayersPanel(QWidget):
         self.document = document
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMB, THUMB))
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.opacity = QSlider(Qt.Orientation.Horizontal)
         self.opacity.setRange(0, 100)
         self.opacity_label = QLabel("100 %")

@@ -9,7 +9,7 @@ import importlib.util
 import random
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QDockWidget,
@@ -91,8 +91,8 @@ class MainWindow(QMainWindow):
 
             self.project_actions = ProjectActions(self, session, self.file_menu)
         self._restore_layout()
-        # Listing models scans folders and the hub cache: after the window is up, not before.
-        QTimer.singleShot(0, self._discover_models)
+        # Listing models scans folders and the hub cache (seconds on a busy disk): only when the list opens.
+        self.engine_picker.discover = self._discover_models
 
     # -- building ---------------------------------------------------------------------
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:  # noqa: ANN001
@@ -217,8 +217,8 @@ class MainWindow(QMainWindow):
                 [self.docks["layers"], self.docks["gallery"]], [300, 420], Qt.Orientation.Vertical
             )
 
-    def _discover_models(self) -> None:
-        self.engine_picker.rebuild(discovered_models(tuple(self.settings.model_folders)))
+    def _discover_models(self) -> list[tuple[str, str]]:
+        return discovered_models(tuple(self.settings.model_folders))
 
     # -- generation ---------------------------------------------------------------------
     def generate(self) -> None:

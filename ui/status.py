@@ -48,7 +48,9 @@ class StatusBar(QStatusBar):
         self.progress.setMaximum(max(total, 1))
         self.progress.setValue(step)
         self.progress.setVisible(True)
-        self.timing.setText(f"{per_step_s * 1000:.0f} ms/step")
+        self.timing.setText(
+            f"{per_step_s:.1f} s/step" if per_step_s >= 1 else f"{per_step_s * 1000:.0f} ms/step"
+        )
 
     def show_done(self, result: Result) -> None:
         """A run finished and became a layer and a gallery entry (the session says how long it took)."""
