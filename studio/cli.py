@@ -159,7 +159,9 @@ def _generate(args: argparse.Namespace) -> int:
     from backend.engines import Engines  # torch loads here, after the arguments are known to be good
     from backend.events import Done, StepEvent
 
-    options: dict[str, Any] = {"model_folders": _model_folders(args)}
+    options: dict[str, Any] = {}
+    if request.engine == "diffusers":  # only it looks models up by name
+        options["model_folders"] = _model_folders(args)
     if args.device:
         options["device"] = args.device
     cancel = threading.Event()
