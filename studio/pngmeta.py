@@ -179,7 +179,7 @@ def xmp_packet(request: Request, extras: Mapping[str, Any], provenance: Provenan
         "studio:ImageID": provenance.id,
         "studio:Painted": "True" if provenance.painted else "False",
     }
-    ns = " ".join(f"xmlns:{k}={_attr(v)}" for k, v in _NS.items() if k != "x")
+    ns = " ".join(f"xmlns:{k}={_attr(v)}" for k, v in _NS.items() if k not in ("x", "rdf"))
     head = " ".join(f"{k}={_attr(v)}" for k, v in attrs.items() if v != "")
     parents = "".join(f"<rdf:li>{_x(p)}</rdf:li>" for p in provenance.parents)
     refs = "".join(
