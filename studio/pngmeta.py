@@ -164,12 +164,13 @@ def xmp_packet(request: Request, extras: Mapping[str, Any], provenance: Provenan
     model_hash = extras.get("model_hash") or extras.get("model_sha256") or ""
     named = extras.get("model_name") or extras.get("model")
     model_name = named if isinstance(named, str) and named else model_display_name(request.model)
-    system = (
-        "Studio patch engine (equivariant local score)" if request.engine == "patch" else "Stable Diffusion"
-    )
+    if request.engine == "patch":
+        system = f"Studio patch engine (equivariant local score); references: {model_name or 'default'}"
+    else:
+        system = f"Stable Diffusion; model: {model_name}" if model_name else "Stable Diffusion"
     attrs = {
         "Iptc4xmpExt:DigitalSourceType": digital_source_type(request, provenance),
-        "Iptc4xmpExt:AISystemUsed": f"{system} ({model_name})" if model_name else system,
+        "Iptc4xmpExt:AISystemUsed": system,
         "Iptc4xmpExt:AIPromptInformation": request.prompt,
         "xmp:CreatorTool": "Studio",
         "studio:Engine": request.engine,
