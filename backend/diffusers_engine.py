@@ -12,6 +12,7 @@ import gc
 import threading
 import time
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from backend.latent_controls import ConceptShift, Embeds, Tiling, conditioning_a
 from backend.models import LoadedModel, family_of, load_model, model_hash
 from backend.previews import Previewer, load_taesd
 from backend.request import Request
+from backend.resume import RunCache, Snapshot, prefix_key, resume_point
 from backend.sampling import (
     classifier_free_guidance,
     clean_estimate,
@@ -40,6 +42,22 @@ from backend.sampling import (
     uses_guidance,
 )
 from backend.schedulers import make_scheduler
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run's inputs that stay fixed over its steps (kept so that a later request can resume)."""
+
+    timesteps: torch.Tensor
+    cond: Embeds
+    uncond: Embeds
+    noise: torch.Tensor
+    latents: torch.Tensor  # the starting latents
+    image_latents: torch.Tensor | None
+    mask: torch.Tensor | None
+    inpaint_extra: torch.Tensor | None  # 9-channel UNets: mask and masked-image latents
+    added: dict[str, Any] | None  # SDXL's size conditioning
+    timestep_cond: torch.Tensor | None  # guidance-distilled UNets
 
 
 class DiffusersEngine:
@@ -61,6 +79,7 @@ class DiffusersEngine:
         self.allow_pickle = allow_pickle
         self.model: LoadedModel | None = None
         self._taesd: dict[str, torch.nn.Module] = {}
+        self._cache: RunCache | None = None
 
     # --- models ------------------------------------------------------------------------------------------
 
@@ -81,6 +100,7 @@ class DiffusersEngine:
         return self.model
 
     def _unload(self) -> None:
+        self._cache = None
         if self.model is not None:
             self.model = None
             _free_memory()
@@ -119,34 +139,32 @@ class DiffusersEngine:
         self, r: Request, cancel: threading.Event, started: float, previews: bool = True
     ) -> Generator[StepEvent, None, torch.Tensor | None]:
         r.validate()
-        # 1. Model, scheduler and generator. The generator is drawn from in the pipelines' order:
-        #    VAE encoding of an init image, then the starting noise, then ancestral steps.
+        # 1. Model and generator. The generator is drawn from in the pipelines' order: VAE encoding of an
+        #    init image, then the starting noise, then ancestral steps.
         model = self.load(r.model)
-        pipe, device = model.pipe, self.device
-        scheduler = make_scheduler(r.scheduler, pipe.scheduler.config)
+        pipe = model.pipe
         generator = torch.Generator("cpu").manual_seed(r.seed)
         guided = uses_guidance(r.guidance, pipe.unet.config)
         tiling = Tiling()
         if r.tiling:
             tiling.apply(self._tiled_modules(model, r))
         try:
-            # 2. Text conditioning: prompt (blended towards prompt B), negative, concept directions.
-            cond, uncond = self._encode(pipe, r.prompt, r.negative_prompt, guided)
-            if r.blend > 0:
-                cond = cond.blend(self._encode(pipe, r.prompt_b, "", False)[0], r.blend)
-
-            # 3. Timesteps: all of them, or the tail an init image enters at.
-            scheduler.set_timesteps(r.steps, device=device)
-            if r.init_image is not None:
-                timesteps = img2img_timesteps(scheduler, r.steps, r.strength)
-                if len(timesteps) == 0:
-                    raise RequestError(
-                        f"strength {r.strength} with {r.steps} steps leaves no step to run; raise either"
-                    )
+            # 2. Inputs: prepared afresh, or carried over with the previous run's snapshot when only a
+            #    concept acting from a later step changed (a slider drag need not redo the early steps).
+            snapshot = resume_point(self._cache, r)
+            if snapshot is not None and self._cache is not None:
+                prepared = self._cache.prepared
+                latents, scheduler = snapshot.restore(generator)
+                start = snapshot.step
+                kept = {k: s for k, s in self._cache.snapshots.items() if k <= start}
             else:
-                timesteps = scheduler.timesteps
-                if hasattr(scheduler, "set_begin_index"):
-                    scheduler.set_begin_index(0)
+                scheduler = make_scheduler(r.scheduler, pipe.scheduler.config)
+                prepared = self._prepare(r, model, scheduler, generator, guided)
+                latents, start, kept = prepared.latents, 0, {}
+            timesteps = prepared.timesteps
+            cache = self._cache = RunCache(prefix_key(r), r.concepts, prepared, len(timesteps), kept)
+
+            # 3. Concept directions, each switched on from its first step; snapshots at those steps.
             shifts = [
                 ConceptShift(
                     self._concept_direction(pipe, c.positive, c.negative),
@@ -156,55 +174,35 @@ class DiffusersEngine:
                 for c in r.concepts
                 if c.weight != 0.0
             ]
-
-            # 4. Latents: noise, or the init image noised to the first timestep; inpainting masks.
-            dtype = cond.tokens.dtype
-            shape = (1, 4, r.height // pipe.vae_scale_factor, r.width // pipe.vae_scale_factor)
-            image_latents = (
-                self._encode_image(pipe, r.init_image, generator) if r.init_image is not None else None
-            )
-            noise = initial_noise(shape, generator, device, dtype, r.variation_seed, r.variation_strength)
-            if image_latents is None or (r.strength >= 1.0 and r.mask is not None):
-                latents = noise * scheduler.init_noise_sigma
-            else:
-                latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
-            mask = inpaint_extra = None
-            if r.mask is not None and image_latents is not None:
-                mask = latent_mask(r.mask.pixels, shape[-2:], device, dtype)
-                if model.inpaint_unet:
-                    inpaint_extra = self._inpaint_channels(pipe, r, mask, generator, guided)
-
-            # 5. Per-step inputs that do not change: SDXL's size conditioning, LCM's guidance embedding.
-            added = self._added_conditioning(r, pipe.unet, guided, dtype)
-            timestep_cond = None
-            if pipe.unet.config.time_cond_proj_dim is not None:
-                w = torch.tensor(r.guidance - 1).repeat(1)
-                timestep_cond = pipe.get_guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim)
-                timestep_cond = timestep_cond.to(device=device, dtype=dtype)
+            snapshot_steps = {first_step(c.start, len(timesteps)) for c in r.concepts} - {0}
             extra_step = step_kwargs(scheduler, generator)
             previewer = self._previewer(model, r) if previews else None
             alphas = getattr(scheduler, "alphas_cumprod", None)
-            alphas = alphas.to(device) if previewer is not None and alphas is not None else None
+            alphas = alphas.to(self.device) if previewer is not None and alphas is not None else None
+            p = prepared
 
-            # 6. Denoising loop.
-            for i, t in enumerate(timesteps):
+            # 4. Denoising loop.
+            for i in range(start, len(timesteps)):
+                t = timesteps[i]
                 if cancel.is_set():
                     return None
-                c = conditioning_at(cond, shifts, i)
+                if i in snapshot_steps and i not in cache.snapshots:
+                    cache.snapshots[i] = Snapshot.take(i, latents, scheduler, generator)
+                c = conditioning_at(p.cond, shifts, i)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
-                if inpaint_extra is not None:
-                    model_input = torch.cat([model_input, inpaint_extra], dim=1)
+                if p.inpaint_extra is not None:
+                    model_input = torch.cat([model_input, p.inpaint_extra], dim=1)
                 sigma = current_sigma(scheduler)
                 noise_pred = _predict_noise(
-                    pipe.unet, model_input, t, uncond, c, guided, r.guidance, timestep_cond, added
+                    pipe.unet, model_input, t, p.uncond, c, guided, r.guidance, p.timestep_cond, p.added
                 )
                 sample = latents
                 out = scheduler.step(noise_pred, t, latents, **extra_step, return_dict=True)
                 latents = out.prev_sample
-                if mask is not None and inpaint_extra is None:
+                if p.mask is not None and p.inpaint_extra is None:
                     next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
-                    latents = reimpose_known(latents, image_latents, noise, mask, scheduler, next_t)
+                    latents = reimpose_known(latents, p.image_latents, p.noise, p.mask, scheduler, next_t)
                 frame = None
                 if previewer is not None:
                     previewer.push(clean_estimate(out, scheduler, sample, noise_pred, t, sigma, alphas))
@@ -213,6 +211,57 @@ class DiffusersEngine:
             return None if cancel.is_set() else latents
         finally:
             tiling.remove()  # patches live for one request only
+
+    def _prepare(
+        self, r: Request, model: LoadedModel, scheduler: Any, generator: torch.Generator, guided: bool
+    ) -> Prepared:
+        """The inputs of a run that stay fixed over its steps."""
+        pipe, device = model.pipe, self.device
+        # a. Text conditioning: prompt (blended towards prompt B) and negative.
+        cond, uncond = self._encode(pipe, r.prompt, r.negative_prompt, guided)
+        if r.blend > 0:
+            cond = cond.blend(self._encode(pipe, r.prompt_b, "", False)[0], r.blend)
+
+        # b. Timesteps: all of them, or the tail an init image enters at.
+        scheduler.set_timesteps(r.steps, device=device)
+        if r.init_image is not None:
+            timesteps = img2img_timesteps(scheduler, r.steps, r.strength)
+            if len(timesteps) == 0:
+                raise RequestError(
+                    f"strength {r.strength} with {r.steps} steps leaves no step to run; raise either"
+                )
+        else:
+            timesteps = scheduler.timesteps
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(0)
+
+        # c. Latents: noise, or the init image noised to the first timestep; inpainting masks.
+        dtype = cond.tokens.dtype
+        shape = (1, 4, r.height // pipe.vae_scale_factor, r.width // pipe.vae_scale_factor)
+        image_latents = (
+            self._encode_image(pipe, r.init_image, generator) if r.init_image is not None else None
+        )
+        noise = initial_noise(shape, generator, device, dtype, r.variation_seed, r.variation_strength)
+        if image_latents is None or (r.strength >= 1.0 and r.mask is not None):
+            latents = noise * scheduler.init_noise_sigma
+        else:
+            latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+        mask = inpaint_extra = None
+        if r.mask is not None and image_latents is not None:
+            mask = latent_mask(r.mask.pixels, shape[-2:], device, dtype)
+            if model.inpaint_unet:
+                inpaint_extra = self._inpaint_channels(pipe, r, mask, generator, guided)
+
+        # d. Per-step inputs that do not change: SDXL's size conditioning, LCM's guidance embedding.
+        added = self._added_conditioning(r, pipe.unet, guided, dtype)
+        timestep_cond = None
+        if pipe.unet.config.time_cond_proj_dim is not None:
+            w = torch.tensor(r.guidance - 1).repeat(1)
+            timestep_cond = pipe.get_guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim)
+            timestep_cond = timestep_cond.to(device=device, dtype=dtype)
+        return Prepared(
+            timesteps, cond, uncond, noise, latents, image_latents, mask, inpaint_extra, added, timestep_cond
+        )
 
     # --- steps of the loop -------------------------------------------------------------------------------
 

@@ -163,3 +163,35 @@ def test_tiling_does_not_leak_into_the_next_request(tiny_request, torch_one_thre
     np.testing.assert_array_equal(after, before)
     convs = [m for m in [*pipe.unet.modules(), *pipe.vae.modules()] if isinstance(m, torch.nn.Conv2d)]
     assert all(c.padding_mode == "zeros" for c in convs)
+
+
+# --- resuming a late-acting concept ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m"])  # generator state; multistep history
+def test_late_concept_change_resumes_mid_run_with_the_same_pixels(
+    tiny_request, torch_one_thread, scheduler
+) -> None:
+    r = tiny_request.replace(steps=6, scheduler=scheduler)
+    late = Concept("ornate gold filigree", "plain", weight=2.0, start=0.5)
+    fresh = DiffusersEngine(device="cpu")
+    fresh.use_pipeline(build_tiny_sd(), "tiny")
+    expected = _image(fresh, r.replace(concepts=(late,)))
+
+    engine = DiffusersEngine(device="cpu")
+    pipe = build_tiny_sd()
+    engine.use_pipeline(pipe, "tiny")
+    _image(engine, r.replace(concepts=(replace(late, weight=1.0),)))  # the slider was here before the drag
+    calls = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    events = list(engine.generate(r.replace(concepts=(late,)), threading.Event()))
+    assert [e.step for e in events[:-1]] == [4, 5, 6] and len(calls) == 3  # steps 1-3 reused
+    np.testing.assert_array_equal(events[-1].image, expected)
+    # Anything else changed (here the prompt), or a concept from step 0: a full run.
+    calls.clear()
+    _image(engine, r.replace(prompt="a grey heron", concepts=(late,)))
+    assert len(calls) == 6
+    calls.clear()
+    _image(engine, r.replace(prompt="a grey heron", concepts=(late, Concept("night", "day", 1.0, 0.0))))
+    assert len(calls) == 6
