@@ -23,6 +23,9 @@ from backend.images import open_image
 MAX_MEMBERS = 20_000
 MAX_MEMBER_BYTES = 512 * 1024 * 1024  # declared uncompressed size of one member
 MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024  # declared uncompressed size of the whole archive
+# Decoded pixels of all images in one archive: a blank PNG of 8000² compresses to a few kB, so many
+# small members could otherwise ask for hundreds of gigabytes once decoded.
+MAX_DECODED_BYTES = 6 * 1024 * 1024 * 1024
 # Letters of any script, digits, spaces and punctuation (GIMP names ORA members after layers), but no
 # control characters, backslashes or colons (Windows separators and drive letters).
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\:]")
@@ -117,12 +120,47 @@ def write_text(archive: zipfile.ZipFile, name: str, text: str, compress: bool = 
     archive.writestr(info, text.encode("utf-8"))
 
 
+class DecodeBudget:
+    """How many bytes of decoded pixels the images of one archive may still take."""
+
+    def __init__(self, label: str, limit: int = MAX_DECODED_BYTES) -> None:
+        self.label = label
+        self.limit = limit
+        self.left = limit
+
+    def spend(self, width: int, height: int, channels: int) -> None:
+        """Account for one image before it is decoded; ProjectError when the archive asks for too much."""
+        self.left -= width * height * channels
+        if self.left < 0:
+            raise ProjectError(
+                f"{self.label}: its images would need more than {self.limit / 2**30:.0f} GiB of memory "
+                "once decoded; refusing to open it"
+            )
+
+
 def read_png(
-    archive: zipfile.ZipFile, name: str, mode: str = "RGBA", size: tuple[int, int] | None = None
+    archive: zipfile.ZipFile,
+    name: str,
+    mode: str = "RGBA",
+    size: tuple[int, int] | None = None,
+    budget: DecodeBudget | None = None,
 ) -> np.ndarray:
-    """Decode a PNG member to a uint8 array in `mode` ("RGBA", "RGB" or "L"), optionally of an exact size."""
+    """Decode a PNG member to a uint8 array in `mode` ("RGBA", "RGB" or "L"), optionally of an exact size.
+
+    The size the PNG header declares is checked (and charged to `budget`) before anything is decoded.
+    """
     label = Path(archive.filename or "archive").name
     data = read_member(archive, name)
+    try:
+        declared = Image.open(io.BytesIO(data)).size  # reads the header only: checked before decoding
+    except Exception:  # noqa: BLE001 - a broken file: open_image below says what is wrong
+        declared = None
+    if declared is not None and size is not None and declared != size:
+        raise ProjectError(
+            f"{label}: entry {name!r} is {declared[0]}×{declared[1]}, expected {size[0]}×{size[1]}"
+        )
+    if budget is not None and declared is not None:
+        budget.spend(declared[0], declared[1], len(mode))
     try:
         image = open_image(io.BytesIO(data))
     except ImageError as exc:

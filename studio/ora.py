@@ -19,6 +19,7 @@ from PIL import Image
 
 from backend.errors import StudioError
 from studio.archive import (
+    DecodeBudget,
     ProjectError,
     new_archive,
     open_archive,
@@ -95,7 +96,9 @@ def import_ora(path: str | Path) -> tuple[int, int, list[Layer]]:
         width, height = _int(root, "w", label), _int(root, "h", label)
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
             raise ProjectError(f"{label}: a {width}×{height} image is outside 1…{MAX_SIDE} pixels")
-        layers = [_layer(archive, element, width, height, label) for element in root.iter("layer")]
+        budget = DecodeBudget(label)
+        budget.spend(width, height, 4 * len(list(root.iter("layer"))))  # each layer fills a whole canvas
+        layers = [_layer(archive, element, width, height, label, budget) for element in root.iter("layer")]
     if not layers:
         raise ProjectError(f"{label}: holds no layers")
     return width, height, list(reversed(layers))
@@ -111,12 +114,14 @@ def _int(element: ET.Element, key: str, label: str, default: str | None = None) 
         ) from None
 
 
-def _layer(archive: zipfile.ZipFile, element: ET.Element, width: int, height: int, label: str) -> Layer:
+def _layer(
+    archive: zipfile.ZipFile, element: ET.Element, width: int, height: int, label: str, budget: DecodeBudget
+) -> Layer:
     src = element.get("src")
     if not src:
         raise ProjectError(f"{label}: a layer in stack.xml names no image")
     try:
-        pixels = read_png(archive, src, "RGBA")
+        pixels = read_png(archive, src, "RGBA", budget=budget)
     except StudioError as exc:
         raise ProjectError(str(exc)) from None
     try:

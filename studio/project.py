@@ -28,6 +28,7 @@ import numpy as np
 from backend.errors import StudioError
 from backend.request import Request
 from studio.archive import (
+    DecodeBudget,
     ProjectError,
     new_archive,
     open_archive,
@@ -281,9 +282,12 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise ProjectError(f"{label}: a {width}×{height} canvas is outside 1…{MAX_SIDE} pixels")
     size = (width, height)
+    budget = DecodeBudget(label)
+    layer_list = _want(m.get("layers"), list, "the layer list", label)
+    budget.spend(width, height, 4 * len(layer_list) + 1)  # every layer and the mask fill the canvas
     layers: list[Layer] = []
     seen: set[str] = set()
-    for i, entry in enumerate(_want(m.get("layers"), list, "the layer list", label)):
+    for i, entry in enumerate(layer_list):
         what = f"layer {i + 1}"
         _want(entry, dict, what, label)
         layer_id = _want(entry.get("id"), str, f"{what}'s id", label)
@@ -313,13 +317,12 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
     if active is not None and active not in seen:
         active = None  # a dangling active layer is harmless: fall back to the top one
     results = [
-        _read_result(archive, e, i, label)
+        _read_result(archive, e, i, label, budget)
         for i, e in enumerate(_want(m.get("gallery", []), list, "the gallery", label))
     ]
     history = _want(m.get("prompt_history", []), list, "the prompt history", label)
     if not all(isinstance(p, str) for p in history):
         raise ProjectError(f"{label}: the prompt history should be a list of texts")
-    notes: list[str] = []
     save_id = m.get("save_id", "")
     return ProjectData(
         width,
@@ -330,11 +333,10 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
         results,
         list(history),
         save_id if isinstance(save_id, str) else "",
-        notes,
     )
 
 
-def _read_result(archive: Any, entry: Any, i: int, label: str) -> Result:
+def _read_result(archive: Any, entry: Any, i: int, label: str, budget: DecodeBudget) -> Result:
     what = f"gallery entry {i + 1}"
     _want(entry, dict, what, label)
     result_id = _want(entry.get("id"), str, f"{what}'s id", label)
@@ -342,7 +344,7 @@ def _read_result(archive: Any, entry: Any, i: int, label: str) -> Result:
     parents = _want(entry.get("parents", []), list, f"{what}'s parents", label)
     if not all(isinstance(p, str) for p in parents):
         raise ProjectError(f"{label}: {what}'s parents should be a list of ids")
-    image = read_png(archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGB")
+    image = read_png(archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGB", None, budget)
     attribution = None
     attr_name = entry.get("attribution")
     if attr_name is not None:

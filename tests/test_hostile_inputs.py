@@ -307,6 +307,13 @@ def _hostile_projects(tmp_path: Path) -> dict[str, Path]:
     with zipfile.ZipFile(cases["layer PNG is a decompression bomb"], "w") as z:
         for name, data in members.items():
             z.writestr(name, data)
+    many = [{"id": f"l{i}", "name": "big", "image": "big.png"} for i in range(30)]
+    _rewrite(
+        good,
+        case("30 layers of 8000² in a few kB (decoded-size bomb)"),
+        lambda m: m.update(canvas={"width": 8000, "height": 8000}, layers=many),
+        extra=(("big.png", bomb_png(8000, 8000)),),
+    )
     _rewrite(good, case("entry declaring 4 GB (zip bomb)"))
     _patch_declared_size(cases["entry declaring 4 GB (zip bomb)"], layer_member, 0xFFFFFFF0)
     _rewrite(good, case("damaged entry (bad CRC)"))
