@@ -143,3 +143,23 @@ def test_the_main_window_gets_the_project_actions(qtbot, tmp_path):
         assert not list(tmp_path.glob("**/*.journal")) and not list(tmp_path.glob("**/.*.journal"))
     finally:
         assert session.shutdown(timeout=5)
+
+
+def test_a_failed_save_shows_why_and_keeps_the_work_unsaved(make, tmp_path):
+    window, session, actions = make()
+    _stroke(session)
+    assert not actions.save_to(tmp_path / "missing folder" / "x.studio")
+    assert window.errors and "could not save" in window.errors[0]
+    assert window.windowTitle() == "Untitled* — Studio" and actions.path is None
+
+
+def test_opening_an_ora_file_gives_an_untitled_document_with_its_layers(make, tmp_path):
+    from studio.ora import export_ora
+
+    window, session, actions = make()
+    source = Document(40, 30)
+    source.add_layer("ink", np.full((30, 40, 4), 60, np.uint8))
+    export_ora(tmp_path / "from krita.ora", source)
+    assert actions.open_path(tmp_path / "from krita.ora")
+    assert [la.name for la in session.document.layers] == ["Background", "ink"]
+    assert actions.path is None and window.windowTitle().startswith("Untitled")
