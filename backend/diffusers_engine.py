@@ -24,7 +24,7 @@ from backend.devices import describe, pick_device, pick_dtype
 from backend.errors import ModelError, RequestError, StudioError
 from backend.events import Done, Event, StepEvent
 from backend.latent_controls import ConceptShift, Embeds, Tiling, conditioning_at, first_step
-from backend.models import LoadedModel, family_of, load_model, model_hash
+from backend.models import LoadedModel, ModelInfo, discover, family_of, load_model, model_hash
 from backend.previews import Previewer, load_taesd
 from backend.request import Request
 from backend.resume import RunCache, Snapshot, prefix_key, resume_point
@@ -98,6 +98,10 @@ class DiffusersEngine:
         self._unload()
         self.model = load_model(ref, self.device, self.dtype, self.allow_pickle, self.model_folders)
         return self.model
+
+    def models(self) -> list[ModelInfo]:
+        """The models this engine can find: person-added folders (A1111/ComfyUI layouts) and the HF cache."""
+        return discover(self.model_folders)
 
     def _unload(self) -> None:
         self._cache = None

@@ -100,6 +100,7 @@ class _WrapPadConv(nn.Module):
         self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad one column and row by wrapping, then convolve."""
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="circular"))
 
 
@@ -112,6 +113,7 @@ class Tiling:
 
     @property
     def on(self) -> bool:
+        """True while patches are applied."""
         return bool(self.convs or self.downsamples)
 
     def apply(self, modules: Iterable[nn.Module]) -> None:

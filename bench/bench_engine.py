@@ -57,6 +57,7 @@ def sd15_random(device: torch.device, dtype: torch.dtype):
 
 
 def sync(device: torch.device) -> None:
+    """Wait for the GPU so wall-clock times cover its work."""
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -77,6 +78,7 @@ def time_engine(engine: DiffusersEngine, request: Request) -> tuple[float, float
 
 
 def time_pipeline(pipe, request: Request) -> float:
+    """Seconds for diffusers' own pipeline call with the same settings."""
     pipe.scheduler = make_scheduler(request.scheduler, pipe.scheduler.config)
     sync(pipe.device)
     start = time.perf_counter()
@@ -119,6 +121,7 @@ def frame_cost(engine: DiffusersEngine, size: int, taesd: bool, repeats: int = 3
 
 
 def machine() -> str:
+    """One line describing this machine, for the results file."""
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
         f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, "
@@ -128,6 +131,7 @@ def machine() -> str:
 
 
 def main() -> None:
+    """Run the benchmark, print the table, and record it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true", help="SD1.5-sized random weights on CUDA at 512²")
     parser.add_argument("--repeats", type=int, default=5)
@@ -200,6 +204,7 @@ def main() -> None:
 
 
 def record(label: str, table: str, repeats: int) -> None:
+    """Append a result under the "## Diffusers engine" heading of bench/RESULTS.md."""
     path = ROOT / "bench" / "RESULTS.md"
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     if "## Diffusers engine" not in text:
