@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -25,6 +26,21 @@ def test_ruff_format_and_lint_are_clean():
 def test_tier_contracts_hold():
     result = _run(str(BIN / "lint-imports"), "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_studio_uses_qtcore_only():
+    offenders = []
+    for path in sorted((ROOT / "studio").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            offenders += [
+                f"{path.name}: {n}" for n in names if n.startswith(("PySide6.QtWidgets", "PySide6.QtGui"))
+            ]
+    assert not offenders
 
 
 def test_type_check_passes():
