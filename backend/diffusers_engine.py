@@ -341,8 +341,13 @@ class DiffusersEngine:
         if r.preview == "none":
             return None
         taesd = None
-        if r.preview in ("auto", "taesd") and self.taesd_folder:
+        if r.preview == "taesd" and self.taesd_folder:
             taesd = self._taesd_for(model.family)
+        elif r.preview == "auto" and self.taesd_folder:
+            try:
+                taesd = self._taesd_for(model.family)
+            except ModelError:  # "auto" falls back to latent-RGB; asking for "taesd" shows the problem
+                self.taesd_folder = None
         elif r.preview == "taesd":
             raise RequestError(
                 "TAESD previews need a TAESD folder in the settings; choose latent_rgb or auto"

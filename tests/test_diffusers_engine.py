@@ -240,3 +240,5 @@ def test_taesd_previews_from_a_local_folder(tmp_path, tiny_request, torch_one_th
     broken.use_pipeline(build_tiny_sd(), "tiny")
     with pytest.raises(ModelError, match="not a TAESD"):
         _run(broken, tiny_request.replace(preview="taesd"))
+    auto = _run(broken, tiny_request)  # "auto" falls back to latent-RGB frames
+    np.testing.assert_array_equal(auto[0].preview, by_factors[0].preview)
