@@ -232,3 +232,58 @@ def test_live_slider_burst_starts_few_runs_and_ends_on_the_final_values(make_win
     assert final.request.locality == 0.99 == session.request.locality
     assert np.array_equal(final.image, fake_image(final.request))
     assert len(engine.started_runs) < 20
+
+
+def test_layers_panel_operations_are_undoable(make_window, qtbot):
+    window = make_window(FakeEngine(steps=1))
+    doc, panel = window.document, window.layers_panel
+    panel.buttons["add"].click()
+    panel.buttons["duplicate"].click()
+    assert [layer.name for layer in doc.layers] == ["Background", "Layer 2", "Layer 2 copy"]
+    assert panel.list.item(0).text() == "Layer 2 copy"  # top layer first
+    panel.list.item(0).setCheckState(Qt.CheckState.Unchecked)
+    assert not doc.layers[2].visible
+    panel.list.item(0).setText("sketch")
+    assert doc.layers[2].name == "sketch"
+    panel.buttons["down"].click()
+    assert [layer.name for layer in doc.layers] == ["Background", "sketch", "Layer 2"]
+    panel.opacity.setValue(40)
+    panel.opacity.sliderReleased.emit()
+    assert doc.layer(doc.active_id).opacity == 0.4
+    panel.buttons["delete"].click()
+    assert len(doc.layers) == 2
+    for _ in range(6):
+        window.undo_action.trigger()
+    assert [layer.name for layer in doc.layers] == ["Background", "Layer 2"]
+
+
+def test_open_image_as_layer_and_a_broken_file_is_reported(make_window, qtbot, tmp_path):
+    from PIL import Image
+
+    window = make_window(FakeEngine(steps=1))
+    good = tmp_path / "sketch.png"
+    Image.new("RGB", (32, 16), (255, 0, 0)).save(good)
+    assert window.add_image_layer(str(good))
+    layer = window.document.layers[-1]
+    assert layer.name == "sketch" and tuple(layer.pixels[32, 32]) == (255, 0, 0, 255)
+    assert layer.pixels[0, 0, 3] == 0  # fitted 64×32 in the middle: transparent above
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert not window.add_image_layer(str(bad))
+    assert "broken.png" in window.status.message.text() and window.error_box is not None
+    assert len(window.document.layers) == 2
+
+
+def test_export_png_carries_the_recipe_of_the_result_on_the_canvas(make_window, qtbot, tmp_path):
+    from studio.pngmeta import read_png_metadata
+    from ui.exports import export_png
+
+    window = make_window(FakeEngine(steps=1))
+    window.prompt_panel.prompt.setPlainText("a quilted bag")
+    with qtbot.waitSignal(window.session.result_added, timeout=5000) as blocker:
+        window.generate_action.trigger()
+    out = tmp_path / "out.png"
+    export_png(str(out), window.session)
+    meta = read_png_metadata(out)
+    assert meta.request is not None and meta.request.prompt == "a quilted bag"
+    assert meta.request.seed == blocker.args[0].request.seed

@@ -23,7 +23,8 @@ from ui.main_window import MainWindow
 log = logging.getLogger(__name__)
 # The patch engine on a laptop CPU: 256² with 20 steps finishes in seconds, a good first picture.
 DEFAULT_CANVAS = (256, 256)
-DEMO_PROMPT = "hammered gold with sapphire facets"
+DEFAULT_STEPS = 12  # a fresh install's first runs; later runs start from the person's last settings
+DEMO_PROMPT = "hammered gold"
 
 
 class StallMeter(QObject):
@@ -110,6 +111,7 @@ class Demo(QObject):
             self.exit_code = 1
         frames = self.window.canvas.frames_painted
         print(f"frames={frames} steps={self.steps} max_stall_ms={self.meter.max_stall_ms}", flush=True)
+        self.window.ask_before_closing = False
         self.window.close()
         QApplication.instance().exit(self.exit_code)
 
@@ -146,7 +148,10 @@ def build_window(
     settings: Settings, size: tuple[int, int] = DEFAULT_CANVAS, steps: int | None = None
 ) -> MainWindow:
     """The window on a fresh session with a canvas of `size`."""
+    first_run = settings.last_request is None
     session = Session(document=Document(*size), settings=settings)
+    if steps is None and first_run:
+        steps = DEFAULT_STEPS
     if steps is not None:
         session.set(steps=steps)
     return MainWindow(session, settings)

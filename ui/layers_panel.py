@@ -86,17 +86,29 @@ class LayersPanel(QWidget):
         self.refresh()
 
     def refresh(self, *_: object) -> None:
-        """Rebuild the list from the document (top layer first) and select the active layer."""
+        """Show the document's layers (top first) and select the active one.
+
+        Items are updated in place when the layers are the same ones in the same order: a rename or a
+        visibility tick arrives from inside the item's own signal, which must not delete the item.
+        """
         doc = self.document
+        layers = list(reversed(doc.layers))
         with QSignalBlocker(self.list):
-            self.list.clear()
-            for layer in reversed(doc.layers):
-                item = QListWidgetItem(layer_icon(layer), layer.name)
-                item.setData(Qt.ItemDataRole.UserRole, layer.id)
-                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable | Qt.ItemFlag.ItemIsUserCheckable)
+            ids = [self.list.item(row).data(Qt.ItemDataRole.UserRole) for row in range(self.list.count())]
+            if ids != [layer.id for layer in layers]:
+                self.list.clear()
+                for layer in layers:
+                    item = QListWidgetItem()
+                    item.setData(Qt.ItemDataRole.UserRole, layer.id)
+                    item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable | Qt.ItemFlag.ItemIsUserCheckable)
+                    item.setToolTip("Tick to show, double-click to rename")
+                    self.list.addItem(item)
+            for row, layer in enumerate(layers):
+                item = self.list.item(row)
+                item.setIcon(layer_icon(layer))
+                if item.text() != layer.name:
+                    item.setText(layer.name)
                 item.setCheckState(Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
-                item.setToolTip("Tick to show, double-click to rename")
-                self.list.addItem(item)
                 if layer.id == doc.active_id:
                     self.list.setCurrentItem(item)
         self._show_opacity()

@@ -49,6 +49,7 @@ class MainWindow(QMainWindow):
         self.settings = settings or Settings()
         self.document = session.document
         self.error_box: QMessageBox | None = None
+        self.ask_before_closing = True  # False for `studio --demo`, whose work is its own and unattended
         self.setObjectName("studio-window")
         self.setWindowTitle("Studio")
         self.setAcceptDrops(True)
@@ -341,7 +342,8 @@ class MainWindow(QMainWindow):
 
     # -- closing ---------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
-        if self.project_actions is not None and not self.project_actions.confirm_close():
+        projects = self.project_actions if self.ask_before_closing else None
+        if projects is not None and not projects.confirm_close():
             event.ignore()
             return
         self.settings.set_value("window/geometry", self.saveGeometry())
