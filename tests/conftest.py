@@ -14,8 +14,8 @@ import pytest  # noqa: E402
 
 import studio.qt_workarounds  # noqa: E402, F401 - the whole test process emits signals: PySide6 6.12 bug
 
-# Tiny diffusers models and engines (tests/fixtures_diffusers.py).
-pytest_plugins = ["fixtures_diffusers"]
+# Tiny diffusers models and engines (tests/fixtures_diffusers.py); sessions (tests/session_fixtures.py).
+pytest_plugins = ["fixtures_diffusers", "session_fixtures"]
 
 
 @pytest.fixture(autouse=True)

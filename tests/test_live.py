@@ -7,32 +7,13 @@ import threading
 import tracemalloc
 
 import numpy as np
-import pytest
 from fake_engine import FakeEngine, fake_image, make_references
+from session_fixtures import SIZE
 
 from backend.events import StepEvent
 from backend.patch_engine import PatchEngine
 from backend.request import Request
-from studio.document import Document
 from studio.session import Session
-
-SIZE = 32
-
-
-@pytest.fixture
-def make_session(qtbot):
-    sessions: list[Session] = []
-
-    def make(engine, **kwargs) -> Session:
-        kwargs.setdefault("document", Document(SIZE, SIZE))
-        session = Session(engine, **kwargs)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        assert session.shutdown(timeout=5)
-        assert not session.host.is_alive()
 
 
 def settle(qtbot, session: Session) -> None:
@@ -73,24 +54,15 @@ def test_a_burst_starts_few_runs_and_ends_on_the_final_values(qtbot, make_sessio
     assert np.array_equal(fresh[-1].image, result.image)
 
 
-def test_a_burst_on_the_fake_engine_also_coalesces(qtbot, make_session):
-    engine = FakeEngine(steps=4)
-    session = make_session(engine)
-    session.set(prompt="woven cloth", variation_seed=3)
-    session.set_live(True)
-    burst(session, 0)
-    settle(qtbot, session)
-    assert len(engine.started_runs) <= 3, len(engine.started_runs)
-    assert np.array_equal(session.document.layers[-1].pixels[..., :3], fake_image(session.request))
-
-
-def test_bursts_do_not_grow_memory(qtbot, make_session):
+def test_bursts_coalesce_on_the_fake_engine_too_and_do_not_grow_memory(qtbot, make_session):
     engine = FakeEngine(steps=4)
     session = make_session(engine)
     session.set(prompt="stone", variation_seed=1)
     session.set_live(True)
     burst(session, 0)
     settle(qtbot, session)
+    assert len(engine.started_runs) <= 3, len(engine.started_runs)
+    assert np.array_equal(session.document.layers[-1].pixels[..., :3], fake_image(session.request))
     engine.started_runs.clear()
     engine.finished_runs.clear()
     requests, frames = count(Request), count(StepEvent)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from fake_engine import FakeEngine, Paced, fake_image, make_references
+from session_fixtures import SIZE
 
 from backend.events import StepEvent
 from backend.images import Picture
@@ -17,24 +18,6 @@ from backend.request import Request
 from studio.document import Document
 from studio.session import HISTORY_SIZE, Session
 from studio.settings import Settings
-
-SIZE = 32
-
-
-@pytest.fixture
-def make_session(qtbot):
-    sessions: list[Session] = []
-
-    def make(engine, **kwargs) -> Session:
-        kwargs.setdefault("document", Document(SIZE, SIZE))
-        session = Session(engine, **kwargs)
-        sessions.append(session)
-        return session
-
-    yield make
-    for session in sessions:
-        assert session.shutdown(timeout=5)
-        assert not session.host.is_alive()
 
 
 @pytest.fixture
