@@ -193,6 +193,7 @@ def patch_attention(
     low_precision: bool = False,
     logit_budget: int = 1 << 22,
     key_rows: int = 32,
+    rows: tuple[int, int] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Estimate:
     """Chunked ELS estimate: a streaming log-sum-exp over key blocks, a band of query rows at a time.
@@ -201,23 +202,25 @@ def patch_attention(
     every key of every reference takes part (the exact path). `features` (d×H×W) replaces each query's
     k×k patch by the same reduced coordinates the blocks' keys use (the fast path). `low_precision` does
     the query·key products in fp16 (for GPUs; bf16 is too coarse at low noise), the rest in fp32.
+    `rows` (start, stop) estimates only those image rows, e.g. to check the fast path on a sample.
     """
     c, h, w = x_t.shape
     n = refs.shape[0]
     padded_q = pad_image(x_t, (k - 1) // 2, circular) if features is None else None
     # Logit = (q·key − ½‖key‖²)·scale: ‖q‖² is the same for every key of a query, so it cancels.
     scale = 1.0 / (b * b)
-    widest = w * key_rows if blocks is None else max(blk.keys.shape[0] * blk.keys.shape[1] for blk in blocks)
+    widest = w * key_rows if blocks is None else sum(blk.keys.shape[0] * blk.keys.shape[1] for blk in blocks)
     q_rows = max(1, logit_budget // (widest * w))
-    x0 = torch.empty(c, h * w, dtype=x_t.dtype, device=x_t.device)
-    ref_weights = torch.empty(n, h * w, dtype=x_t.dtype, device=x_t.device)
-    for y0 in range(0, h, q_rows):
+    first, stop = rows if rows is not None else (0, h)
+    x0 = torch.empty(c, (stop - first) * w, dtype=x_t.dtype, device=x_t.device)
+    ref_weights = torch.empty(n, (stop - first) * w, dtype=x_t.dtype, device=x_t.device)
+    for y0 in range(first, stop, q_rows):
         if should_stop is not None and should_stop():
             raise Cancelled
         if features is None:
-            queries = band_patches(padded_q, k, y0, min(h, y0 + q_rows))
+            queries = band_patches(padded_q, k, y0, min(stop, y0 + q_rows))
         else:
-            queries = features[:, y0 : y0 + q_rows].reshape(features.shape[0], -1).T
+            queries = features[:, y0 : min(stop, y0 + q_rows)].reshape(features.shape[0], -1).T
         if low_precision:
             queries = queries.half()
         nq = queries.shape[0]
@@ -236,10 +239,10 @@ def patch_attention(
             sl = slice(blk.first, blk.first + g)
             m[:, sl], s[:, sl], v[:, sl] = _merge(m[:, sl], s[:, sl], v[:, sl], logits, blk.values)
         weights = torch.softmax(m + torch.log(s) + log_prior, dim=1)
-        rows = slice(y0 * w, min(h, y0 + q_rows) * w)
-        x0[:, rows] = torch.einsum("qn,qnc->cq", weights, v / s[..., None])
-        ref_weights[:, rows] = weights.T
-    return Estimate(x0.reshape(c, h, w), ref_weights.reshape(n, h, w))
+        done = slice((y0 - first) * w, (min(stop, y0 + q_rows) - first) * w)
+        x0[:, done] = torch.einsum("qn,qnc->cq", weights, v / s[..., None])
+        ref_weights[:, done] = weights.T
+    return Estimate(x0.reshape(c, stop - first, w), ref_weights.reshape(n, stop - first, w))
 
 
 def _merge(
@@ -336,6 +339,19 @@ def subset_features(
     return torch.cat(feats), torch.cat(norms)
 
 
+def key_counts(shares: torch.Tensor, total: int, positions: int) -> list[int]:
+    """Split a key budget among references by their share of the image, each keeping a small floor.
+
+    References the image no longer draws from still get a few keys, so they can come back.
+    """
+    n = shares.numel()
+    floor = max(1, total // (8 * n))
+    spare = max(0, total - floor * n)
+    share = shares.double().clamp(min=0)
+    share = share / share.sum() if float(share.sum()) > 0 else torch.full_like(share, 1.0 / n)
+    return [min(positions, floor + int(spare * float(x))) for x in share]
+
+
 def fast_patch_attention(
     x_t: torch.Tensor,
     refs: torch.Tensor,
@@ -346,28 +362,35 @@ def fast_patch_attention(
     log_prior: torch.Tensor,
     generator: torch.Generator,
     *,
-    max_keys: int = 4096,
+    shares: torch.Tensor | None = None,
+    max_keys: int = 8192,
+    max_gather: int = 1 << 24,
     freqs: int = 5,
     low_precision: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> Estimate:
     """The fast ELS estimate: a random subset of key positions, patches reduced to low frequencies.
 
-    - Each reference offers the same max_keys / N random positions, drawn afresh each step so the run as
-      a whole sees every part of every reference.
-    - Patches are compared on their `freqs`×`freqs` lowest cosine frequencies per channel (what most of
-      a texture patch's energy is in); each key's full norm is kept, so only the cross term of the high
+    - A budget of max_keys random key positions (fewer for wide patches, so gathering them stays under
+      `max_gather` floats) is split among the references by `shares`, their share of the image at the
+      previous step (coarse to fine: late steps spend their keys on the few references in use). The
+      positions are drawn afresh each step, so a run sees every part of every reference.
+    - Patches are compared on their `freqs`×`freqs` lowest cosine frequencies per channel (where most of
+      a texture patch's energy is); each key's full norm is kept, so only the cross term of the high
       frequencies is dropped.
-    Queries stay at every pixel and the key subset does not depend on the image, so the estimate is
-    still translation-equivariant.
+    Queries stay at every pixel and the keys do not depend on where things are in the image, so the
+    estimate is still translation-equivariant.
     """
     n, c, h, w = refs.shape
     f = min(k, freqs)
-    per_ref = max(1, min(h * w, max_keys // n))
-    index = torch.randperm(h * w, generator=generator)[:per_ref].to(x_t.device)
-    keys, norms = subset_features(refs, k, f, circular, index)
-    keys, norms = keys * a, norms * (a * a)
-    values = refs.flatten(2)[:, :, index].transpose(1, 2)
+    total = max(n, min(max_keys, max_gather // (c * k * k)))
+    counts = key_counts(torch.ones(n) if shares is None else shares.cpu(), total, h * w)
+    blocks = []
+    for i, count in enumerate(counts):
+        index = torch.randperm(h * w, generator=generator)[:count].to(x_t.device)
+        keys, norms = subset_features(refs[i : i + 1], k, f, circular, index)
+        values = refs[i : i + 1].flatten(2)[:, :, index].transpose(1, 2)
+        blocks.append(KeyBlock(i, keys * a, norms * (a * a), values))
     return patch_attention(
         x_t,
         refs,
@@ -376,7 +399,7 @@ def fast_patch_attention(
         k,
         circular,
         log_prior,
-        blocks=[KeyBlock(0, keys, norms, values)],
+        blocks=blocks,
         features=cosine_features(x_t[None], k, f, circular)[0],
         low_precision=low_precision,
         should_stop=should_stop,

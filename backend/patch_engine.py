@@ -84,7 +84,7 @@ def reference_shares(ref_weights: torch.Tensor, names: list[str]) -> dict[str, f
 class PatchEngine:
     """Runs requests on the ELS machine; keeps recently used reference sets loaded between requests."""
 
-    def __init__(self, device: str = "cpu", max_keys: int = 4096, **_: Any) -> None:
+    def __init__(self, device: str = "cpu", max_keys: int = 8192, **_: Any) -> None:
         self.device = torch.device(device)
         # fp16 halves the work on a GPU; bf16 is too coarse for the small-noise logits.
         self.low_precision = self.device.type == "cuda"
@@ -149,7 +149,8 @@ class PatchEngine:
                 estimate = els.Estimate(x, torch.full((len(chosen), h, w), 1.0 / len(chosen)))
             else:
                 try:
-                    estimate = self._estimate(x, images, t, request, prior, keys, cancel)
+                    shares = None if estimate is None else estimate.ref_weights.mean((1, 2))
+                    estimate = self._estimate(x, images, t, request, prior, keys, shares, cancel)
                 except els.Cancelled:
                     return
                 x = els.ddim_step(x, estimate.x0, t, t_next)
@@ -191,6 +192,7 @@ class PatchEngine:
         request: Request,
         prior: torch.Tensor,
         keys: torch.Generator,
+        shares: torch.Tensor | None,
         cancel: threading.Event,
     ) -> els.Estimate:
         """One clean-image estimate at time t, by the mode the locality and the request ask for."""
@@ -207,5 +209,6 @@ class PatchEngine:
             )  # fmt: skip
         return els.fast_patch_attention(
             x, images, a, b, k, request.tiling, prior, keys,
-            max_keys=self.max_keys, low_precision=self.low_precision, should_stop=cancel.is_set,
+            shares=shares, max_keys=self.max_keys, low_precision=self.low_precision,
+            should_stop=cancel.is_set,
         )  # fmt: skip
