@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QPoint, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QPoint, QPointF, Qt
+from PySide6.QtGui import QColor, QWheelEvent
+from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
 from ui.canvas import CanvasView
@@ -104,3 +105,31 @@ def test_preview_frames_are_counted_when_painted_and_zoom_keeps_the_anchor(qtbot
     assert canvas.zoom == 4.0 and canvas.to_doc(anchor) == before
     canvas.fit()
     assert canvas.doc_rect().width() <= canvas.width()
+
+
+def test_middle_button_and_space_drag_pan_and_the_wheel_zooms(qtbot):
+    canvas = make_canvas(qtbot)
+    start = QPointF(canvas.offset)
+    qtbot.mousePress(canvas, Qt.MouseButton.MiddleButton, pos=QPoint(30, 30))
+    qtbot.mouseMove(canvas, QPoint(40, 35))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.MiddleButton, pos=QPoint(40, 35))
+    assert canvas.offset - start == QPointF(10, 5)
+    before = canvas.document.layers[0].pixels.copy()
+    qtbot.keyPress(canvas, Qt.Key.Key_Space)
+    drag(qtbot, canvas, [(20, 20), (25, 20)])  # a pan, not a stroke
+    qtbot.keyRelease(canvas, Qt.Key.Key_Space)
+    assert canvas.offset - start == QPointF(15, 5)
+    assert np.array_equal(canvas.document.layers[0].pixels, before) and not canvas.document.can_undo
+    zoom = canvas.zoom
+    wheel = QWheelEvent(
+        QPointF(30, 30),
+        canvas.mapToGlobal(QPointF(30, 30)),
+        QPoint(),
+        QPoint(0, 120),
+        Qt.MouseButton.NoButton,
+        Qt.KeyboardModifier.NoModifier,
+        Qt.ScrollPhase.NoScrollPhase,
+        False,
+    )
+    QApplication.sendEvent(canvas, wheel)
+    assert canvas.zoom == zoom * 1.25

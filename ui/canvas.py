@@ -248,7 +248,7 @@ class CanvasView(QWidget):
     def _move(self, pos: QPointF, pressure: float) -> None:
         if self._pan_from is not None:
             self._auto_fit = False
-            self.offset += pos - self._pan_from
+            self.offset = self.offset + (pos - self._pan_from)
             self._pan_from = pos
             self.update()
             return

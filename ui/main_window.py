@@ -81,6 +81,8 @@ class MainWindow(QMainWindow):
         self.tabifyDockWidget(self.docks["prompt"], self.docks["sliders"])
         self.docks["prompt"].raise_()
         self.status = StatusBar(self, self.settings.device)
+        self.canvas.zoom_changed.connect(self.status.show_zoom)
+        self.status.show_zoom(self.canvas.zoom)
         self.setStatusBar(self.status)
         self._make_menus()
         self._connect_session()

@@ -19,11 +19,13 @@ class StatusBar(QStatusBar):
         self.progress.setFormat("step %v / %m")
         self.progress.setVisible(False)
         self.timing = QLabel()
+        self.zoom = QLabel()
         self.device = QLabel()
         self.device_override = device
         self.addWidget(self.message, 1)
         self.addPermanentWidget(self.progress)
         self.addPermanentWidget(self.timing)
+        self.addPermanentWidget(self.zoom)
         self.addPermanentWidget(self.device)
 
     def show_message(self, text: str) -> None:
@@ -61,6 +63,10 @@ class StatusBar(QStatusBar):
         device = result.extras.get("device")
         if device:
             self.device.setText(f"{result.request.engine} engine · device: {device}")
+
+    def show_zoom(self, zoom: float) -> None:
+        """The canvas zoom, in percent."""
+        self.zoom.setText(f"{zoom * 100:.0f} %")
 
     def show_engine(self, engine: str) -> None:
         """The device a run of `engine` uses, before any run said so itself."""
