@@ -3,8 +3,8 @@
     python tests/crash_app.py save-loop PROJECT      save two large states over PROJECT, alternately, forever
     python tests/crash_app.py work DATA_DIR SEED     a scripted session (strokes, layer ops, results, undo)
                                                      journalled into DATA_DIR; prints "done N" after each
-    python tests/crash_app.py generate DATA_DIR OUT  a Session: strokes, layer ops and a real patch-engine
-                                                     generation, then saves the state to OUT, prints "ready"
+    python tests/crash_app.py generate DATA_DIR OUT  a Session: strokes, layer ops and a generation (the
+                                                     scriptable engine), then saves the state to OUT, "ready"
 
 Each mode then waits to be killed. The operations are a pure function of the seed (ids included, via
 `deterministic_ids`) so the test can rebuild the state after any number of them in its own process.
@@ -138,7 +138,7 @@ def work(data_dir: Path, seed: int) -> None:
 
 
 def generate(data_dir: Path, out: Path) -> None:
-    """A real Session: strokes, layer ops and a patch-engine generation, journalled; then await the kill."""
+    """A real Session: strokes, layer ops, a generation on its engine thread, journalled; await the kill."""
     from PySide6.QtCore import QCoreApplication
 
     from studio.journal import Journal
@@ -146,7 +146,11 @@ def generate(data_dir: Path, out: Path) -> None:
     from studio.session import Session
 
     app = QCoreApplication.instance() or QCoreApplication([])
-    session = Session(document=Document(32, 32))
+    # The scriptable engine stands in for a recorded result: the engine is not what this test is about,
+    # and it keeps torch out of the child so each kill costs a fraction of a second.
+    from fake_engine import FakeEngine
+
+    session = Session(FakeEngine(), document=Document(32, 32))
     doc, gallery = session.document, session.gallery
     journal = Journal(doc, gallery, data_dir, history=lambda: session.prompt_history)
     session.history_changed.connect(journal.record_history)
