@@ -33,7 +33,7 @@ def sample(width: int = 40, height: int = 32) -> tuple[Document, Gallery, list[s
     first = Result(
         rng.integers(0, 255, (height, width, 3), dtype=np.uint8),
         Request(prompt="a red fox, 狐", seed=3, width=40, height=32),
-        extras={"references": {"fox.png": 0.75, "sky.png": 0.25}, "model_hash": "abc"},
+        extras={"references": {"fox.png": np.float32(0.75)}, "model_hash": "abc", "steps": np.int64(3)},
         attribution=rng.integers(0, 3, (height, width), dtype=np.int16),
     )
     gallery.add(first)
