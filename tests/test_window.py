@@ -287,3 +287,20 @@ def test_export_png_carries_the_recipe_of_the_result_on_the_canvas(make_window, 
     meta = read_png_metadata(out)
     assert meta.request is not None and meta.request.prompt == "a quilted bag"
     assert meta.request.seed == blocker.args[0].request.seed
+
+
+def test_export_ora_keeps_every_layer(make_window, qtbot, tmp_path):
+    from studio.ora import import_ora
+    from ui.exports import export_ora
+
+    window = make_window(FakeEngine(steps=1))
+    doc = window.document
+    ink = doc.add_layer("ink")
+    doc.fill(ink.id, (10, 20, 30, 255))
+    doc.set_layer(ink.id, opacity=0.5, visible=False)
+    out = tmp_path / "layers.ora"
+    export_ora(str(out), window.session)
+    width, height, layers = import_ora(out)
+    assert (width, height) == (64, 64) and [layer.name for layer in layers] == ["Background", "ink"]
+    assert layers[1].opacity == 0.5 and not layers[1].visible
+    assert np.array_equal(layers[1].pixels, ink.pixels)

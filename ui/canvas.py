@@ -171,12 +171,14 @@ class CanvasView(QWidget):
         self.update()
 
     def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Keep the document fitted until the person zooms or pans."""
         if self._auto_fit:
             self.fit()
         super().resizeEvent(event)
 
     # -- painting the widget --------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
+        """Draw the composite, the mask and preview overlays, and the brush outline."""
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(58, 58, 62))
         target = self.doc_rect()
@@ -207,12 +209,15 @@ class CanvasView(QWidget):
 
     # -- input ------------------------------------------------------------------------------------------
     def mousePressEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        """Start a stroke, a pick or a pan."""
         self._press(event.position(), event.button(), event.modifiers(), 1.0)
 
     def mouseMoveEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        """Extend the stroke or pan; move the brush outline."""
         self._move(event.position(), 1.0)
 
     def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # noqa: N802 - Qt override
+        """End the stroke (one document operation) or the pan."""
         self._release(event.button())
 
     def tabletEvent(self, event: QTabletEvent) -> None:  # noqa: N802 - Qt override
@@ -278,11 +283,13 @@ class CanvasView(QWidget):
             self.commit_stroke()
 
     def leaveEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Hide the brush outline."""
         self._hover = None
         self.update()
         super().leaveEvent(event)
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 - Qt override
+        """Zoom about the cursor."""
         steps = event.angleDelta().y() / 120.0
         if steps:
             self._auto_fit = False
@@ -290,6 +297,7 @@ class CanvasView(QWidget):
         event.accept()
 
     def keyPressEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Space held: the left button pans."""
         if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
             self._space = True
             self.setCursor(Qt.CursorShape.OpenHandCursor)
@@ -297,6 +305,7 @@ class CanvasView(QWidget):
         super().keyPressEvent(event)
 
     def keyReleaseEvent(self, event) -> None:  # noqa: N802 - Qt override
+        """Space released: the left button paints again."""
         if event.key() == Qt.Key.Key_Space and not event.isAutoRepeat():
             self._space = False
             if self._pan_from is None:

@@ -12,6 +12,7 @@ from PySide6.QtCore import QSignalBlocker
 from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from backend.request import Request
+from studio.session import Session
 
 log = logging.getLogger(__name__)
 BUILTIN = "patch|"  # item data: "engine|model" (a str: QVariant round-trips it exactly)
@@ -34,7 +35,7 @@ def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, st
 class EnginePicker(QComboBox):
     """A combo box of engines and models bound to a Session."""
 
-    def __init__(self, session, parent: QWidget | None = None) -> None:  # noqa: ANN001
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
         self.setToolTip("Which engine and model generate: the built-in patch engine needs no download")

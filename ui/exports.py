@@ -36,22 +36,24 @@ def newest_visible_result(session):  # noqa: ANN001, ANN201 - a Session, a Resul
 
 def export_png(path: str, session) -> None:  # noqa: ANN001
     """Write the visible image; with the recipe of the newest result on the canvas when there is one."""
+    from studio.atomic import atomic_write
     from studio.pngmeta import save_png
-    from studio.recipe import Provenance
+    from studio.recipe import Provenance, ancestors_of
 
     image = session.document.composite()
     result = newest_visible_result(session)
     if result is None:  # a painting with no generation in it: no recipe to claim
         try:
-            Image.fromarray(image).save(path, format="PNG")
+            atomic_write(path, lambda handle: Image.fromarray(image).save(handle, format="PNG"))
         except OSError as exc:
             raise StudioError(f"could not write {path}: {exc.strerror or exc}") from None
         return
     same = image.shape == result.image.shape and np.array_equal(image, result.image)
+    chain = session.gallery.chain(result.id)  # the result and its ancestors: the lineage travels in the file
     if same:
-        provenance = Provenance(id=result.id, parents=result.parents, painted=result.painted)
+        provenance = Provenance(result.id, result.parents, result.painted, ancestors_of(chain[1:]))
     else:  # the canvas differs from the result: a composite made from it
-        provenance = Provenance(id=f"{result.id}-edit", parents=(result.id,), painted=True)
+        provenance = Provenance(f"{result.id}-edit", (result.id,), True, ancestors_of(chain))
     save_png(path, image, result.request, result.extras, provenance)
 
 

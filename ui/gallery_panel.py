@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.gallery import Result
+from studio.session import Session
 from ui.canvas import array_to_qimage
 
 THUMB = 96
@@ -54,7 +55,7 @@ def recipe_text(result: Result) -> str:
 class GalleryPanel(QWidget):
     """Thumbnails of the session's results, newest first."""
 
-    def __init__(self, session, parent=None) -> None:  # noqa: ANN001
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
         self.list = QListWidget()

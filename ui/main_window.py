@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from backend.errors import StudioError
 from backend.images import load_picture
+from studio.session import Session
 from studio.settings import Settings
 from ui import exports
 from ui.brush_bar import BrushBar
@@ -43,7 +44,7 @@ IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
 class MainWindow(QMainWindow):
     """The studio's one window, bound to a Session."""
 
-    def __init__(self, session, settings: Settings | None = None) -> None:  # noqa: ANN001
+    def __init__(self, session: Session, settings: Settings | None = None) -> None:
         super().__init__()
         self.session = session
         self.settings = settings or Settings()
@@ -303,10 +304,12 @@ class MainWindow(QMainWindow):
         return True
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
+        """Accept dragged files."""
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
+        """Add each dropped image file as a layer."""
         for url in event.mimeData().urls():
             if url.isLocalFile():
                 self.add_image_layer(url.toLocalFile())
@@ -344,6 +347,7 @@ class MainWindow(QMainWindow):
 
     # -- closing ---------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
+        """Ask about unsaved work, remember the layout, and stop the engine thread before closing."""
         projects = self.project_actions if self.ask_before_closing else None
         if projects is not None and not projects.confirm_close():
             event.ignore()

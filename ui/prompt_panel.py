@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from backend.request import MAX_SEED, Request
+from studio.session import Session
 
 MODES = (
     ("txt2img", "Text to image"),
@@ -103,7 +104,14 @@ class PromptPanel(QWidget):
 
     size_requested = Signal(int, int)  # the canvas size follows the document: the window decides
 
-    def __init__(self, session, generate: QAction, cancel: QAction, live: QAction, parent=None) -> None:  # noqa: ANN001
+    def __init__(
+        self,
+        session: Session,
+        generate: QAction,
+        cancel: QAction,
+        live: QAction,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.session = session
         self.prompt = QPlainTextEdit()

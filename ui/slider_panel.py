@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from backend.request import Concept, Request
+from studio.session import Session
 from ui.prompt_panel import set_text, tool_button
 
 TICKS = 1000  # slider positions across a range: fine enough for a smooth drag
@@ -108,7 +109,7 @@ class ConceptRow(QWidget):
 class SliderPanel(QWidget):
     """The latent sliders, bound to a Session."""
 
-    def __init__(self, session, parent=None) -> None:  # noqa: ANN001
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
         defaults = Request()
@@ -241,6 +242,7 @@ class SliderPanel(QWidget):
 
     def _reference_setter(self, name: str) -> Callable[[float], None]:
         def set_weight(value: float) -> None:
+            """Set this reference's weight; zero weights leave the recipe."""
             weights = dict(self.session.request.reference_weights)
             weights[name] = value
             kept = tuple((k, v) for k, v in weights.items() if v != 0.0)
