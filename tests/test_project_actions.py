@@ -163,3 +163,30 @@ def test_opening_an_ora_file_gives_an_untitled_document_with_its_layers(make, tm
     assert actions.open_path(tmp_path / "from krita.ora")
     assert [la.name for la in session.document.layers] == ["Background", "ink"]
     assert actions.path is None and window.windowTitle().startswith("Untitled")
+
+
+def test_the_windows_png_export_carries_the_chain_after_a_project_round_trip(make, tmp_path, capsys):
+    from studio.cli import main
+    from ui import exports
+
+    window, session, actions = make()
+    first = Result(np.full((30, 40, 3), 10, np.uint8), session.request.replace(prompt="a fox"))
+    second = Result(
+        np.full((30, 40, 3), 20, np.uint8),
+        session.request.replace(prompt="a fox at dusk"),
+        parents=(first.id,),
+    )
+    for result in (first, second):
+        session.gallery.add(result)
+    session.document.add_layer("dusk", second.image, source=second.id)
+    assert actions.save_to(tmp_path / "fox.studio")
+    session.document.reset(40, 30)
+    session.gallery.replace_all([])
+    assert actions.open_path(tmp_path / "fox.studio")
+
+    session.document.paint(session.document.active_id, 0, 0, np.full((3, 3, 4), 255, np.uint8))  # paint over
+    exports.export_png(str(tmp_path / "out.png"), session)
+    assert main(["info", str(tmp_path / "out.png")]) == 0
+    text = capsys.readouterr().out
+    assert f"{second.id}-edit" in text and "composite" in text.lower()
+    assert text.index(second.id, text.index("chain")) < text.index(first.id, text.index("chain"))
