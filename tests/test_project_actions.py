@@ -190,3 +190,16 @@ def test_the_windows_png_export_carries_the_chain_after_a_project_round_trip(mak
     text = capsys.readouterr().out
     assert f"{second.id}-edit" in text and "composite" in text.lower()
     assert text.index(second.id, text.index("chain")) < text.index(first.id, text.index("chain"))
+
+
+def test_a_demo_window_leaves_no_journal_when_the_app_quits(make, qtbot):
+    window, session, actions = make()
+    _stroke(session)
+    journal = actions.journal.path
+    assert journal is not None and journal.exists()
+    window.ask_before_closing = True  # a person's window: quitting keeps the journal (closing asks)
+    actions._quitting()
+    assert journal.exists()
+    window.ask_before_closing = False  # `studio --demo`: its work is its own
+    actions._quitting()
+    assert not journal.exists() and find_recovery(actions.data_dir) is None

@@ -55,6 +55,9 @@ class ProjectActions(QObject):
         self.gallery.added.connect(self._gallery_changed)
         self.gallery.removed.connect(self._gallery_changed)
         self._make_actions(file_menu)
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self._quitting)
         self.journal.start()
         self._update_title()
         QTimer.singleShot(0, self.offer_recovery)
@@ -234,6 +237,12 @@ class ProjectActions(QObject):
             return False
         self.journal.close()  # a clean close: nothing left to recover
         return True
+
+    @Slot()
+    def _quitting(self) -> None:
+        # A window told not to ask (`studio --demo`) holds work of its own: nothing to offer next time.
+        if not getattr(self.window, "ask_before_closing", True):
+            self.journal.close()
 
     def _may_discard(self) -> bool:
         if not self.modified or not _attended():
