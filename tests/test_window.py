@@ -89,7 +89,6 @@ def test_generate_paints_every_step_then_adds_a_layer_and_gallery_entry(make_win
 def test_clicking_a_gallery_entry_restores_its_recipe_into_the_panels(make_window, qtbot):
     window = make_window(FakeEngine(steps=2))
     panel = window.prompt_panel
-    panel.seed.lock.setChecked(True)
     panel.prompt.setPlainText("a red shoe")
     panel.guidance.setValue(3.5)
     with qtbot.waitSignal(window.session.result_added, timeout=5000):
@@ -101,6 +100,7 @@ def test_clicking_a_gallery_entry_restores_its_recipe_into_the_panels(make_windo
     rect = window.gallery_panel.list.visualItemRect(item)
     qtbot.mouseClick(window.gallery_panel.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert panel.prompt.toPlainText() == "a red shoe"
+    assert panel.seed_locked and panel.seed.edit.text() == str(window.session.gallery.results[0].request.seed)
     assert panel.guidance.value() == 3.5
     assert window.slider_panel.locality.value() == 0.5
 

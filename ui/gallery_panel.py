@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
     QListView,
@@ -54,6 +54,8 @@ def recipe_text(result: Result) -> str:
 
 class GalleryPanel(QWidget):
     """Thumbnails of the session's results, newest first."""
+
+    restored = Signal(str)  # a result's recipe was put back into the panels
 
     def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -111,7 +113,9 @@ class GalleryPanel(QWidget):
             self.list.takeItem(self.list.row(item))
 
     def _clicked(self, item: QListWidgetItem) -> None:
-        self.session.restore(item.data(Qt.ItemDataRole.UserRole))
+        result_id = item.data(Qt.ItemDataRole.UserRole)
+        self.session.restore(result_id)
+        self.restored.emit(result_id)
 
     def _use_selected(self) -> None:
         item = self.list.currentItem()

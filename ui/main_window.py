@@ -71,6 +71,8 @@ class MainWindow(QMainWindow):
         self.layers_panel = LayersPanel(self.document)
         self.gallery_panel = GalleryPanel(session)
         self.prompt_panel.size_requested.connect(self.request_size)
+        # A restored recipe keeps its seed, so Generate makes that picture again (or a variation of it).
+        self.gallery_panel.restored.connect(lambda _id: self.prompt_panel.seed.lock.setChecked(True))
         left = Qt.DockWidgetArea.LeftDockWidgetArea
         right = Qt.DockWidgetArea.RightDockWidgetArea
         self.docks = {

@@ -76,6 +76,7 @@ class SeedEdit(QWidget):
         self.dice = tool_button("Random", "A new random seed")
         self.lock = tool_button("Lock")
         self.lock.setCheckable(True)
+        self.lock.toggled.connect(lambda on: self.lock.setText("Locked" if on else "Lock"))
         self.lock.setToolTip("Keep this seed; when unlocked, every Generate rolls a new one")
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
