@@ -287,7 +287,7 @@ class ProjectActions(QObject):
         self.journal.start(found.project, None, unsaved_work=True)  # the restored work is journalled first
         if found.journal != self.journal.path:
             discard_recovery(found)
-        self._status(f"Restored {found.title} as it was before the crash; save it to keep it")
+        self._status(f"Restored {_what(found)} as it was before the crash; save it to keep it")
         return True
 
     def ask_restore(self, found: Recovery) -> bool:
@@ -296,7 +296,7 @@ class ProjectActions(QObject):
         answer = QMessageBox.question(
             self.window,
             "Restore unsaved work?",
-            f"Studio stopped unexpectedly while {found.title} had unsaved work "
+            f"Studio stopped unexpectedly while {_what(found)} had unsaved work "
             f"({found.operations} operations since the last save). Restore it?",
             buttons.Yes | buttons.Discard,
             buttons.Yes,
@@ -319,6 +319,10 @@ class ProjectActions(QObject):
     @Slot(str)
     def _journal_failed(self, message: str) -> None:
         self._error(message)
+
+
+def _what(found: Recovery) -> str:
+    return f"“{found.title}”" if found.project else "an untitled canvas"
 
 
 def _data_dir(settings: Settings) -> Path:
