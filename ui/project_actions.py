@@ -182,6 +182,8 @@ class ProjectActions(QObject):
         return True
 
     def _apply(self, data: ProjectData, path: Path | None, unsaved: bool = False) -> None:
+        if self.session.running:  # a run started on the old canvas must not land on the new one
+            self.session.cancel()
         self._loading = True
         try:
             with self.journal.paused():
