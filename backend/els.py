@@ -37,10 +37,11 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Estimate:
-    """A clean-image estimate and, per pixel, the total softmax weight of each reference."""
+    """A clean-image estimate with each reference's share of it, per pixel (when asked for) and overall."""
 
     x0: torch.Tensor  # C×H×W
-    ref_weights: torch.Tensor  # N×H×W, sums to 1 over N
+    ref_weights: torch.Tensor | None  # N×H×W, sums to 1 over N; None when not computed
+    shares: torch.Tensor  # N: ref_weights averaged over the pixels
 
 
 # --- schedule -------------------------------------------------------------------------------------------
@@ -135,48 +136,26 @@ def band_patches(padded: torch.Tensor, k: int, y0: int, y1: int, dilation: int =
 
 @dataclass(frozen=True)
 class KeyBlock:
-    """Keys of a run of references, each with the same count: G×M×D keys, G×M norms, G×M×C values."""
+    """A run of keys (M×d) with their full-patch norms ‖key‖² (M), values (M×C) and reference(s).
 
-    first: int  # index of the block's first reference
+    `owner` is the one reference all keys come from, or each key's reference (M, long).
+    """
+
     keys: torch.Tensor
-    norms: torch.Tensor  # ‖key‖² over the full patch, even when keys are projected to fewer dimensions
+    norms: torch.Tensor
     values: torch.Tensor
+    owner: int | torch.Tensor
 
 
-def exact_blocks(
-    refs: torch.Tensor, values: torch.Tensor, a: float, k: int, circular: bool, dilation: int, rows: int
-) -> Iterator[KeyBlock]:
+def exact_blocks(refs: torch.Tensor, a: float, k: int, circular: bool, rows: int) -> Iterator[KeyBlock]:
     """Every key position of every reference, one band of `rows` rows of one reference at a time."""
     n, c, h, w = refs.shape
-    padded = pad_image(refs, dilation * (k - 1) // 2, circular)
+    padded = pad_image(refs, (k - 1) // 2, circular)
     for i in range(n):
         for y0 in range(0, h, rows):
             y1 = min(h, y0 + rows)
-            keys = band_patches(padded[i], k, y0, y1, dilation) * a
-            vals = values[i, :, y0:y1].reshape(c, -1).T
-            yield KeyBlock(i, keys[None], (keys * keys).sum(1)[None], vals[None])
-
-
-def subset_block(
-    refs: torch.Tensor,
-    values: torch.Tensor,
-    a: float,
-    k: int,
-    circular: bool,
-    dilation: int,
-    index: torch.Tensor,
-) -> KeyBlock:
-    """The keys at the same chosen positions (flat indices into H·W) of every reference, in one block."""
-    n, c, h, w = refs.shape
-    padded = pad_image(refs, dilation * (k - 1) // 2, circular)
-    span = dilation * torch.arange(k, device=refs.device)
-    yy = (index // w)[:, None, None] + span[None, :, None]
-    xx = (index % w)[:, None, None] + span[None, None, :]
-    patches = padded[:, :, yy, xx]  # N × C × M × k × k
-    keys = patches.permute(0, 2, 1, 3, 4).reshape(n, index.numel(), -1) * a
-    norms = (keys * keys).sum(2)
-    vals = values.reshape(n, c, h * w)[:, :, index].transpose(1, 2)
-    return KeyBlock(0, keys, norms, vals)
+            keys = band_patches(padded[i], k, y0, y1) * a
+            yield KeyBlock(keys, (keys * keys).sum(1), refs[i, :, y0:y1].reshape(c, -1).T, i)
 
 
 def patch_attention(
@@ -190,6 +169,7 @@ def patch_attention(
     *,
     blocks: list[KeyBlock] | None = None,
     features: torch.Tensor | None = None,
+    pixel_weights: bool = True,
     low_precision: bool = False,
     logit_budget: int = 1 << 22,
     key_rows: int = 32,
@@ -200,20 +180,24 @@ def patch_attention(
 
     Memory is bounded by `logit_budget` logits whatever the image and reference sizes. Without `blocks`
     every key of every reference takes part (the exact path). `features` (d×H×W) replaces each query's
-    k×k patch by the same reduced coordinates the blocks' keys use (the fast path). `low_precision` does
-    the query·key products in fp16 (for GPUs; bf16 is too coarse at low noise), the rest in fp32.
-    `rows` (start, stop) estimates only those image rows, e.g. to check the fast path on a sample.
+    k×k patch by the same reduced coordinates the blocks' keys use (the fast path). `pixel_weights`
+    False skips the per-pixel reference weights (only the overall shares), which needs a single block.
+    `low_precision` does the query·key products in fp16 (for GPUs; bf16 is too coarse at low noise),
+    the rest in fp32. `rows` (start, stop) estimates only those rows, e.g. to check the fast path.
     """
     c, h, w = x_t.shape
     n = refs.shape[0]
     padded_q = pad_image(x_t, (k - 1) // 2, circular) if features is None else None
-    # Logit = (q·key − ½‖key‖²)·scale: ‖q‖² is the same for every key of a query, so it cancels.
+    # Logit = (q·key − ½‖key‖²)·scale + prior: ‖q‖² is the same for every key of a query, so it cancels.
     scale = 1.0 / (b * b)
-    widest = w * key_rows if blocks is None else sum(blk.keys.shape[0] * blk.keys.shape[1] for blk in blocks)
+    widest = w * key_rows if blocks is None else max(blk.keys.shape[0] for blk in blocks)
     q_rows = max(1, logit_budget // (widest * w))
     first, stop = rows if rows is not None else (0, h)
+    if not pixel_weights and (blocks is None or len(blocks) != 1):
+        raise ValueError("shares without per-pixel weights need exactly one key block")
     x0 = torch.empty(c, (stop - first) * w, dtype=x_t.dtype, device=x_t.device)
     ref_weights = torch.empty(n, (stop - first) * w, dtype=x_t.dtype, device=x_t.device)
+    shares = torch.zeros(n, dtype=x_t.dtype, device=x_t.device)
     for y0 in range(first, stop, q_rows):
         if should_stop is not None and should_stop():
             raise Cancelled
@@ -224,37 +208,41 @@ def patch_attention(
         if low_precision:
             queries = queries.half()
         nq = queries.shape[0]
-        m = torch.full((nq, n), -math.inf, dtype=x_t.dtype, device=x_t.device)
-        s = torch.zeros(nq, n, dtype=x_t.dtype, device=x_t.device)
-        v = torch.zeros(nq, n, c, dtype=x_t.dtype, device=x_t.device)
-        source = blocks if blocks is not None else exact_blocks(refs, refs, a, k, circular, 1, key_rows)
-        for blk in source:
-            g, mk, _ = blk.keys.shape
-            keys = (blk.keys.reshape(g * mk, -1) * scale).to(queries.dtype)
-            bias = blk.norms.reshape(1, g * mk) * (-0.5 * scale)
+        m = torch.full((nq,), -math.inf, dtype=x_t.dtype, device=x_t.device)
+        total = torch.zeros(nq, dtype=x_t.dtype, device=x_t.device)
+        mixed = torch.zeros(nq, c, dtype=x_t.dtype, device=x_t.device)
+        per_ref = torch.zeros(nq, n, dtype=x_t.dtype, device=x_t.device)
+        for blk in blocks if blocks is not None else exact_blocks(refs, a, k, circular, key_rows):
+            bias = blk.norms * (-0.5 * scale) + log_prior[blk.owner]
+            keys = (blk.keys * scale).to(queries.dtype)
             if low_precision:  # the bias would overflow fp16: add it in fp32
-                logits = ((queries @ keys.T).float() + bias).view(nq, g, mk)
+                logits = (queries @ keys.T).float() + bias
             else:
-                logits = torch.addmm(bias, queries, keys.T).view(nq, g, mk)
-            sl = slice(blk.first, blk.first + g)
-            m[:, sl], s[:, sl], v[:, sl] = _merge(m[:, sl], s[:, sl], v[:, sl], logits, blk.values)
-        weights = torch.softmax(m + torch.log(s) + log_prior, dim=1)
+                logits = torch.addmm(bias[None], queries, keys.T)
+            new_m = torch.maximum(m, logits.amax(dim=1))
+            # In place, the logits become the weights p. Clamped so far-off keys give exp(−80), not
+            # denormals (20× slower on x86, and no more exact).
+            p = logits.sub_(new_m[:, None]).clamp_(min=-80.0).exp_()
+            keep = torch.exp(m - new_m)[:, None]  # exp(−inf) = 0 on the first block
+            # One pass over p gives both the weighted values and the weight sum (a ones column).
+            summed = p @ torch.cat([blk.values, torch.ones_like(blk.values[:, :1])], 1)
+            m, mixed, total = new_m, mixed * keep + summed[:, :c], total * keep[:, 0] + summed[:, c]
+            if isinstance(blk.owner, int):
+                per_ref *= keep
+                per_ref[:, blk.owner] += summed[:, c]
+            elif pixel_weights:
+                per_ref = per_ref * keep + p @ F.one_hot(blk.owner, n).to(p.dtype)
+            else:
+                shares.index_add_(0, blk.owner, (1.0 / total) @ p)
         done = slice((y0 - first) * w, (min(stop, y0 + q_rows) - first) * w)
-        x0[:, done] = torch.einsum("qn,qnc->cq", weights, v / s[..., None])
-        ref_weights[:, done] = weights.T
-    return Estimate(x0.reshape(c, stop - first, w), ref_weights.reshape(n, stop - first, w))
-
-
-def _merge(
-    m: torch.Tensor, s: torch.Tensor, v: torch.Tensor, logits: torch.Tensor, values: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One online log-sum-exp update: fold Q×G×M logits and G×M×C values into (max, sum, weighted sum)."""
-    new_m = torch.maximum(m, logits.amax(dim=2))
-    # Clamped so far-off keys give exp(−80), not denormals: those are 20× slower on x86 and no more exact.
-    p = torch.exp((logits - new_m[..., None]).clamp_(min=-80.0))
-    keep = torch.exp(m - new_m)  # exp(−inf) = 0 for a reference seen for the first time
-    chunk_v = torch.einsum("qgm,gmc->qgc", p, values)
-    return new_m, s * keep + p.sum(2), v * keep[..., None] + chunk_v
+        x0[:, done] = (mixed / total[:, None]).T
+        if pixel_weights:
+            weights = per_ref / total[:, None]
+            ref_weights[:, done] = weights.T
+            shares += weights.sum(0)
+    shares /= (stop - first) * w
+    out = ref_weights.reshape(n, stop - first, w) if pixel_weights else None
+    return Estimate(x0.reshape(c, stop - first, w), out, shares)
 
 
 def local_score(
@@ -266,7 +254,7 @@ def local_score(
     dist = F.avg_pool2d(pad_image(diff, pad, circular), k, stride=1)[:, 0] * (k * k)
     logits = -dist / (2 * b * b) + log_prior[:, None, None]
     weights = torch.softmax(logits, dim=0)
-    return Estimate(torch.einsum("nhw,nchw->chw", weights, refs), weights)
+    return Estimate(torch.einsum("nhw,nchw->chw", weights, refs), weights, weights.mean((1, 2)))
 
 
 def whole_image(
@@ -282,7 +270,7 @@ def whole_image(
         dist = (x_t[None] - a * refs).pow(2).flatten(1).sum(1)
         weights = torch.softmax(-dist / (2 * b * b) + log_prior, dim=0)
         x0 = torch.einsum("n,nchw->chw", weights, refs)
-        return Estimate(x0, weights[:, None, None].expand(n, h, w).clone())
+        return Estimate(x0, weights[:, None, None].expand(n, h, w).clone(), weights)
     fx = torch.fft.rfft2(x_t.double())
     fr = torch.fft.rfft2(refs.double())
     # cross[i, s] = Σ_p x(p)·r_i(p − s): the dot product of x with r_i rolled by s.
@@ -292,7 +280,8 @@ def whole_image(
     shift_w = torch.softmax(logits.flatten(), 0).reshape(n, h, w)
     x0 = torch.fft.irfft2(torch.fft.rfft2(shift_w)[:, None] * fr, s=(h, w)).sum(0)
     share = shift_w.flatten(1).sum(1)
-    return Estimate(x0.to(x_t.dtype), share[:, None, None].expand(n, h, w).to(x_t.dtype).clone())
+    share = share.to(x_t.dtype)
+    return Estimate(x0.to(x_t.dtype), share[:, None, None].expand(n, h, w).clone(), share)
 
 
 def cosine_basis(k: int, f: int) -> torch.Tensor:
@@ -315,27 +304,36 @@ def cosine_features(x: torch.Tensor, k: int, f: int, circular: bool) -> torch.Te
 
 
 def subset_features(
-    refs: torch.Tensor, k: int, f: int, circular: bool, index: torch.Tensor, budget: int = 1 << 24
+    refs: torch.Tensor,
+    k: int,
+    f: int,
+    circular: bool,
+    owner: torch.Tensor,
+    index: torch.Tensor,
+    budget: int = 1 << 24,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cosine_features and ‖patch‖² of every reference at the chosen positions only: N×M×(C·f²), N×M.
+    """cosine_features and ‖patch‖² at chosen keys only (reference `owner`, flat position `index`): M×d, M.
 
-    Gathers the k×k patches a few references at a time (at most `budget` floats), since computing the
-    features at every position would cost as much as the whole step.
+    Gathers the k×k patches at most `budget` floats at a time, since computing the features at every
+    position would cost as much as the whole step.
     """
-    n, c, h, w = refs.shape
+    _, c, _, w = refs.shape
     basis = cosine_basis(k, f).to(refs)
-    padded = pad_image(refs, (k - 1) // 2, circular)
+    # Channels last, so each gathered patch row is one contiguous run of memory.
+    padded = pad_image(refs, (k - 1) // 2, circular).permute(0, 2, 3, 1).contiguous()
     span = torch.arange(k, device=refs.device)
-    yy = (index // w)[:, None, None] + span[None, :, None]
-    xx = (index % w)[:, None, None] + span[None, None, :]
-    group = max(1, budget // (index.numel() * c * k * k))
+    step = max(1, budget // (c * k * k))
     feats, norms = [], []
-    for i in range(0, n, group):
-        patches = padded[i : i + group][:, :, yy, xx]  # G×C×M×k×k
-        norms.append(patches.pow(2).sum((1, 3, 4)))
+    for start in range(0, index.numel(), step):
+        idx, own = index[start : start + step], owner[start : start + step]
+        yy = (idx // w)[:, None, None] + span[None, :, None]
+        xx = (idx % w)[:, None, None] + span[None, None, :]
+        patches = padded[own[:, None, None], yy, xx]  # M×k×k×C
+        norms.append(patches.pow(2).sum((1, 2, 3)))
+        along_x = torch.einsum("myxc,fx->mcyf", patches, basis)
         # Same order as cosine_features: channel, x frequency, y frequency.
-        coef = torch.einsum("gcmyx,fx,ey->gmcfe", patches, basis, basis)
-        feats.append(coef.reshape(coef.shape[0], coef.shape[1], -1))
+        coef = torch.einsum("mcyf,ey->mcfe", along_x, basis)
+        feats.append(coef.reshape(coef.shape[0], -1))
     return torch.cat(feats), torch.cat(norms)
 
 
@@ -364,8 +362,9 @@ def fast_patch_attention(
     *,
     shares: torch.Tensor | None = None,
     max_keys: int = 8192,
-    max_gather: int = 1 << 24,
+    max_gather: int = 1 << 23,
     freqs: int = 5,
+    pixel_weights: bool = True,
     low_precision: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> Estimate:
@@ -385,12 +384,11 @@ def fast_patch_attention(
     f = min(k, freqs)
     total = max(n, min(max_keys, max_gather // (c * k * k)))
     counts = key_counts(torch.ones(n) if shares is None else shares.cpu(), total, h * w)
-    blocks = []
-    for i, count in enumerate(counts):
-        index = torch.randperm(h * w, generator=generator)[:count].to(x_t.device)
-        keys, norms = subset_features(refs[i : i + 1], k, f, circular, index)
-        values = refs[i : i + 1].flatten(2)[:, :, index].transpose(1, 2)
-        blocks.append(KeyBlock(i, keys * a, norms * (a * a), values))
+    index = torch.cat([torch.randperm(h * w, generator=generator)[:count] for count in counts]).to(x_t.device)
+    owner = torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(x_t.device)
+    keys, norms = subset_features(refs, k, f, circular, owner, index)
+    values = refs.flatten(2)[owner, :, index]
+    block = KeyBlock(keys * a, norms * (a * a), values, owner)
     return patch_attention(
         x_t,
         refs,
@@ -399,8 +397,9 @@ def fast_patch_attention(
         k,
         circular,
         log_prior,
-        blocks=blocks,
+        blocks=[block],
         features=cosine_features(x_t[None], k, f, circular)[0],
+        pixel_weights=pixel_weights,
         low_precision=low_precision,
         should_stop=should_stop,
     )

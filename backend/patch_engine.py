@@ -62,8 +62,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
-def attribution_map(ref_weights: torch.Tensor) -> np.ndarray:
+def attribution_map(ref_weights: torch.Tensor | None) -> np.ndarray | None:
     """H×W×2 float32: for each pixel the reference with the largest weight and that weight."""
+    if ref_weights is None:
+        return None
     weight, index = ref_weights.float().max(dim=0)
     return torch.stack([index.float(), weight], dim=-1).cpu().numpy().astype(np.float32)
 
@@ -75,9 +77,9 @@ def attribution_to_rgb(attribution: np.ndarray) -> np.ndarray:
     return np.round(PALETTE[index] * weight).astype(np.uint8)
 
 
-def reference_shares(ref_weights: torch.Tensor, names: list[str]) -> dict[str, float]:
-    """Each reference's share of the image: its softmax weight averaged over the pixels."""
-    shares = ref_weights.float().flatten(1).mean(1).cpu().tolist()
+def reference_shares(shares: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """Each reference's share of the image (its softmax weight averaged over the pixels) by name."""
+    shares = shares.float().cpu().tolist()
     return {name: round(share, 4) for name, share in zip(names, shares, strict=True)}
 
 
@@ -146,11 +148,13 @@ class PatchEngine:
             if cancel.is_set():
                 return
             if t <= 0:  # strength 0: nothing to denoise
-                estimate = els.Estimate(x, torch.full((len(chosen), h, w), 1.0 / len(chosen)))
+                even = torch.full((len(chosen),), 1.0 / len(chosen))
+                estimate = els.Estimate(x, even[:, None, None].expand(-1, h, w), even)
             else:
                 try:
-                    shares = None if estimate is None else estimate.ref_weights.mean((1, 2))
-                    estimate = self._estimate(x, images, t, request, prior, keys, shares, cancel)
+                    shares = None if estimate is None else estimate.shares
+                    last = t_next <= 0  # only the final estimate needs per-pixel weights (attribution)
+                    estimate = self._estimate(x, images, t, request, prior, keys, shares, last, cancel)
                 except els.Cancelled:
                     return
                 x = els.ddim_step(x, estimate.x0, t, t_next)
@@ -176,7 +180,7 @@ class PatchEngine:
             extras={
                 "engine": "patch",
                 "references": names,
-                "reference_shares": reference_shares(estimate.ref_weights, names),
+                "reference_shares": reference_shares(estimate.shares, names),
                 "model": refs.folder.name,
                 "model_hash": refs.digest,
             },
@@ -193,6 +197,7 @@ class PatchEngine:
         prior: torch.Tensor,
         keys: torch.Generator,
         shares: torch.Tensor | None,
+        last: bool,
         cancel: threading.Event,
     ) -> els.Estimate:
         """One clean-image estimate at time t, by the mode the locality and the request ask for."""
@@ -209,6 +214,6 @@ class PatchEngine:
             )  # fmt: skip
         return els.fast_patch_attention(
             x, images, a, b, k, request.tiling, prior, keys,
-            shares=shares, max_keys=self.max_keys, low_precision=self.low_precision,
+            shares=shares, max_keys=self.max_keys, pixel_weights=last, low_precision=self.low_precision,
             should_stop=cancel.is_set,
         )  # fmt: skip
