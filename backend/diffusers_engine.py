@@ -3,7 +3,8 @@
 The loop in `_denoise` is diffusers' own pipeline loop written out (set_timesteps, scale_model_input, UNet,
 guidance, scheduler.step) so that it can stop within a step, stream a preview of x0 after every step, and
 steer the conditioning per step. With the same components, scheduler, seed and settings it gives the
-pipeline's image (tests/test_diffusers_parity.py).
+pipeline's image (tests/test_diffusers_parity.py). When a request differs from the previous one only in a
+concept acting from a later step, the run resumes from a snapshot at that step (backend/resume.py).
 """
 
 from __future__ import annotations
