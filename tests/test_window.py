@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fake_engine import FakeEngine, fake_image
-from PySide6.QtCore import QPoint, Qt
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
+from PySide6.QtGui import QColor, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
@@ -272,6 +272,28 @@ def test_open_image_as_layer_and_a_broken_file_is_reported(make_window, qtbot, t
     assert not window.add_image_layer(str(bad))
     assert "broken.png" in window.status.message.text() and window.error_box is not None
     assert len(window.document.layers) == 2
+    # Dropping a file on the window does the same.
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(good))])
+    drop = QDropEvent(
+        QPointF(50, 50),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(drop)  # what Qt calls when a file is dropped on the window
+    assert len(window.document.layers) == 3 and window.document.layers[-1].name == "sketch"
+
+
+def test_new_canvas_of_a_chosen_size(make_window, qtbot):
+    window = make_window(FakeEngine(steps=1))
+    window.prompt_panel.size_box.setCurrentIndex(window.prompt_panel.size_box.findData("128x128"))
+    window.prompt_panel.size_box.activated.emit(window.prompt_panel.size_box.currentIndex())
+    doc = window.document
+    assert (doc.width, doc.height) == (128, 128) and len(doc.layers) == 1
+    assert (window.session.request.width, window.session.request.height) == (128, 128)
+    assert window.canvas.composite_image().width() == 128
 
 
 def test_export_png_carries_the_recipe_of_the_result_on_the_canvas(make_window, qtbot, tmp_path):

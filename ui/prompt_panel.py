@@ -33,7 +33,7 @@ MODES = (
     ("img2img", "Image to image (the visible canvas)"),
     ("inpaint", "Inpaint the mask"),
 )
-SIZES = (256, 384, 512, 640, 768, 1024)
+SIZES = (128, 192, 256, 384, 512, 768, 1024)
 
 
 def tool_button(text: str, tip: str = "") -> QToolButton:
@@ -127,7 +127,7 @@ class PromptPanel(QWidget):
         self.seed = SeedEdit()
         self.size_box = QComboBox()
         for side in SIZES:
-            self.size_box.addItem(f"{side} × {side}", (side, side))
+            self.size_box.addItem(f"{side} × {side}", f"{side}x{side}")
         self.scheduler = QComboBox()
         self.scheduler.setToolTip("Sampler for diffusers models (the patch engine has its own)")
         self.mode = QComboBox()
@@ -170,7 +170,7 @@ class PromptPanel(QWidget):
         self.steps.valueChanged.connect(lambda v: session.set(steps=v))
         self.guidance.valueChanged.connect(lambda v: session.set(guidance=v))
         self.seed.seed_edited.connect(lambda v: session.set(seed=v))
-        self.size_box.activated.connect(lambda _i: self.size_requested.emit(*self.size_box.currentData()))
+        self.size_box.activated.connect(self._size_chosen)
         self.scheduler.activated.connect(lambda _i: session.set(scheduler=self.scheduler.currentText()))
         self.mode.activated.connect(lambda _i: session.set_mode(self.mode.currentData()))
         self.strength.valueChanged.connect(lambda v: session.set(strength=v))
@@ -233,9 +233,15 @@ class PromptPanel(QWidget):
         with QSignalBlocker(self.history):
             self.history.setCurrentIndex(-1)
 
+    def _size_chosen(self, _index: int) -> None:
+        data = self.size_box.currentData()
+        if data:
+            width, height = (int(v) for v in str(data).split("x"))
+            self.size_requested.emit(width, height)
+
     def _show_size(self, *_: object) -> None:
         doc = self.session.document
-        key = (doc.width, doc.height)
+        key = f"{doc.width}x{doc.height}"  # a str: QVariant round-trips it exactly
         with QSignalBlocker(self.size_box):
             index = self.size_box.findData(key)
             if index < 0:
