@@ -8,6 +8,7 @@ timings, so running the suite twice leaves the file byte-for-byte the same.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from studio.atomic import atomic_write
 
@@ -37,10 +38,18 @@ def record(area: str, fault: str, outcome: str, lost_bytes: int = 0) -> None:
     _rows[(area, fault)] = (outcome.replace("|", "/"), int(lost_bytes))
 
 
-def module_finished(module: str, failed: int) -> None:
-    """Note that a fault module has run; write the table once all have, if nothing failed."""
-    _finished.add(module.rsplit(".", 1)[-1])
-    if failed == 0 and all(m in _finished for m in MODULES):
+def module_finished(request: Any) -> None:
+    """Called from each fault module's module-scoped fixture after its last test.
+
+    The table is written once every fault module has run *all* of its tests (none deselected with -k,
+    none skipped, none failed), so a partial run never rewrites it with fewer rows.
+    """
+    module = request.node
+    selected = [item for item in request.session.items if item.parent is module]
+    complete = len(selected) == sum(1 for _ in module.collect())
+    if complete:
+        _finished.add(module.name.rsplit("/", 1)[-1].removesuffix(".py"))
+    if request.session.testsfailed == 0 and all(m in _finished for m in MODULES):
         write()
 
 

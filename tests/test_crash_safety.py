@@ -33,7 +33,7 @@ APP = Path(__file__).with_name("crash_app.py")
 @pytest.fixture(autouse=True, scope="module")
 def _fault_table(request):
     yield
-    faults.module_finished(request.module.__name__, request.session.testsfailed)
+    faults.module_finished(request)
 
 
 @pytest.fixture(autouse=True)

@@ -32,7 +32,7 @@ from studio.prompts import clean_prompt
 @pytest.fixture(autouse=True, scope="module")
 def _fault_table(request):
     yield
-    faults.module_finished(request.module.__name__, request.session.testsfailed)
+    faults.module_finished(request)
 
 
 # ------------------------------------------------------------------------------------------ model files

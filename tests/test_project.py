@@ -21,7 +21,7 @@ from studio.project import FORMAT_VERSION, ProjectError, load_project, save_proj
 @pytest.fixture(autouse=True, scope="module")
 def _fault_table(request):
     yield
-    faults.module_finished(request.module.__name__, request.session.testsfailed)
+    faults.module_finished(request)
 
 
 def sample(width: int = 40, height: int = 32) -> tuple[Document, Gallery, list[str]]:
