@@ -65,6 +65,7 @@ class ProjectData:
     prompt_history: list[str] = field(default_factory=list)
     save_id: str = ""  # changes on every save: lets the recovery journal tell which save it builds on
     notes: list[str] = field(default_factory=list)  # what a migration or a newer recipe could not keep
+    source_version: int = FORMAT_VERSION  # the format the file was written in (older ones were migrated)
 
     def apply_to(self, document: Document, gallery: Gallery | None = None) -> None:
         """Replace a document's (and gallery's) contents with this project; the document becomes clean."""
@@ -199,6 +200,7 @@ def load_project(path: str | Path) -> ProjectData:
             raise ProjectError(f"{label}: the manifest is nested too deeply to be a project") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProjectError(f"{label}: the manifest is not valid JSON ({exc})") from None
+        source_version = manifest.get("version", 0) if isinstance(manifest, dict) else 0
         manifest, notes = migrate(manifest, label)
         try:
             data = _read(archive, manifest, label)
@@ -207,7 +209,26 @@ def load_project(path: str | Path) -> ProjectData:
         except StudioError as exc:  # a recipe or image the project holds is bad
             raise ProjectError(f"{label}: {exc}") from None
     data.notes = notes + data.notes
+    data.source_version = source_version
     return data
+
+
+def keep_original(path: str | Path, version: int) -> Path | None:
+    """Before a migrated project is first saved over, copy the original beside it (older studios read it).
+
+    Returns the copy's path, or None when one already exists or the file is gone.
+    """
+    path = Path(path)
+    backup = path.with_name(f"{path.stem}.format{version}{path.suffix}")
+    if backup.exists() or not path.exists():
+        return None
+    try:
+        atomic_write(backup, path.read_bytes())
+    except OSError as exc:
+        raise ProjectError(
+            f"{path.name}: could not keep a copy of the original ({exc.strerror or exc})"
+        ) from None
+    return backup
 
 
 def migrate(manifest: Any, label: str = "project") -> tuple[dict[str, Any], list[str]]:

@@ -203,3 +203,30 @@ def test_a_demo_window_leaves_no_journal_when_the_app_quits(make, qtbot):
     window.ask_before_closing = False  # `studio --demo`: its work is its own
     actions._quitting()
     assert not journal.exists() and find_recovery(actions.data_dir) is None
+
+
+def test_saving_a_migrated_project_keeps_the_original_beside_it(make, tmp_path):
+    import json
+    import zipfile
+
+    from studio.archive import png_bytes
+
+    path = tmp_path / "old.studio"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("a.png", png_bytes(np.full((30, 40, 4), 255, np.uint8)))
+        z.writestr("m.png", png_bytes(np.zeros((30, 40), np.uint8)))
+        manifest = {"format": "studio-project", "size": [40, 30], "mask": "m.png"}
+        manifest["layers"] = [{"name": "paper", "opacity": 1.0, "visible": True, "image": "a.png"}]
+        z.writestr("manifest.json", json.dumps(manifest))
+    original = path.read_bytes()
+    window, session, actions = make()
+    assert actions.open_path(path)
+    _stroke(session)
+    assert actions.save_to(path)
+    assert (tmp_path / "old.format0.studio").read_bytes() == original  # an older studio can still open it
+    assert load_project(path).source_version == 1
+    _stroke(session, 9)
+    assert actions.save_to(path) and sorted(p.name for p in tmp_path.glob("*.studio")) == [
+        "old.format0.studio",
+        "old.studio",
+    ]

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import QApplication, QFileDialog, QMenu, QMessageBox, QWi
 from backend.errors import StudioError
 from studio.journal import Journal, Recovery, discard_recovery, find_recovery, recover
 from studio.ora import import_ora
-from studio.project import ProjectData, load_project, save_project
+from studio.project import FORMAT_VERSION, ProjectData, keep_original, load_project, save_project
 from studio.settings import Settings
 
 PROJECT_FILTER = "Studio projects (*.studio)"
@@ -44,6 +44,7 @@ class ProjectActions(QObject):
         self.gallery = session.gallery
         self.settings: Settings = getattr(window, "settings", None) or Settings()
         self.path: Path | None = None
+        self._migrated: tuple[Path, int] | None = None  # an older-format file not yet saved over
         self._unsaved_extra = False  # changes the document's undo stack does not see (gallery, recovery)
         self._loading = False
         self.data_dir = _data_dir(self.settings)
@@ -174,6 +175,8 @@ class ProjectActions(QObject):
             return False
         is_project = path.suffix.lower() != ".ora"
         self._apply(data, path if is_project else None)
+        if is_project and data.source_version < FORMAT_VERSION:
+            self._migrated = (path.absolute(), data.source_version)
         self.journal.start(self.path, data.save_id if is_project else None)
         if is_project:
             self._remember(path)
@@ -184,6 +187,7 @@ class ProjectActions(QObject):
     def _apply(self, data: ProjectData, path: Path | None, unsaved: bool = False) -> None:
         if self.session.running:  # a run started on the old canvas must not land on the new one
             self.session.cancel()
+        self._migrated = None
         self._loading = True
         try:
             with self.journal.paused():
@@ -219,11 +223,16 @@ class ProjectActions(QObject):
         """Save the project atomically to `path`; on failure show why (the old file is untouched)."""
         path = Path(path)
         try:
+            if self._migrated is not None and self._migrated[0] == path.absolute():
+                kept = keep_original(path, self._migrated[1])
+                if kept is not None:
+                    self._status(f"Kept the original (an older format) as {kept.name}")
             save_id = save_project(path, self.document, self.gallery, self._history())
         except StudioError as exc:
             self._error(str(exc))
             return False
         self.path = path
+        self._migrated = None
         self._unsaved_extra = False
         self.document.set_clean()
         self.journal.note_saved(path, save_id)
