@@ -105,19 +105,21 @@ def brick(rng):
 
 
 def wood_grain(rng):
-    warp = noise(rng, 2.5) * 3.0 + stretched(rng, 2, 10) * 2.0
-    rings = wave(9, U, 2 * np.pi * warp) ** 3
-    fibres = stretched(rng, 1.5, 40)
-    return ramp(0.55 * rings + 0.3 * fibres + 0.15 * noise(rng), (92, 52, 24), (150, 96, 52), (205, 150, 95))
+    # Growth rings seen on a plank: wobbling stripes, darker late wood, fine fibres along the grain.
+    wobble = 0.08 * noise(rng, 4.5) + 0.01 * np.sin(2 * np.pi * (2 * U + noise(rng, 4.0)))
+    phase = (V * 10 + wobble * 10) % 1
+    late = np.clip((phase - 0.7) / 0.3, 0, 1) ** 1.5
+    fibres = stretched(rng, 1.2, 40)
+    tone = 0.75 - 0.5 * late + 0.2 * (fibres - 0.5) + 0.1 * (noise(rng, 1.8) - 0.5)
+    return ramp(tone, (95, 55, 25), (160, 105, 58), (215, 165, 110))
 
 
 def marble(rng):
-    turb = noise(rng, 2.2) * 6.0
-    veins = np.abs(np.sin(2 * np.pi * (2 * U + V) + turb)) ** 0.25
-    fine = np.abs(np.sin(2 * np.pi * (3 * V - U) + noise(rng, 2.0) * 8)) ** 0.15
-    return ramp(
-        0.6 * veins + 0.25 * fine + 0.15 * noise(rng, 1.5), (90, 92, 98), (205, 205, 208), (245, 244, 240)
-    )
+    turb = noise(rng, 3.6) * 5.0 + noise(rng, 2.6) * 0.8
+    veins = (1 - np.abs(np.sin(2 * np.pi * (U + 2 * V) + turb))) ** 6
+    fine = (1 - np.abs(np.sin(2 * np.pi * (3 * U - V) + noise(rng, 3.2) * 7))) ** 12
+    tone = 0.95 - 0.75 * veins - 0.3 * fine - 0.12 * noise(rng, 2.5)
+    return ramp(tone, (60, 62, 70), (170, 170, 176), (238, 236, 232), (250, 249, 246))
 
 
 def brushed_metal(rng):
@@ -136,7 +138,7 @@ def hammered_gold(rng):
 def silver_filigree(rng):
     scroll = np.abs(np.sin(2 * np.pi * 3 * U + 2.2 * np.sin(2 * np.pi * 2 * V)))
     scroll2 = np.abs(np.sin(2 * np.pi * 3 * V + 2.2 * np.sin(2 * np.pi * 2 * U)))
-    wire = np.maximum(np.clip(1 - scroll / 0.12, 0, 1), np.clip(1 - scroll2 / 0.12, 0, 1))
+    wire = np.maximum(np.clip(1 - scroll / 0.3, 0, 1), np.clip(1 - scroll2 / 0.3, 0, 1))
     height = np.sqrt(wire)
     base = np.where((wire > 0.05)[..., None], ramp(noise(rng), (185, 188, 195), (225, 228, 235)), 0.08)
     return lit(base, height, 5.0, spec=0.8 * (wire > 0.05), shine=25)
@@ -267,10 +269,12 @@ def quilted(rng):
 
 
 def cork(rng):
-    grains = noise(rng, 0.6) * 0.6 + noise(rng, 1.6) * 0.4
-    pores = noise(rng, 0.2) > 0.8
-    tone = np.where(pores, grains * 0.4, grains)
-    return ramp(tone, (110, 70, 35), (170, 120, 70), (205, 160, 110))
+    # Compressed granules: small cells of varied tone, dark pores where cells meet.
+    d1, d2, cell = voronoi(rng, 900, jitter=1.0)
+    tone = 0.3 + 0.6 * rng.random(cell.max() + 1)[cell] + 0.15 * (noise(rng, 1.5) - 0.5)
+    pores = (d2 - d1) < 0.6
+    tone = np.where(pores & (rng.random((S, S)) < 0.6), 0.05, tone)
+    return ramp(tone, (90, 55, 28), (160, 110, 62), (210, 160, 105))
 
 
 def terrazzo(rng):
