@@ -50,6 +50,8 @@ MIMETYPE = "application/x-studio-project"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # recipes embed init images as base64, so allow a roomy manifest
 MAX_SIDE = 16384
+MAX_LAYERS = 2000  # far beyond any painting; bounds the work a hostile manifest can ask for
+MAX_RESULTS = 20000
 
 
 @dataclass
@@ -305,6 +307,11 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
     size = (width, height)
     budget = DecodeBudget(label)
     layer_list = _want(m.get("layers"), list, "the layer list", label)
+    gallery = _want(m.get("gallery", []), list, "the gallery", label)
+    if len(layer_list) > MAX_LAYERS or len(gallery) > MAX_RESULTS:
+        raise ProjectError(
+            f"{label}: lists {len(layer_list)} layers and {len(gallery)} results; too many to open"
+        )
     budget.spend(width, height, 4 * len(layer_list) + 1)  # every layer and the mask fill the canvas
     layers: list[Layer] = []
     seen: set[str] = set()
@@ -337,10 +344,7 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
     active = m.get("active_layer")
     if active is not None and active not in seen:
         active = None  # a dangling active layer is harmless: fall back to the top one
-    results = [
-        _read_result(archive, e, i, label, budget)
-        for i, e in enumerate(_want(m.get("gallery", []), list, "the gallery", label))
-    ]
+    results = [_read_result(archive, e, i, label, budget) for i, e in enumerate(gallery)]
     history = _want(m.get("prompt_history", []), list, "the prompt history", label)
     if not all(isinstance(p, str) for p in history):
         raise ProjectError(f"{label}: the prompt history should be a list of texts")

@@ -314,6 +314,7 @@ def _hostile_projects(tmp_path: Path) -> dict[str, Path]:
         lambda m: m.update(canvas={"width": 8000, "height": 8000}, layers=many),
         extra=(("big.png", bomb_png(8000, 8000)),),
     )
+    _rewrite(good, case("manifest listing 100000 layers"), _set("layers", [{"id": "x"}] * 100_000))
     _rewrite(good, case("entry declaring 4 GB (zip bomb)"))
     _patch_declared_size(cases["entry declaring 4 GB (zip bomb)"], layer_member, 0xFFFFFFF0)
     _rewrite(good, case("damaged entry (bad CRC)"))
