@@ -205,20 +205,23 @@ def patch_attention(
             queries = band_patches(padded_q, k, y0, min(stop, y0 + q_rows))
         else:
             queries = features[:, y0 : min(stop, y0 + q_rows)].reshape(features.shape[0], -1).T
+        centre = None
         if low_precision:
-            queries = queries.half()
+            # Distances do not change when queries and keys move together, and centred vectors have
+            # small dot products, so fp16 rounds them far less.
+            centre = queries.mean(0)
+            queries = queries - centre
         nq = queries.shape[0]
         m = torch.full((nq,), -math.inf, dtype=x_t.dtype, device=x_t.device)
         total = torch.zeros(nq, dtype=x_t.dtype, device=x_t.device)
         mixed = torch.zeros(nq, c, dtype=x_t.dtype, device=x_t.device)
         per_ref = torch.zeros(nq, n, dtype=x_t.dtype, device=x_t.device)
         for blk in blocks if blocks is not None else exact_blocks(refs, a, k, circular, key_rows):
-            bias = blk.norms * (-0.5 * scale) + log_prior[blk.owner]
-            keys = (blk.keys * scale).to(queries.dtype)
-            if low_precision:  # the bias would overflow fp16: add it in fp32
-                logits = (queries @ keys.T).float() + bias
+            if centre is None:
+                bias = blk.norms * (-0.5 * scale) + log_prior[blk.owner]
+                logits = torch.addmm(bias[None], queries, (blk.keys * scale).T)
             else:
-                logits = torch.addmm(bias[None], queries, keys.T)
+                logits = _low_precision_logits(queries, blk, centre, scale, log_prior)
             new_m = torch.maximum(m, logits.amax(dim=1))
             # In place, the logits become the weights p. Clamped so far-off keys give exp(−80), not
             # denormals (20× slower on x86, and no more exact).
@@ -243,6 +246,22 @@ def patch_attention(
     shares /= (stop - first) * w
     out = ref_weights.reshape(n, stop - first, w) if pixel_weights else None
     return Estimate(x0.reshape(c, stop - first, w), out, shares)
+
+
+def _low_precision_logits(
+    queries: torch.Tensor, blk: KeyBlock, centre: torch.Tensor, scale: float, log_prior: torch.Tensor
+) -> torch.Tensor:
+    """Logits from centred queries with the products in fp16 where its rounding stays under ~1 logit.
+
+    At the lowest noise levels 1/b² magnifies fp16's rounding of q·k past that, so those steps stay fp32.
+    """
+    keys = blk.keys - centre
+    norms = blk.norms - 2 * (blk.keys @ centre) + centre @ centre  # ‖key − centre‖², exactly
+    bias = norms * (-0.5 * scale) + log_prior[blk.owner]
+    worst = float(queries.norm(dim=1).max() * keys.norm(dim=1).max()) * scale * 2.0**-11
+    if worst > 1.0:
+        return torch.addmm(bias[None], queries, keys.T * scale)
+    return (queries.half() @ keys.half().T).float().mul_(scale).add_(bias)
 
 
 def local_score(

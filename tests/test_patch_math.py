@@ -141,3 +141,16 @@ def test_fast_path_with_every_key_and_frequency_is_exact(problem, circular):
     # Fewer frequencies and keys: an approximation, still a mix of the same references' pixels.
     fast = els.fast_patch_attention(x_t, refs, a, b, 5, circular, prior, gen, max_keys=60, freqs=2)
     assert fast.x0.min() >= refs.min() - 1e-5 and fast.x0.max() <= refs.max() + 1e-5
+
+
+@pytest.mark.parametrize("t", [0.05, 0.5, 0.95])
+def test_low_precision_path_stays_close_to_fp32(t):
+    # The GPU path (fp16 products on centred patches) run on the CPU: same answer within fp16 error.
+    g = torch.Generator().manual_seed(3)
+    refs = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 20, 20, generator=g) * 2 - 1, 3, 1, 1)
+    a, b = els.alpha_sigma(t)
+    x_t = a * refs[2].roll(3, -1) + b * torch.randn(3, 20, 20, generator=g)
+    k = 7
+    full = els.patch_attention(x_t, refs, a, b, k, False, torch.zeros(4))
+    half = els.patch_attention(x_t, refs, a, b, k, False, torch.zeros(4), low_precision=True)
+    assert (half.x0 - full.x0).abs().mean() < 0.01
