@@ -190,8 +190,11 @@ def patch_attention(
     padded_q = pad_image(x_t, (k - 1) // 2, circular) if features is None else None
     # Logit = (q·key − ½‖key‖²)·scale + prior: ‖q‖² is the same for every key of a query, so it cancels.
     scale = 1.0 / (b * b)
+    # Rows of patches are bounded too: at 512² a row of whole-image-wide patches is ~10⁸ floats.
+    patch_rows = max(1, (1 << 24) // (w * c * k * k))
+    key_rows = min(key_rows, patch_rows)
     widest = w * key_rows if blocks is None else max(blk.keys.shape[0] for blk in blocks)
-    q_rows = max(1, logit_budget // (widest * w))
+    q_rows = max(1, min(patch_rows, logit_budget // (widest * w)))
     first, stop = rows if rows is not None else (0, h)
     if not pixel_weights and (blocks is None or len(blocks) != 1):
         raise ValueError("shares without per-pixel weights need exactly one key block")
@@ -217,6 +220,8 @@ def patch_attention(
         mixed = torch.zeros(nq, c, dtype=x_t.dtype, device=x_t.device)
         per_ref = torch.zeros(nq, n, dtype=x_t.dtype, device=x_t.device)
         for blk in blocks if blocks is not None else exact_blocks(refs, a, k, circular, key_rows):
+            if should_stop is not None and should_stop():  # the exact path can spend minutes per band
+                raise Cancelled
             if centre is None:
                 bias = blk.norms * (-0.5 * scale) + log_prior[blk.owner]
                 logits = torch.addmm(bias[None], queries, (blk.keys * scale).T)

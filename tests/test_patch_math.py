@@ -154,3 +154,18 @@ def test_low_precision_path_stays_close_to_fp32(t):
     full = els.patch_attention(x_t, refs, a, b, k, False, torch.zeros(4))
     half = els.patch_attention(x_t, refs, a, b, k, False, torch.zeros(4), low_precision=True)
     assert (half.x0 - full.x0).abs().mean() < 0.01
+
+
+def test_a_cancel_inside_a_step_stops_between_chunks(problem):
+    refs, noise, prior = problem
+    calls = []
+
+    def stop_on_third_check():
+        calls.append(1)
+        return len(calls) >= 3
+
+    with pytest.raises(els.Cancelled):
+        els.patch_attention(
+            noise, refs, 0.5, 0.8, 3, False, prior, key_rows=2, should_stop=stop_on_third_check
+        )
+    assert len(calls) == 3
