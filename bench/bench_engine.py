@@ -31,12 +31,13 @@ from backend.request import Request  # noqa: E402
 from backend.schedulers import make_scheduler  # noqa: E402
 
 
-def sd15_random(device: torch.device, dtype: torch.dtype):
-    """An SD1.5-sized pipeline with random weights, built on the device from the shipped offline configs."""
+def sd15_random(device: torch.device, dtype: torch.dtype, family: str = "sd15"):
+    """An SD1.5-sized (or `family`: sd21) pipeline with random weights, built on the device from the shipped
+    offline configs."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    configs = ROOT / "assets" / "configs" / "sd15"
+    configs = ROOT / "assets" / "configs" / family
     with torch.device(device):  # initialise on the GPU: seconds instead of minutes on the CPU
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(configs / "unet")))
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(configs / "vae")))

@@ -128,8 +128,9 @@ def open_clip_to_ldm(encoder: Any, prefix: str) -> dict[str, torch.Tensor]:
         "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
         "ln_final.weight": state.pop("final_layer_norm.weight"),
         "ln_final.bias": state.pop("final_layer_norm.bias"),
-        "text_projection": state.pop("text_projection.weight").T.contiguous(),
     }
+    if "text_projection.weight" in state:  # SDXL's tower has a projection; SD 2's text encoder does not
+        out["text_projection"] = state.pop("text_projection.weight").T.contiguous()
     names = {
         "layer_norm1": "ln_1",
         "layer_norm2": "ln_2",
@@ -151,11 +152,13 @@ def open_clip_to_ldm(encoder: Any, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def save_ldm_checkpoint(pipe: Any, path: str | Path) -> Path:
-    """Save an SD1.x or SDXL pipeline's UNet, VAE and text towers as one LDM-layout .safetensors file."""
+    """Save an SD 1.x, 2.x or SDXL pipeline (UNet, VAE, text towers) as one LDM-layout .safetensors file."""
     tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae)}
     if getattr(pipe, "text_encoder_2", None) is not None:
         tensors.update(clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
         tensors.update(open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model."))
+    elif pipe.text_encoder.config.hidden_size == 1024:  # SD 2.x: OpenCLIP ViT-H
+        tensors.update(open_clip_to_ldm(pipe.text_encoder, "cond_stage_model.model."))
     else:
         tensors.update(clip_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
     path = Path(path)
