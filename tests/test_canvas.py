@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from PySide6.QtCore import QPoint, QPointF, Qt
-from PySide6.QtGui import QColor, QWheelEvent
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QColor, QInputDevice, QPointingDevice, QTabletEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
@@ -133,3 +133,52 @@ def test_middle_button_and_space_drag_pan_and_the_wheel_zooms(qtbot):
     )
     QApplication.sendEvent(canvas, wheel)
     assert canvas.zoom == zoom * 1.25
+
+
+def test_tablet_pressure_scales_the_brush(qtbot):
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    layer = doc.add_layer("ink")
+    canvas.brush.size, canvas.brush.hardness = 20, 1.0
+    pen = QPointingDevice(
+        "pen",
+        1,
+        QInputDevice.DeviceType.Stylus,
+        QPointingDevice.PointerType.Pen,
+        QInputDevice.Capability.Position | QInputDevice.Capability.Pressure,
+        1,
+        3,
+    )
+
+    def stroke(y: int, pressure: float) -> int:
+        """Paint a horizontal line at document row y; return how many rows it covered."""
+        for kind, x in (
+            (QEvent.Type.TabletPress, 10),
+            (QEvent.Type.TabletMove, 50),
+            (QEvent.Type.TabletRelease, 50),
+        ):
+            pos = canvas.offset + QPointF(x, y)
+            button = Qt.MouseButton.LeftButton
+            buttons = Qt.MouseButton.NoButton if kind == QEvent.Type.TabletRelease else button
+            event = QTabletEvent(
+                kind,
+                pen,
+                pos,
+                canvas.mapToGlobal(pos),
+                pressure,
+                0,
+                0,
+                0,
+                0,
+                0,
+                Qt.KeyboardModifier.NoModifier,
+                button,
+                buttons,
+            )
+            QApplication.sendEvent(canvas, event)
+        return int((layer.pixels[:, 30, 3] > 0).sum())
+
+    light = stroke(12, 0.25)
+    assert doc.can_undo and 3 <= light <= 8  # a quarter of the 20 px brush
+    doc.undo()
+    assert stroke(30, 1.0) >= 19
