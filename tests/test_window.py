@@ -103,6 +103,12 @@ def test_clicking_a_gallery_entry_restores_its_recipe_into_the_panels(make_windo
     assert panel.seed_locked and panel.seed.edit.text() == str(window.session.gallery.results[0].request.seed)
     assert panel.guidance.value() == 3.5
     assert window.slider_panel.locality.value() == 0.5
+    # "Use as init" puts the result back on the canvas and switches to image-to-image.
+    layers = len(window.document.layers)
+    window.gallery_panel.use_as_init.click()
+    assert len(window.document.layers) == layers + 1
+    assert np.array_equal(window.document.layers[-1].pixels[..., :3], window.session.gallery.results[0].image)
+    assert panel.mode.currentData() == "img2img" and panel.strength.isEnabled()
 
 
 def test_escape_cancels_the_run_and_the_next_one_works(make_window, qtbot):
