@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="denoising steps to start with")
     args = parser.parse_args(argv)
     limit_torch_threads()
+    if args.demo and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a headless machine: the demo still runs
     warm = warm_up_engine()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("Studio")

@@ -182,7 +182,8 @@ class CanvasView(QWidget):
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(58, 58, 62))
         target = self.doc_rect()
-        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.zoom < 1.0)
+        # Smooth up to 400 %: generated pictures look right; beyond it a painter wants to see pixels.
+        painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.zoom < 4.0)
         painter.drawImage(target, self._image)
         if self._mask_image is not None:
             painter.drawImage(target, self._mask_image)

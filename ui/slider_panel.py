@@ -233,6 +233,9 @@ class SliderPanel(QWidget):
         except Exception as exc:  # a missing or broken folder: the engine reports it on Generate
             self.references_form.addRow(QLabel(f"References: {exc}"))
             return
+        heading = QLabel("Reference weights: how much each reference feeds the picture")
+        heading.setWordWrap(True)
+        self.references_form.addRow(heading)
         for name in names:
             slider = ValueSlider(-5.0, 5.0, 0.0, 1)
             slider.setToolTip(f"How much “{name}” feeds the image (log-prior weight)")
