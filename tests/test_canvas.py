@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
-from PySide6.QtGui import QColor, QInputDevice, QPointingDevice, QTabletEvent, QWheelEvent
+from PySide6.QtGui import QColor, QImage, QInputDevice, QPointingDevice, QTabletEvent, QWheelEvent
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
@@ -21,6 +21,14 @@ def make_canvas(qtbot, width: int = 64, height: int = 48) -> CanvasView:
     qtbot.waitExposed(canvas)
     canvas.actual_size()
     return canvas
+
+
+def shown(canvas: CanvasView) -> np.ndarray:
+    """The canvas's cached composite as an H×W×3 array."""
+    image = canvas.composite_image().convertToFormat(QImage.Format.Format_RGB888)
+    h, w = image.height(), image.width()
+    raw = np.frombuffer(image.constBits(), np.uint8, count=h * image.bytesPerLine())
+    return raw.reshape(h, image.bytesPerLine())[:, : w * 3].reshape(h, w, 3).copy()
 
 
 def drag(
@@ -53,11 +61,13 @@ def test_brush_stroke_is_one_undo_step_and_undo_redo_are_exact(qtbot):
     assert painted[40, 5, 3] == 0  # far from the stroke: untouched
     # The canvas shows the stroke (composite over white).
     assert canvas.composite_image().pixelColor(20, 12) == QColor(200, 20, 30)
+    assert np.array_equal(shown(canvas), doc.composite())  # only the stroke's rectangle was redone
     assert doc.undo()
     assert np.array_equal(layer.pixels, before)
-    assert canvas.composite_image().pixelColor(20, 12) == QColor(255, 255, 255)
+    assert np.array_equal(shown(canvas), doc.composite())
     assert doc.redo()
     assert np.array_equal(layer.pixels, painted)
+    assert np.array_equal(shown(canvas), doc.composite())
 
 
 def test_eraser_and_mask_brush(qtbot):
