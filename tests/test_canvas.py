@@ -83,9 +83,9 @@ def test_eraser_and_mask_brush(qtbot):
     assert doc.mask[10, 11] == 255 and doc.mask[40, 60] == 0
     assert canvas._mask_image is not None  # shown as the red overlay
     drag(qtbot, canvas, [(10, 10), (12, 10)], Qt.KeyboardModifier.AltModifier)
-    assert doc.mask[10, 11] == 0
+    assert doc.mask[10, 11] == 0 and canvas._mask_image.pixelColor(11, 10).alpha() == 0
     doc.undo()
-    assert doc.mask[10, 11] == 255
+    assert doc.mask[10, 11] == 255 and canvas._mask_image.pixelColor(11, 10).alpha() > 100
 
 
 def test_picker_takes_the_visible_colour(qtbot):

@@ -20,10 +20,11 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QWidget
 
-from studio.document import Command, Document, Layer, Paint, composite
+from studio.document import Command, Document, Layer, Paint, PaintMask, composite
 from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke
 
 MASK_RGBA = (230, 30, 30, 0.45)  # the mask shows as translucent red
+MASK_FORMAT = QImage.Format.Format_RGBA8888
 MIN_ZOOM, MAX_ZOOM = 0.05, 32.0
 
 
@@ -62,6 +63,7 @@ class CanvasView(QWidget):
         self._rgb = np.zeros((1, 1, 3), np.uint8)
         self._image = QImage()
         self._mask_image: QImage | None = None
+        self._mask_rgba = np.zeros((1, 1, 4), np.uint8)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -77,14 +79,17 @@ class CanvasView(QWidget):
         # A paint command says which rectangle changed: on a 1024² canvas a full composite takes about
         # 250 ms, so a brush stroke recomposites only its own rectangle.
         self._dirty = None
-        if isinstance(command, Paint):
+        if isinstance(command, (Paint, PaintMask)):
             h, w = command.after.shape[:2]
             self._dirty = QRect(command.x, command.y, w, h)
 
     def _on_document_changed(self, kind: str) -> None:
         dirty, self._dirty = self._dirty, None
         doc = self.document
-        if kind in ("mask", "reset"):
+        if kind == "mask" and dirty is not None and self._mask_rgba.shape[:2] == doc.mask.shape:
+            x, y, w, h = dirty.x(), dirty.y(), dirty.width(), dirty.height()
+            self._paint_mask(x, y, doc.mask[y : y + h, x : x + w])
+        elif kind in ("mask", "reset"):
             self._rebuild_mask()
         if kind == "pixels" and dirty is not None and self._rgb.shape[:2] == (doc.height, doc.width):
             self._recomposite(dirty)
@@ -104,16 +109,21 @@ class CanvasView(QWidget):
         # Wraps the array without copying: keep self._rgb alive as long as the image.
         self._image = QImage(self._rgb.data, w, h, self._rgb.strides[0], QImage.Format.Format_RGB888)
 
-    def _rebuild_mask(self, mask: np.ndarray | None = None) -> None:
-        mask = self.document.mask if mask is None else mask
-        if not mask.any():
-            self._mask_image = None
-            return
-        r, g, b, a = MASK_RGBA
-        rgba = np.empty(mask.shape + (4,), np.uint8)
-        rgba[..., :3] = (r, g, b)
-        rgba[..., 3] = (mask.astype(np.float32) * a).astype(np.uint8)
-        self._mask_image = array_to_qimage(rgba)
+    def _rebuild_mask(self) -> None:
+        mask = self.document.mask
+        self._mask_rgba = np.zeros(mask.shape + (4,), np.uint8)
+        self._mask_rgba[..., :3] = MASK_RGBA[:3]
+        self._mask_image = None
+        if mask.any():
+            self._paint_mask(0, 0, mask)
+
+    def _paint_mask(self, x: int, y: int, mask: np.ndarray) -> None:
+        """Show `mask` (255 = repaint) at (x, y) in the red overlay; only that rectangle is redone."""
+        h, w = mask.shape
+        self._mask_rgba[y : y + h, x : x + w, 3] = (mask.astype(np.float32) * MASK_RGBA[3]).astype(np.uint8)
+        rgba = self._mask_rgba
+        # Wraps the array without copying, like the composite.
+        self._mask_image = QImage(rgba.data, rgba.shape[1], rgba.shape[0], rgba.strides[0], MASK_FORMAT)
 
     def composite_image(self) -> QImage:
         """The cached composite (what the canvas shows under the overlays)."""
@@ -343,9 +353,7 @@ class CanvasView(QWidget):
         x, y, w, h = rect.x(), rect.y(), rect.width(), rect.height()
         doc = self.document
         if stroke.tool == MASK:
-            mask = doc.mask.copy()
-            mask[y : y + h, x : x + w] = stroke.apply(doc.mask[y : y + h, x : x + w], rect)
-            self._rebuild_mask(mask)
+            self._paint_mask(x, y, stroke.apply(doc.mask[y : y + h, x : x + w], rect))
             self.update()
             return
         self._recomposite(rect, stroke)
