@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, QTimer, Slot
+from PySide6.QtCore import QObject, Qt, QTimer, Slot
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
@@ -21,7 +21,8 @@ from studio.settings import Settings
 from ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
-# The patch engine on a laptop CPU: 256² with 20 steps finishes in seconds, a good first picture.
+# The patch engine on a 2-core CPU at 256², 12 steps: first preview after 0.5 s, the picture after about
+# 6 s (bench/RESULTS.md, "Window demo"); 20 steps under load took 40-60 s, too long for a first impression.
 DEFAULT_CANVAS = (256, 256)
 DEFAULT_STEPS = 12  # a fresh install's first runs; later runs start from the person's last settings
 DEMO_PROMPT = "hammered gold"
@@ -37,6 +38,7 @@ class StallMeter(QObject):
         self._last = time.perf_counter()
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
+        self._timer.setTimerType(Qt.TimerType.PreciseTimer)
         self._timer.timeout.connect(self._tick)
 
     def start(self) -> None:
