@@ -109,7 +109,8 @@ class MainWindow(QMainWindow):
         if tip:
             action.setToolTip(tip)
             action.setStatusTip(tip)
-        action.triggered.connect(slot)
+        # `triggered` passes `checked`; the slots take no argument (new_canvas's would read it as a size).
+        action.triggered.connect(lambda _checked=False: slot())
         self.addAction(action)  # shortcuts work wherever the focus is in the window
         return action
 
