@@ -333,3 +333,27 @@ def test_export_ora_keeps_every_layer(make_window, qtbot, tmp_path):
     assert (width, height) == (64, 64) and [layer.name for layer in layers] == ["Background", "ink"]
     assert layers[1].opacity == 0.5 and not layers[1].visible
     assert np.array_equal(layers[1].pixels, ink.pixels)
+
+
+def test_painter_shortcuts(make_window, qtbot):
+    window = make_window(FakeEngine(steps=1))
+    canvas = window.canvas
+    canvas.setFocus()
+    for key, tool in (
+        (Qt.Key.Key_E, "eraser"),
+        (Qt.Key.Key_I, "picker"),
+        (Qt.Key.Key_M, "mask"),
+        (Qt.Key.Key_B, "brush"),
+    ):
+        qtbot.keyClick(canvas, key)
+        assert canvas.tool == tool
+    size = canvas.brush.size
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketRight)
+    assert canvas.brush.size > size
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketLeft)
+    qtbot.keyClick(canvas, Qt.Key.Key_BracketLeft)
+    assert canvas.brush.size < size
+    qtbot.keyClick(canvas, Qt.Key.Key_1)
+    assert canvas.zoom == 1.0
+    qtbot.keyClick(canvas, Qt.Key.Key_F)
+    assert canvas.zoom != 1.0 and canvas.doc_rect().width() <= canvas.width()
