@@ -42,6 +42,7 @@ class CanvasView(QWidget):
     color_picked = Signal(QColor)
     zoom_changed = Signal(float)
     stroke_committed = Signal(str)  # tool name, after the one document operation of a stroke
+    notice = Signal(str)  # something the person should know about what the tool just did
 
     def __init__(self, document: Document, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -271,6 +272,8 @@ class CanvasView(QWidget):
         layer = self.document.active
         if self.tool != MASK and layer is None:
             return
+        if self.tool != MASK and layer is not None and not (layer.visible and layer.opacity > 0):
+            self.notice.emit(f"“{layer.name}” is hidden: tick it in Layers to see what you paint on it")
         erase = self.tool == MASK and bool(modifiers & Qt.KeyboardModifier.AltModifier)
         self._stroke = Stroke(self.tool, self.brush, self.document.width, self.document.height, erase)
         self._show_stroke(self._stroke.add_point(point, pressure))

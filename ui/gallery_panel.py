@@ -94,7 +94,7 @@ class GalleryPanel(QWidget):
         pixmap = QPixmap.fromImage(array_to_qimage(result.image)).scaled(
             THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
         )
-        item = QListWidgetItem(QIcon(pixmap), "")
+        item = QListWidgetItem(QIcon(pixmap), f"seed {result.request.seed}")
         item.setData(Qt.ItemDataRole.UserRole, result.id)
         item.setToolTip(recipe_text(result))
         self.list.insertItem(0, item)

@@ -85,6 +85,7 @@ class MainWindow(QMainWindow):
         self.docks["prompt"].raise_()
         self.status = StatusBar(self, self.settings.device)
         self.canvas.zoom_changed.connect(self.status.show_zoom)
+        self.canvas.notice.connect(self.status.show_message)
         self.status.show_zoom(self.canvas.zoom)
         self.setStatusBar(self.status)
         self._make_menus()
