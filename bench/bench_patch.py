@@ -34,6 +34,21 @@ from backend.request import Request  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Patch engine"
+INTRO = """How to read these: `bench/bench_patch.py` times whole runs of the patch engine's fast path (the
+default: a random key subset split by each reference's share of the image, patches reduced to their 5×5
+lowest cosine frequencies per channel), then follows one fast run and at every step compares its
+clean-image estimate with the exact path's estimate of the same noisy image on sampled rows (errors on a
+0–1 scale, like an image's pixel values), extrapolating the exact path's time from those rows. The exact
+path on a whole 128² image with 32 references is hours of CPU, so its whole-run time is an extrapolation;
+whole runs of both paths are compared at 32². The CPU is a 2-core machine shared with other work: the
+CPU-time row is the steadier number (with one thread it is what the run takes alone). One torch thread:
+with two threads on a busy 2-core machine OpenMP's spinning workers make runs several times slower.
+
+**GPU (`--device cuda`): not measured yet**, no GPU was lent to this session. On CUDA the engine keeps
+references on the device and does the query·key products in fp16 on centred patches (fp32 at the lowest
+noise levels, where 1/b² would magnify fp16 rounding past a logit); bf16 is never used.
+
+"""
 
 
 def sync(device: str) -> None:
@@ -180,7 +195,7 @@ def append(text: str) -> None:
     """Add the text at the end of the patch engine's section of RESULTS.md, creating the section if needed."""
     current = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
     if SECTION not in current:
-        current = current.rstrip("\n") + f"\n\n{SECTION}\n\n"
+        current = current.rstrip("\n") + f"\n\n{SECTION}\n\n{INTRO}"
     head, _, rest = current.partition(SECTION)
     body, sep, tail = rest.partition("\n## ")
     new = head + SECTION + body.rstrip("\n") + "\n\n" + text + ("\n" + sep.lstrip("\n") + tail if sep else "")
