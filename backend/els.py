@@ -136,15 +136,17 @@ def band_patches(padded: torch.Tensor, k: int, y0: int, y1: int, dilation: int =
 
 @dataclass(frozen=True)
 class KeyBlock:
-    """A run of keys (M×d) with their full-patch norms ‖key‖² (M), values (M×C) and reference(s).
+    """A run of keys (M×d) with their norms ‖key‖² (M) in the same space, values (M×C) and reference(s).
 
-    `owner` is the one reference all keys come from, or each key's reference (M, long).
+    `owner` is the one reference all keys come from, or each key's reference (M, long). `log_count` is
+    the log of how many key positions each key stands for when keys are sampled (0 for every key).
     """
 
     keys: torch.Tensor
     norms: torch.Tensor
     values: torch.Tensor
     owner: int | torch.Tensor
+    log_count: torch.Tensor | float = 0.0
 
 
 def exact_blocks(refs: torch.Tensor, a: float, k: int, circular: bool, rows: int) -> Iterator[KeyBlock]:
@@ -223,7 +225,7 @@ def patch_attention(
             if should_stop is not None and should_stop():  # the exact path can spend minutes per band
                 raise Cancelled
             if centre is None:
-                bias = blk.norms * (-0.5 * scale) + log_prior[blk.owner]
+                bias = blk.norms * (-0.5 * scale) + (log_prior[blk.owner] + blk.log_count)
                 logits = torch.addmm(bias[None], queries, (blk.keys * scale).T)
             else:
                 logits = _low_precision_logits(queries, blk, centre, scale, log_prior)
@@ -262,7 +264,7 @@ def _low_precision_logits(
     """
     keys = blk.keys - centre
     norms = blk.norms - 2 * (blk.keys @ centre) + centre @ centre  # ‖key − centre‖², exactly
-    bias = norms * (-0.5 * scale) + log_prior[blk.owner]
+    bias = norms * (-0.5 * scale) + (log_prior[blk.owner] + blk.log_count)
     worst = float(queries.norm(dim=1).max() * keys.norm(dim=1).max()) * scale * 2.0**-11
     if worst > 1.0:
         return torch.addmm(bias[None], queries, keys.T * scale)
@@ -335,8 +337,8 @@ def subset_features(
     owner: torch.Tensor,
     index: torch.Tensor,
     budget: int = 1 << 24,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cosine_features and ‖patch‖² at chosen keys only (reference `owner`, flat position `index`): M×d, M.
+) -> torch.Tensor:
+    """cosine_features at chosen keys only (reference `owner`, flat position `index`): M×d.
 
     Gathers the k×k patches at most `budget` floats at a time, since computing the features at every
     position would cost as much as the whole step.
@@ -347,18 +349,17 @@ def subset_features(
     padded = pad_image(refs, (k - 1) // 2, circular).permute(0, 2, 3, 1).contiguous()
     span = torch.arange(k, device=refs.device)
     step = max(1, budget // (c * k * k))
-    feats, norms = [], []
+    feats = []
     for start in range(0, index.numel(), step):
         idx, own = index[start : start + step], owner[start : start + step]
         yy = (idx // w)[:, None, None] + span[None, :, None]
         xx = (idx % w)[:, None, None] + span[None, None, :]
         patches = padded[own[:, None, None], yy, xx]  # M×k×k×C
-        norms.append(patches.pow(2).sum((1, 2, 3)))
         along_x = torch.einsum("myxc,fx->mcyf", patches, basis)
         # Same order as cosine_features: channel, x frequency, y frequency.
         coef = torch.einsum("mcyf,ey->mcfe", along_x, basis)
         feats.append(coef.reshape(coef.shape[0], -1))
-    return torch.cat(feats), torch.cat(norms)
+    return torch.cat(feats)
 
 
 def key_counts(shares: torch.Tensor, total: int, positions: int) -> list[int]:
@@ -367,7 +368,7 @@ def key_counts(shares: torch.Tensor, total: int, positions: int) -> list[int]:
     References the image no longer draws from still get a few keys, so they can come back.
     """
     n = shares.numel()
-    floor = max(1, total // (8 * n))
+    floor = max(1, total // (2 * n))
     spare = max(0, total - floor * n)
     share = shares.double().clamp(min=0)
     share = share / share.sum() if float(share.sum()) > 0 else torch.full_like(share, 1.0 / n)
@@ -399,8 +400,9 @@ def fast_patch_attention(
       previous step (coarse to fine: late steps spend their keys on the few references in use). The
       positions are drawn afresh each step, so a run sees every part of every reference.
     - Patches are compared on their `freqs`×`freqs` lowest cosine frequencies per channel (where most of
-      a texture patch's energy is); each key's full norm is kept, so only the cross term of the high
-      frequencies is dropped.
+      a texture patch's energy is), norms included: keeping a key's full norm but dropping its
+      high-frequency cross term with the query would penalise textured references, and the image
+      would collapse onto the smoothest one.
     Queries stay at every pixel and the keys do not depend on where things are in the image, so the
     estimate is still translation-equivariant.
     """
@@ -410,9 +412,13 @@ def fast_patch_attention(
     counts = key_counts(torch.ones(n) if shares is None else shares.cpu(), total, h * w)
     index = torch.cat([torch.randperm(h * w, generator=generator)[:count] for count in counts]).to(x_t.device)
     owner = torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(x_t.device)
-    keys, norms = subset_features(refs, k, f, circular, owner, index)
+    keys = subset_features(refs, k, f, circular, owner, index)
+    norms = keys.pow(2).sum(1)
     values = refs.flatten(2)[owner, :, index]
-    block = KeyBlock(keys * a, norms * (a * a), values, owner)
+    # Each sampled key stands for hw / count positions of its reference: without this importance weight
+    # a reference given more keys would gain weight just for that, and its share would snowball.
+    stands_for = torch.log(h * w / torch.tensor(counts, dtype=refs.dtype, device=x_t.device))
+    block = KeyBlock(keys * a, norms * (a * a), values, owner, stands_for[owner])
     return patch_attention(
         x_t,
         refs,
