@@ -36,6 +36,17 @@ class Layer:
     source: str | None = None  # id of the generated result this layer holds (lineage)
     painted: bool = False  # a person painted on it after it was generated
 
+    def properties(self) -> dict[str, Any]:
+        """Everything but the pixels, as plain JSON values (projects and the journal store these)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "opacity": float(self.opacity),
+            "visible": bool(self.visible),
+            "source": self.source,
+            "painted": bool(self.painted),
+        }
+
     def copy(self, **changes: Any) -> Layer:
         """A deep copy (pixels too), with some fields changed."""
         return replace(self, pixels=self.pixels.copy(), **changes)

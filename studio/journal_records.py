@@ -101,17 +101,6 @@ def _arrays(header: dict[str, Any], payload: memoryview) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------------- operations → records
 
 
-def _layer_meta(layer: Layer) -> dict[str, Any]:
-    return {
-        "id": layer.id,
-        "name": layer.name,
-        "opacity": float(layer.opacity),
-        "visible": bool(layer.visible),
-        "source": layer.source,
-        "painted": bool(layer.painted),
-    }
-
-
 def operation_record(what: str, command: Command, doc: Document) -> Record | None:
     """The record for a finished do/undo/redo, read after it was applied; None for an unknown command."""
     forward = what != "undo"
@@ -119,7 +108,7 @@ def operation_record(what: str, command: Command, doc: Document) -> Record | Non
     if isinstance(command, AddLayer | RemoveLayer):
         adds = isinstance(command, AddLayer) == forward
         if adds:
-            header = {"op": "add_layer", "index": command.index, "layer": _layer_meta(command.layer)}
+            header = {"op": "add_layer", "index": command.index, "layer": command.layer.properties()}
             return {**header, "active": active}, [command.layer.pixels]
         return {"op": "remove_layer", "index": command.index, "id": command.layer.id, "active": active}, []
     if isinstance(command, MoveLayer):

@@ -140,18 +140,7 @@ def _manifest(data: ProjectData, save_id: str) -> dict[str, Any]:
         "version": FORMAT_VERSION,
         "save_id": save_id,
         "canvas": {"width": data.width, "height": data.height},
-        "layers": [
-            {
-                "id": layer.id,
-                "name": layer.name,
-                "opacity": float(layer.opacity),
-                "visible": bool(layer.visible),
-                "source": layer.source,
-                "painted": bool(layer.painted),
-                "image": f"layers/{layer.id}.png",
-            }
-            for layer in data.layers
-        ],
+        "layers": [layer.properties() | {"image": f"layers/{layer.id}.png"} for layer in data.layers],
         "active_layer": data.active_id,
         "mask": "mask.png",
         "gallery": [result_to_json(result) for result in data.results],

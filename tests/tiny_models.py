@@ -24,6 +24,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # CLIP's byte → character table
 
 MAX_LENGTH = 77
 TEXT_DIM = 32
@@ -32,26 +33,11 @@ TEXT_DIM = 32
 TEXT_DIM_2 = 48
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    # CLIP's reversible byte → printable-character map (the same table GPT-2 and open_clip use).
-    bs = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
-
-
 def tiny_tokenizer_folder(path: str | Path, pad_token: str = "<|endoftext|>") -> Path:
     """Write a byte-level CLIP tokenizer (514 symbols, no merges) into `path` and return it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["<|startoftext|>", "<|endoftext|>"]
     (path / "vocab.json").write_text(json.dumps({s: i for i, s in enumerate(vocab)}), encoding="utf-8")
     (path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")

@@ -22,6 +22,7 @@ from diffusers import (
     UNet2DConditionModel,
 )
 from transformers import CLIPTextConfig
+from transformers.convert_slow_tokenizer import bytes_to_unicode  # CLIP's byte → character table
 
 HERE = Path(__file__).resolve().parent
 SD_BETAS = {
@@ -99,20 +100,6 @@ OPENCLIP_BIGG = {
     "hidden_act": "gelu",
     "projection_dim": 1280,
 }
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    bs = (
-        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
 def clip_vocab(bpe_gz: Path) -> tuple[dict[str, int], list[str]]:
