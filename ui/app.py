@@ -72,6 +72,7 @@ class Demo(QObject):
         self.out = out
         self.steps = 0
         self.exit_code = 1
+        self.captured = False  # a failed run reports both `error` and `run_ended`: capture once
         self.meter = StallMeter()
         session = window.session
         session.result_added.connect(self._finished)
@@ -107,6 +108,9 @@ class Demo(QObject):
 
     @Slot()
     def _capture(self) -> None:
+        if self.captured:
+            return
+        self.captured = True
         self.meter.stop()
         if not self.window.grab().save(self.out):
             print(f"error: could not write {self.out}", file=sys.stderr)
