@@ -293,6 +293,31 @@ def test_open_image_as_layer_and_a_broken_file_is_reported(make_window, qtbot, t
     assert len(window.document.layers) == 3 and window.document.layers[-1].name == "sketch"
 
 
+def test_dropping_or_naming_a_project_opens_it_as_the_document(make_window, qtbot, tmp_path):
+    from studio.project import save_project
+
+    saved = Document(48, 32)
+    saved.add_layer("ink", np.full((32, 48, 3), 40, dtype=np.uint8))
+    path = tmp_path / "sketch book.studio"
+    save_project(path, saved, prompt_history=["brass buckle"])
+    window = make_window(FakeEngine(steps=1))
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    drop = QDropEvent(
+        QPointF(50, 50),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(drop)
+    doc = window.document
+    assert (doc.width, doc.height) == (48, 32)
+    assert [layer.name for layer in doc.layers] == ["Background", "ink"]
+    assert np.array_equal(doc.layers[1].pixels, saved.layers[1].pixels)
+    assert "sketch book" in window.windowTitle()
+
+
 def test_new_canvas_of_a_chosen_size(make_window, qtbot):
     window = make_window(FakeEngine(steps=1))
     window.prompt_panel.size_box.setCurrentIndex(window.prompt_panel.size_box.findData("128x128"))

@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", metavar="FILE.ini", help="keep preferences in this file instead")
     parser.add_argument("--size", type=int, help=f"canvas side in pixels (default {DEFAULT_CANVAS[0]})")
     parser.add_argument("--steps", type=int, help="denoising steps to start with")
+    parser.add_argument("file", nargs="?", help="a project (.studio, .ora) or an image to open")
     args = parser.parse_args(argv)
     limit_torch_threads()
     if args.demo and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -190,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     size = (args.size, args.size) if args.size else DEFAULT_CANVAS
     window = build_window(settings, size, args.steps)
     window.show()
+    if args.file:
+        window.open_path(args.file)
     if args.demo:
         demo = Demo(window, args.demo, warm)
         QTimer.singleShot(0, demo.start)

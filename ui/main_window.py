@@ -5,7 +5,6 @@ It wires widgets to the Session and back; generation logic lives in `studio/`.
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from pathlib import Path
 
@@ -33,9 +32,12 @@ from ui.dialogs import ask_canvas_size, confirm, show_error
 from ui.engine_picker import EnginePicker, discovered_models
 from ui.gallery_panel import GalleryPanel
 from ui.layers_panel import LayersPanel
+from ui.project_actions import ProjectActions
 from ui.prompt_panel import PromptPanel
 from ui.slider_panel import SliderPanel
 from ui.status import StatusBar
+
+PROJECT_SUFFIXES = (".studio", ".ora")
 
 DEFAULT_SIZE = (1360, 860)
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
@@ -92,11 +94,7 @@ class MainWindow(QMainWindow):
         self._connect_session()
         self.document.changed.connect(self._document_changed)
         self._document_changed()
-        self.project_actions = None
-        if importlib.util.find_spec("ui.project_actions") is not None:
-            from ui.project_actions import ProjectActions
-
-            self.project_actions = ProjectActions(self, session, self.file_menu)
+        self.project_actions = ProjectActions(self, session, self.file_menu)
         self._restore_layout()
         # Listing models scans folders and the hub cache (seconds on a busy disk): only when the list opens.
         self.engine_picker.discover = self._discover_models
@@ -312,11 +310,17 @@ class MainWindow(QMainWindow):
         if event.mimeData().hasUrls():
             event.acceptProposedAction()
 
+    def open_path(self, path: str) -> bool:
+        """Open a project (.studio, .ora) as the document, or add any other image file as a layer."""
+        if Path(path).suffix.lower() in PROJECT_SUFFIXES:
+            return self.project_actions.open_path(path)
+        return self.add_image_layer(path)
+
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt override
-        """Add each dropped image file as a layer."""
+        """Open each dropped file: projects replace the document, images become layers."""
         for url in event.mimeData().urls():
             if url.isLocalFile():
-                self.add_image_layer(url.toLocalFile())
+                self.open_path(url.toLocalFile())
         event.acceptProposedAction()
 
     def fill_layer(self) -> None:
