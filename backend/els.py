@@ -329,6 +329,22 @@ def cosine_features(x: torch.Tensor, k: int, f: int, circular: bool) -> torch.Te
     return F.conv2d(rows, basis.repeat(c * f, 1)[:, None, :, None], groups=c * f)
 
 
+# Orthonormal luminance / opponent-colour axes: distances are unchanged, but texture lives mostly in
+# luminance, so it can keep more frequencies than the two colour axes for the same number of dims.
+OPPONENT = torch.tensor(
+    [
+        [1 / math.sqrt(3), 1 / math.sqrt(3), 1 / math.sqrt(3)],
+        [1 / math.sqrt(2), -1 / math.sqrt(2), 0.0],
+        [1 / math.sqrt(6), 1 / math.sqrt(6), -2 / math.sqrt(6)],
+    ]
+)
+
+
+def to_opponent(x: torch.Tensor) -> torch.Tensor:
+    """RGB → (luminance, red–green, yellow–blue) on the channel axis of a B×3×H×W batch (a rotation)."""
+    return torch.einsum("dc,bchw->bdhw", OPPONENT.to(x), x)
+
+
 def subset_features(
     refs: torch.Tensor,
     k: int,
@@ -388,7 +404,8 @@ def fast_patch_attention(
     shares: torch.Tensor | None = None,
     max_keys: int = 8192,
     max_gather: int = 1 << 23,
-    freqs: int = 5,
+    freqs: int = 8,
+    chroma_freqs: int = 3,
     pixel_weights: bool = True,
     low_precision: bool = False,
     should_stop: Callable[[], bool] | None = None,
@@ -399,20 +416,28 @@ def fast_patch_attention(
       `max_gather` floats) is split among the references by `shares`, their share of the image at the
       previous step (coarse to fine: late steps spend their keys on the few references in use). The
       positions are drawn afresh each step, so a run sees every part of every reference.
-    - Patches are compared on their `freqs`×`freqs` lowest cosine frequencies per channel (where most of
-      a texture patch's energy is), norms included: keeping a key's full norm but dropping its
+    - Patches are compared on their `freqs`×`freqs` lowest cosine frequencies of luminance and
+      `chroma_freqs`² of each opponent-colour axis (where most of a texture patch's energy is), norms
+      included: keeping a key's full norm but dropping its
       high-frequency cross term with the query would penalise textured references, and the image
       would collapse onto the smoothest one.
     Queries stay at every pixel and the keys do not depend on where things are in the image, so the
     estimate is still translation-equivariant.
     """
     n, c, h, w = refs.shape
-    f = min(k, freqs)
+    f, fc = min(k, freqs), min(k, chroma_freqs)
+    opp_refs, opp_x = to_opponent(refs), to_opponent(x_t[None])
     total = max(n, min(max_keys, max_gather // (c * k * k)))
     counts = key_counts(torch.ones(n) if shares is None else shares.cpu(), total, h * w)
     index = torch.cat([torch.randperm(h * w, generator=generator)[:count] for count in counts]).to(x_t.device)
     owner = torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(x_t.device)
-    keys = subset_features(refs, k, f, circular, owner, index)
+    keys = torch.cat(
+        [
+            subset_features(opp_refs[:, :1], k, f, circular, owner, index),
+            subset_features(opp_refs[:, 1:], k, fc, circular, owner, index),
+        ],
+        dim=1,
+    )
     norms = keys.pow(2).sum(1)
     values = refs.flatten(2)[owner, :, index]
     # Each sampled key stands for hw / count positions of its reference: without this importance weight
@@ -428,7 +453,9 @@ def fast_patch_attention(
         circular,
         log_prior,
         blocks=[block],
-        features=cosine_features(x_t[None], k, f, circular)[0],
+        features=torch.cat(
+            [cosine_features(opp_x[:, :1], k, f, circular), cosine_features(opp_x[:, 1:], k, fc, circular)], 1
+        )[0],
         pixel_weights=pixel_weights,
         low_precision=low_precision,
         should_stop=should_stop,

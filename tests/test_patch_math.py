@@ -145,10 +145,14 @@ def test_fast_path_with_every_key_and_frequency_is_exact(problem, circular):
     x_t = a * refs[0] + b * noise
     exact = els.patch_attention(x_t, refs, a, b, 5, circular, prior)
     gen = torch.Generator().manual_seed(0)
-    fast = els.fast_patch_attention(x_t, refs, a, b, 5, circular, prior, gen, max_keys=3 * 63, freqs=5)
+    fast = els.fast_patch_attention(
+        x_t, refs, a, b, 5, circular, prior, gen, max_keys=3 * 63, freqs=5, chroma_freqs=5
+    )
     assert (fast.x0 - exact.x0).abs().max() < 1e-4
     # Fewer frequencies and keys: an approximation, still a mix of the same references' pixels.
-    fast = els.fast_patch_attention(x_t, refs, a, b, 5, circular, prior, gen, max_keys=60, freqs=2)
+    fast = els.fast_patch_attention(
+        x_t, refs, a, b, 5, circular, prior, gen, max_keys=60, freqs=2, chroma_freqs=1
+    )
     assert fast.x0.min() >= refs.min() - 1e-5 and fast.x0.max() <= refs.max() + 1e-5
 
 
