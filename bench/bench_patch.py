@@ -35,8 +35,9 @@ from backend.request import Request  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Patch engine"
 INTRO = """How to read these: `bench/bench_patch.py` times whole runs of the patch engine's fast path (the
-default: a random key subset split by each reference's share of the image, patches reduced to their 5×5
-lowest cosine frequencies per channel), then follows one fast run and at every step compares its
+default: a random key subset, half spread evenly and half split by each reference's share of the image,
+with importance weights; patches reduced to their 8×8 lowest cosine frequencies of luminance and 3×3 of
+each opponent-colour axis, distances wholly in those 82 dims), then follows one fast run and at every step compares its
 clean-image estimate with the exact path's estimate of the same noisy image on sampled rows (errors on a
 0–1 scale, like an image's pixel values), extrapolating the exact path's time from those rows. The exact
 path on a whole 128² image with 32 references is hours of CPU, so its whole-run time is an extrapolation;
