@@ -1,4 +1,4 @@
-"""Test set-up: offscreen Qt, offline hub, and a check that no test leaves a thread running."""
+"""Test set-up: offscreen Qt, offline hub, one torch thread, no test leaving a thread running."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# One torch thread (read when torch is first imported, and inherited by subprocesses): the tests' models
+# are tiny, and on a busy 2-core machine two threads' spinning OpenMP workers made them about 10× slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -4,8 +4,6 @@
 - `tiny_sdxl_folder`: the same for SDXL
 - `tiny_engine`: a CPU DiffusersEngine with a fresh tiny SD1.x pipeline under the model name "tiny"
 - `tiny_request`: a fast 64×64, 3-step diffusers Request for that engine
-- `torch_one_thread`: run a test with one torch thread (tiny models gain nothing from more, and on a busy
-  2-core machine torch's spinning worker threads make them 10-30× slower)
 """
 
 from __future__ import annotations
@@ -13,17 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture
-def torch_one_thread():
-    """One intra-op torch thread for the test, restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +30,7 @@ def tiny_sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_engine(torch_one_thread):
+def tiny_engine():
     """A CPU diffusers engine running a fresh tiny SD1.x pipeline named "tiny"."""
     from tiny_models import build_tiny_sd
 

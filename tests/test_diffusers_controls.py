@@ -16,8 +16,6 @@ from backend.events import Done
 from backend.latent_controls import Tiling, slerp
 from backend.request import Concept
 
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
 
 def _image(engine, request) -> np.ndarray:
     events = list(engine.generate(request, threading.Event()))
@@ -152,7 +150,7 @@ def test_img2img_on_a_tile_stays_seamless(tiny_engine, tiny_request, monkeypatch
     np.testing.assert_allclose(shifted, np.roll(plain, 16, axis=1), atol=1e-4)
 
 
-def test_tiling_does_not_leak_into_the_next_request(tiny_request, torch_one_thread) -> None:
+def test_tiling_does_not_leak_into_the_next_request(tiny_request) -> None:
     engine = DiffusersEngine(device="cpu")
     pipe = build_tiny_sd()
     engine.use_pipeline(pipe, "tiny")
@@ -169,9 +167,7 @@ def test_tiling_does_not_leak_into_the_next_request(tiny_request, torch_one_thre
 
 
 @pytest.mark.parametrize("scheduler", ["euler_a", "dpmpp_2m"])  # generator state; multistep history
-def test_late_concept_change_resumes_mid_run_with_the_same_pixels(
-    tiny_request, torch_one_thread, scheduler
-) -> None:
+def test_late_concept_change_resumes_mid_run_with_the_same_pixels(tiny_request, scheduler) -> None:
     r = tiny_request.replace(steps=6, scheduler=scheduler)
     late = Concept("ornate gold filigree", "plain", weight=2.0, start=0.5)
     fresh = DiffusersEngine(device="cpu")

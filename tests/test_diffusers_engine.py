@@ -20,8 +20,6 @@ from backend.models import model_hash
 from backend.previews import latent_to_rgb, to_frame
 from backend.sampling import estimate_x0
 
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
 
 def _run(engine, request, cancel=None):
     return list(engine.generate(request, cancel or threading.Event()))
@@ -144,7 +142,7 @@ def _init_and_mask() -> tuple[Picture, Picture]:
 
 
 @pytest.mark.parametrize("nine_channels", [False, True])
-def test_inpainting_repaints_only_the_mask(tiny_request, torch_one_thread, nine_channels) -> None:
+def test_inpainting_repaints_only_the_mask(tiny_request, nine_channels) -> None:
     engine = DiffusersEngine(device="cpu")
     engine.use_pipeline(build_tiny_sd(inpaint=nine_channels), "tiny")
     assert engine.model.inpaint_unet is nine_channels
@@ -203,9 +201,7 @@ def test_out_of_memory_becomes_a_clear_error_and_engine_recovers(tiny_engine, ti
     assert isinstance(_run(tiny_engine, tiny_request)[-1], Done)
 
 
-def test_dispatcher_loads_a_folder_and_reports_its_hash(
-    tiny_sd_folder, tiny_request, torch_one_thread
-) -> None:
+def test_dispatcher_loads_a_folder_and_reports_its_hash(tiny_sd_folder, tiny_request) -> None:
     engines = Engines(device="cpu")
     r = tiny_request.replace(model=str(tiny_sd_folder))
     done = list(engines.generate(r, threading.Event()))[-1]
@@ -218,7 +214,7 @@ def test_dispatcher_loads_a_folder_and_reports_its_hash(
     np.testing.assert_array_equal(again.image, done.image)
 
 
-def test_taesd_previews_from_a_local_folder(tmp_path, tiny_request, torch_one_thread) -> None:
+def test_taesd_previews_from_a_local_folder(tmp_path, tiny_request) -> None:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)

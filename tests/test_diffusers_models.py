@@ -22,7 +22,6 @@ from backend.errors import ModelError
 from backend.events import Done
 from backend.models import CONFIGS, discover, load_model, model_hash
 
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
 CPU, F32 = torch.device("cpu"), torch.float32
 
 

@@ -18,7 +18,6 @@ from backend.sampling import to_uint8
 from backend.schedulers import make_scheduler
 
 TOLERANCE = 1e-4
-pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _engine(pipe) -> DiffusersEngine:

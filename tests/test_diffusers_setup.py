@@ -65,7 +65,7 @@ def test_model_hash_is_cached_by_path_size_and_mtime(tmp_path) -> None:
     assert model_hash(folder) != before
 
 
-def test_models_resolve_by_discovered_name(tmp_path, tiny_sd_folder, torch_one_thread) -> None:
+def test_models_resolve_by_discovered_name(tmp_path, tiny_sd_folder) -> None:
     loaded = load_model(
         tiny_sd_folder.name, torch.device("cpu"), torch.float32, model_folders=(str(tiny_sd_folder.parent),)
     )

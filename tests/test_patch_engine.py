@@ -19,15 +19,6 @@ from backend.request import Request
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on a busy 2-core machine two threads' spinning workers make these runs 10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def engine():
     return PatchEngine(max_keys=2048)  # fewer keys than the default keep the suite fast

@@ -11,15 +11,6 @@ import torch
 from backend import els
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One torch thread: on a busy 2-core machine two threads' spinning workers make these runs 10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def direct_els(x, refs, a, b, k, circular, prior, ls=False):
     """x̂0 straight from the formula, in float64 with explicit loops over patch positions."""
     x, refs = x.double().numpy(), refs.double().numpy()
