@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import threading
@@ -24,6 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+
+from machine import describe  # noqa: E402
 
 from backend.diffusers_engine import DiffusersEngine  # noqa: E402
 from backend.events import Done  # noqa: E402
@@ -121,16 +121,6 @@ def frame_cost(engine: DiffusersEngine, size: int, taesd: bool, repeats: int = 3
     return (time.perf_counter() - start) / repeats
 
 
-def machine() -> str:
-    """One line describing this machine, for the results file."""
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs{gpu}, "
-        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"load average {os.getloadavg()[0]:.1f} when it ran"
-    )
-
-
 def main() -> None:
     """Run the benchmark, print the table, and record it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -211,8 +201,9 @@ def record(label: str, table: str, repeats: int) -> None:
     if "## Diffusers engine" not in text:
         text = text.rstrip("\n") + "\n\n## Diffusers engine\n"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     entry = (
-        f"\n### {label} ({stamp})\nMachine: {machine()}. Medians of {repeats} interleaved runs; "
+        f"\n### {label} ({stamp})\nMachine: {describe(device)}. Medians of {repeats} interleaved runs; "
         f"`python bench/bench_engine.py {' '.join(sys.argv[1:])}`.\n\n{table}\n"
     )
     # Insert at the end of the diffusers section so other engines' sections stay where they are.

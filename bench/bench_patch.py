@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import sys
 import threading
@@ -27,6 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import describe  # noqa: E402
 
 from backend import els  # noqa: E402
 from backend.patch_engine import PatchEngine, initial_noise  # noqa: E402
@@ -109,16 +109,6 @@ def trajectory_errors(engine: PatchEngine, request: Request, rows: int, device: 
     return out
 
 
-def machine(device: str, threads: int) -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    gpu = f", {torch.cuda.get_device_name()}" if device == "cuda" else ""
-    return (
-        f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs{gpu}, Python "
-        f"{platform.python_version()}, torch {torch.__version__} ({threads} threads), "
-        f"load average {load:.1f} when it ran"
-    )
-
-
 def main() -> None:
     """Run the three measurements, print the table and append it to bench/RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -185,7 +175,7 @@ def main() -> None:
     title = f"### {args.device.upper()}, {args.size}², {args.steps} steps, {n_refs} references ({stamp})"
     command = " ".join(["python bench/bench_patch.py", *sys.argv[1:]])
     text = "\n".join(
-        [title, f"Machine: {machine(args.device, args.threads)}. `{command}`", "", *table, ""]
+        [title, f"Machine: {describe(args.device)}. `{command}`", "", *table, ""]
         + ["<details><summary>per step</summary>", "", *per_step, "", "</details>", ""]
     )
     print(text)
