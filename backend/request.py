@@ -16,6 +16,9 @@ MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**63 - 1
 # The patch engine works in pixel space, where 512² is already a large attention problem on a CPU.
 SIZE_LIMITS = {"patch": (32, 512), "diffusers": (64, 2048)}
+# The size a front end starts with when the person names none: the patch engine's references are 128² and
+# a 20-step 512² run takes minutes on a CPU; Stable Diffusion 1.x was trained at 512².
+DEFAULT_SIZE = {"patch": 256, "diffusers": 512}
 
 
 @dataclass(frozen=True)

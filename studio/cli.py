@@ -23,7 +23,7 @@ from PIL import Image
 
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
-from backend.request import MAX_SEED, Request
+from backend.request import DEFAULT_SIZE, MAX_SEED, Request
 from studio.a1111 import to_a1111
 from studio.pngmeta import PngMetadata, read_png_metadata, save_png
 from studio.prompts import clean_prompt
@@ -66,8 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=_seed, help="default: a random seed")
     g.add_argument("--steps", type=int)
     g.add_argument("--guidance", type=float)
-    g.add_argument("--width", type=int, help="default: 512, or the init image's width")
-    g.add_argument("--height", type=int, help="default: 512, or the init image's height")
+    g.add_argument("--width", type=int, help="default: 256 (patch), 512 (diffusers), or the init image's")
+    g.add_argument("--height", type=int, help="default: 256 (patch), 512 (diffusers), or the init image's")
     g.add_argument("--scheduler", help="euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, lcm, ...")
     g.add_argument("--init-image", metavar="IMAGE", help="start from this image (img2img)")
     g.add_argument("--strength", type=float, help="how much of the init image to repaint, 0 to 1")
@@ -149,7 +149,7 @@ def _generate(args: argparse.Namespace) -> int:
     base = (
         recipe_meta.request if recipe_meta and recipe_meta.request else Request(seed=secrets.randbelow(2**32))
     )
-    request, init_meta = build_request(args, base)
+    request, init_meta = build_request(args, base, recipe_given=bool(recipe_meta and recipe_meta.request))
     if args.attribution and request.engine != "patch":
         raise UsageError("--attribution needs the patch engine")
     out = Path(args.out) if args.out else _free_name(Path(f"studio-{request.seed}.png"))
@@ -219,7 +219,9 @@ def _free_name(path: Path) -> Path:
     return candidate
 
 
-def build_request(args: argparse.Namespace, base: Request) -> tuple[Request, PngMetadata | None]:
+def build_request(
+    args: argparse.Namespace, base: Request, recipe_given: bool = False
+) -> tuple[Request, PngMetadata | None]:
     """The request the options describe over `base` (a recipe's or the defaults), and the init's metadata."""
     changes: dict[str, Any] = {}
     for option, name in (
@@ -251,7 +253,9 @@ def build_request(args: argparse.Namespace, base: Request) -> tuple[Request, Png
     if args.init_image:
         init = load_picture(args.init_image)
         init_meta = read_png_metadata(args.init_image)  # its lineage: the new image's parent
-    width, height = _size(args, base, init)
+    width, height = _size(
+        args, base if recipe_given else _default_size(changes.get("engine", base.engine)), init
+    )
     changes.update(width=width, height=height)
     if init is not None:
         changes["init_image"] = _resized(init, width, height, "init image", args.init_image is not None)
@@ -289,6 +293,11 @@ def _engine_and_model(args: argparse.Namespace, base: Request) -> dict[str, Any]
     if engine is None or engine == base.engine:
         return {}
     return {"engine": engine, "model": ""}  # switching engine: the other engine's model means nothing here
+
+
+def _default_size(engine: str) -> Request:
+    side = DEFAULT_SIZE.get(engine, 512)
+    return Request(engine=engine, width=side, height=side)
 
 
 def _size(args: argparse.Namespace, base: Request, init: Picture | None) -> tuple[int, int]:

@@ -305,3 +305,16 @@ def test_diffusers_model_folder_generates_and_reruns(tmp_path, capsys):
 
     assert run(capsys, "generate", "--recipe", first, "--out", again, "-q")[0] == 0
     assert np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(again)))
+
+
+def test_default_size_follows_the_engine_and_a_recipe_keeps_its_own(tmp_path):
+    from backend.request import Request
+    from studio.cli import _parser, build_request
+
+    patch, _ = build_request(_parser().parse_args(["generate", "--prompt", "brick"]), Request())
+    assert (patch.engine, patch.width, patch.height) == ("patch", 256, 256)
+    sd, _ = build_request(_parser().parse_args(["generate", "--model", str(tmp_path)]), Request())
+    assert (sd.engine, sd.width, sd.height) == ("diffusers", 512, 512)
+    recipe = Request(width=96, height=64)
+    rerun, _ = build_request(_parser().parse_args(["generate"]), recipe, recipe_given=True)
+    assert (rerun.width, rerun.height) == (96, 64)
