@@ -192,3 +192,31 @@ def test_tablet_pressure_scales_the_brush(qtbot):
     assert doc.can_undo and 3 <= light <= 8  # a quarter of the 20 px brush
     doc.undo()
     assert stroke(30, 1.0) >= 19
+
+
+def test_a_stroke_in_progress_and_the_mask_show_above_the_preview(qtbot):
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    layer = doc.add_layer("ink")
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[...] = (0, 200, 0)
+    canvas.set_preview(frame)
+    qtbot.waitUntil(lambda: canvas.frames_painted == 1)
+    canvas.brush.size, canvas.brush.hardness, canvas.brush.color = 8, 1.0, (200, 20, 30)
+    off = canvas.offset
+
+    def at(x: int, y: int) -> QPoint:
+        return QPoint(int(off.x() + x), int(off.y() + y))
+
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=at(10, 10))
+    qtbot.mouseMove(canvas, at(30, 10))
+    assert canvas.has_preview
+    shot = canvas.grab().toImage()
+    assert shot.pixelColor(at(20, 10)) == QColor(200, 20, 30)  # the brush, over the preview
+    assert shot.pixelColor(at(20, 30)) == QColor(0, 200, 0)  # away from it: still the preview
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=at(30, 10))
+    assert tuple(layer.pixels[10, 20]) == (200, 20, 30, 255)  # committed as usual
+    canvas.tool = MASK
+    drag(qtbot, canvas, [(40, 30), (50, 30)])
+    mask_shot = canvas.grab().toImage().pixelColor(at(42, 30))  # inside the stroke, off the brush outline
+    assert canvas.has_preview and mask_shot.red() > 90 and mask_shot.green() < 150  # 45 % red over green

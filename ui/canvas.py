@@ -21,7 +21,7 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import QWidget
 
 from studio.document import Command, Document, Layer, Paint, PaintMask, composite
-from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke
+from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke, qimage_to_array
 
 MASK_RGBA = (230, 30, 30, 0.45)  # the mask shows as translucent red
 MASK_FORMAT = QImage.Format.Format_RGBA8888
@@ -57,6 +57,10 @@ class CanvasView(QWidget):
         self._preview_pending = False
         self._clear_after_paint = False
         self._stroke: Stroke | None = None
+        # The stroke in progress as the composite seen through its coverage (straight-alpha RGBA): drawn
+        # over the preview overlay so a person painting during a run sees their brush.
+        self._stroke_rgba: np.ndarray | None = None
+        self._stroke_image: QImage | None = None
         self._dirty: QRect | None = None  # the rectangle the last paint command changed
         self._pan_from: QPointF | None = None
         self._space = False
@@ -210,11 +214,14 @@ class CanvasView(QWidget):
         # Smooth up to 400 %: generated pictures look right; beyond it a painter wants to see pixels.
         painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, self.zoom < 4.0)
         painter.drawImage(target, self._image)
-        if self._mask_image is not None:
-            painter.drawImage(target, self._mask_image)
         if self._preview is not None:
+            smooth = painter.testRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
             painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, True)
             painter.drawImage(target, self._preview)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform, smooth)
+            # Without a preview the stroke is already in the composite; with one it would be hidden.
+            if self._stroke_image is not None:
+                painter.drawImage(target, self._stroke_image)
             if self._preview_pending:
                 self.frames_painted += 1
                 self._preview_pending = False
@@ -222,6 +229,9 @@ class CanvasView(QWidget):
                 self._clear_after_paint = False
                 self._preview = None
                 self.update()
+        # The mask is what the person is editing, so it stays above the preview too.
+        if self._mask_image is not None:
+            painter.drawImage(target, self._mask_image)
         painter.setPen(QPen(QColor(30, 30, 30), 1))
         painter.drawRect(target.adjusted(-1, -1, 0, 0))
         if self._hover is not None and self.tool in (BRUSH, ERASER, MASK) and self._pan_from is None:
@@ -360,8 +370,29 @@ class CanvasView(QWidget):
             self.update()
             return
         self._recomposite(rect, stroke)
+        self._overlay_stroke(rect, stroke)
         view = QRectF(self.offset + QPointF(x, y) * self.zoom, QPointF(w, h) * self.zoom)
         self.update(view.toAlignedRect().adjusted(-2, -2, 2, 2))
+
+    def _overlay_stroke(self, rect: QRect, stroke: Stroke) -> None:
+        """Copy one rectangle of the composite (stroke applied) into the stroke overlay, alpha = coverage."""
+        rect = rect.intersected(QRect(0, 0, self.document.width, self.document.height))
+        if rect.isEmpty():
+            return
+        if self._stroke_rgba is None:
+            self._stroke_rgba = np.zeros((self.document.height, self.document.width, 4), np.uint8)
+        x, y, w, h = rect.x(), rect.y(), rect.width(), rect.height()
+        # Coverage, not coverage × opacity: where the brush went, the overlay shows exactly what the
+        # document will show (the composite already blends the stroke at its opacity).
+        self._stroke_rgba[y : y + h, x : x + w, :3] = self._rgb[y : y + h, x : x + w]
+        self._stroke_rgba[y : y + h, x : x + w, 3] = qimage_to_array(stroke.coverage.copy(rect))
+        rgba = self._stroke_rgba
+        # Wraps the array without copying, like the composite.
+        self._stroke_image = QImage(rgba.data, rgba.shape[1], rgba.shape[0], rgba.strides[0], MASK_FORMAT)
+
+    def _drop_stroke_overlay(self) -> None:
+        self._stroke_image = None
+        self._stroke_rgba = None
 
     def _recomposite(self, rect: QRect, stroke: Stroke | None = None) -> None:
         """Rebuild one rectangle of the cached composite (with a stroke in progress applied, if given)."""
@@ -382,6 +413,7 @@ class CanvasView(QWidget):
     def commit_stroke(self) -> None:
         """End the stroke in progress with ONE document operation (one undo step)."""
         stroke, self._stroke = self._stroke, None
+        self._drop_stroke_overlay()
         if stroke is None or stroke.bounds.isEmpty():
             return
         b = stroke.bounds
@@ -400,6 +432,7 @@ class CanvasView(QWidget):
         """Drop the stroke in progress without touching the document."""
         if self._stroke is not None:
             self._stroke = None
+            self._drop_stroke_overlay()
             self._rebuild_image()
             self._rebuild_mask()
             self.update()
