@@ -213,12 +213,15 @@ class Document(QObject):
 
     Signals: `changed(kind)` after any change ("layers", "pixels", "mask", "reset"); `operation(what,
     command)` with what = "do", "undo" or "redo" so a journal can record the exact stream of operations;
-    `clean_changed(bool)` when the document becomes saved or unsaved.
+    `clean_changed(bool)` when the document becomes saved or unsaved; `active_changed(layer_id)` when
+    `set_active` chooses another layer (an operation that moves the active layer says so in its own
+    record, so it does not emit this).
     """
 
     changed = Signal(str)
     operation = Signal(str, object)
     clean_changed = Signal(bool)
+    active_changed = Signal(str)
 
     def __init__(self, width: int = 512, height: int = 512, layers: list[Layer] | None = None) -> None:
         super().__init__()
@@ -254,6 +257,13 @@ class Document(QObject):
     def composite(self) -> np.ndarray:
         """What the person sees: visible layers over white, H×W×3 uint8."""
         return composite(self.layers, self.width, self.height)
+
+    def set_active(self, layer_id: str) -> None:
+        """Choose the layer strokes go to (KeyError if none): no undo step, but a journal records it."""
+        self.layer(layer_id)
+        if layer_id != self.active_id:
+            self.active_id = layer_id
+            self.active_changed.emit(layer_id)
 
     # -- undo stack ----------------------------------------------------------------------------------
     def push(self, command: Command) -> None:

@@ -1,12 +1,12 @@
 """Crash recovery: a journal of every finished operation, compacted by periodic snapshots.
 
 While a person works, `Journal` appends one record per finished stroke, layer operation, accepted
-result and prompt-history change to a journal file, and fsyncs it before the operation's signal returns,
-so before the next operation can start. The journal starts from a *base*: the project file as it was
-opened or saved, or a snapshot (a project save into a recovery file) taken when the journal grows or a
-timer fires. Each base carries a save id; the journal names the save id it builds on, so after a crash
-between writing a new base and starting a new journal, recovery sees the mismatch and uses the newer base
-alone (it already holds every journalled operation).
+result, prompt-history change and choice of active layer to a journal file, and fsyncs it before the
+operation's signal returns, so before the next operation can start. The journal starts from a *base*:
+the project file as it was opened or saved, or a snapshot (a project save into a recovery file) taken
+when the journal grows or a timer fires. Each base carries a save id; the journal names the save id it
+builds on, so after a crash between writing a new base and starting a new journal, recovery sees the
+mismatch and uses the newer base alone (it already holds every journalled operation).
 
 Files, for a project `dir/name.studio`: `dir/.name.studio.journal` and `dir/.name.studio.snapshot`;
 for an unsaved document the same two files live in `<data dir>/recovery/untitled-<id>.*`.
@@ -93,6 +93,7 @@ class Journal(QObject):
         self._timer.timeout.connect(self._on_timer)
         document.operation.connect(self._on_operation)
         document.changed.connect(self._on_changed)
+        document.active_changed.connect(self._on_active_changed)
         if gallery is not None:
             gallery.added.connect(self._on_result_added)
             gallery.removed.connect(self._on_result_removed)
@@ -197,6 +198,10 @@ class Journal(QObject):
             self.compact()
         else:
             self._append(*record)
+
+    def _on_active_changed(self, layer_id: str) -> None:
+        # A few dozen bytes: choosing a layer is no undo step, but recovery should paint where the person was.
+        self._append({"op": "active", "active": layer_id}, [])
 
     def _on_changed(self, kind: str) -> None:
         if kind == "reset" and not self._paused and self._fd is not None:
@@ -312,9 +317,11 @@ def find_recovery(data_dir: str | Path, projects: Sequence[str | Path] = ()) -> 
         if not records or records[0][0].get("op") != "base":
             continue
         base = records[0][0]
-        if len(records) > 1 or base.get("unsaved_work"):
+        # Choosing another layer alone is no work worth offering to restore.
+        operations = sum(1 for header, _ in records[1:] if header.get("op") != "active")
+        if operations or base.get("unsaved_work"):
             project = base.get("project")
-            found.append(Recovery(path, Path(project) if project else None, modified, len(records) - 1))
+            found.append(Recovery(path, Path(project) if project else None, modified, operations))
     return max(found, key=lambda r: r.modified, default=None)
 
 

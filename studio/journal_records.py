@@ -181,6 +181,8 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
             results.pop(str(header["id"]), None)
         elif op == "history":
             history[:] = [str(p) for p in header["items"]]
+        elif op == "active":
+            pass  # the layer the person chose: set below, like every record's "active"
         else:
             raise ProjectError(f"the recovery journal holds an unknown operation {op!r}")
     except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -341,7 +341,7 @@ class Session(QObject):
         self._live_layer = layer.id if lineage.live else None
         self._live_is_last = lineage.live
         if lineage.live and active is not None and any(la.id == active for la in doc.layers):
-            doc.active_id = active  # live results must not move the brush off the layer being painted
+            doc.set_active(active)  # live results must not move the brush off the layer being painted
             doc.changed.emit("layers")
         result = Result(
             image=done.image,

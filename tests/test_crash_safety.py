@@ -316,3 +316,35 @@ def test_a_journal_follows_the_document_from_project_to_untitled_and_back(tmp_pa
     journal.note_saved(project, save_project(project, doc))
     assert journal.path == journal_path(project, tmp_path) and not untitled.exists()
     journal.close()
+
+
+def test_recovery_restores_the_layer_chosen_in_the_layers_panel(tmp_path, qtbot):
+    from ui.layers_panel import LayersPanel
+
+    project = tmp_path / "work.studio"
+    doc, gallery = Document(32, 24), Gallery()
+    ink = doc.add_layer("ink")
+    doc.add_layer("top")
+    journal = Journal(doc, gallery, tmp_path / "data")
+    journal.start(project, save_project(project, doc, gallery))
+    panel = LayersPanel(doc)
+    qtbot.addWidget(panel)
+    undo_label = doc.undo_label
+    with qtbot.waitSignal(doc.active_changed):
+        panel.list.setCurrentRow(1)  # rows list the top layer first: row 1 is "ink"
+    assert doc.active_id == ink.id and doc.undo_label == undo_label  # a choice, not an undo step
+    journal.abandon()  # the crash
+    assert find_recovery(tmp_path / "data", [project]) is None  # a choice alone is no work to offer
+    journal.start(project, save_project(project, doc, gallery))
+    panel.list.setCurrentRow(2)  # the background
+    doc.add_layer("after")  # goes above the background and becomes active; its record says so...
+    assert [la.name for la in doc.layers] == ["Background", "after", "ink", "top"]
+    panel.list.setCurrentRow(1)  # ...and choosing "ink" afterwards is the last word
+    assert doc.active_id == ink.id
+    journal.abandon()
+    found = find_recovery(tmp_path / "data", [project])
+    assert found is not None and found.operations == 1
+    data = recover(found)
+    assert data.active_id == ink.id and data.active_id != data.layers[-1].id
+    assert digest(data) == digest(project_data(doc, gallery, []))
+    journal.close()

@@ -123,7 +123,7 @@ class LayersPanel(QWidget):
     def _selected(self, item: QListWidgetItem | None, _previous: object = None) -> None:
         if item is not None:
             # Choosing the layer to paint on is not a document change: no undo step.
-            self.document.active_id = item.data(Qt.ItemDataRole.UserRole)
+            self.document.set_active(item.data(Qt.ItemDataRole.UserRole))
             self._show_opacity()
 
     def _item_edited(self, item: QListWidgetItem) -> None:
