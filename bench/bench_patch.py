@@ -36,15 +36,15 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Patch engine"
 INTRO = """How to read these: `bench/bench_patch.py` times whole runs of the patch engine's fast path (the
 default: a random key subset, half spread evenly and half split by each reference's share of the image,
-with importance weights; patches reduced to their 8×8 lowest cosine frequencies of luminance and 3×3 of
-each opponent-colour axis, distances wholly in those 82 dims), then follows one fast run and at every
-step compares its clean-image estimate with the exact path's estimate of the same noisy image on sampled
-rows (errors on a 0–1 scale, like an image's pixel values), extrapolating the exact path's time from
-those rows. The exact path on a whole 128² image with 32 references is hours of CPU, so its whole-run
-time is an extrapolation; whole runs of both paths are compared at 32². The CPU is a 2-core machine
-shared with other work: the CPU-time row is the steadier number (with one thread it is what the run takes
-alone). One torch thread: with two threads on a busy 2-core machine OpenMP's spinning workers make runs
-several times slower.
+with importance weights; patches reduced to their f×f lowest cosine frequencies of luminance and about
+(f/3)² of each opponent-colour axis, f about half the patch side from 8 to 32, distances wholly in those
+dims), then follows one fast run and at every step compares its clean-image estimate with the exact path's
+estimate of the same noisy image on sampled rows (errors on a 0–1 scale, like an image's pixel values),
+extrapolating the exact path's time from those rows. The exact path on a whole 128² image with 32
+references is hours of CPU, so its whole-run time is an extrapolation; whole runs of both paths are
+compared at 32². The CPU is a 2-core machine shared with other work: the CPU-time row is the steadier
+number (with one thread it is what the run takes alone). One torch thread: with two threads on a busy
+2-core machine OpenMP's spinning workers make runs several times slower.
 
 **GPU (`--device cuda`): not measured yet**, no GPU was lent to this session. On CUDA the engine keeps
 references on the device and does the query·key products in fp16 on centred patches (fp32 at the lowest

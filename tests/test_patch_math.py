@@ -147,6 +147,15 @@ def test_fast_path_with_every_key_and_frequency_is_exact(problem, circular):
     assert fast.x0.min() >= refs.min() - 1e-5 and fast.x0.max() <= refs.max() + 1e-5
 
 
+def test_wider_patches_keep_more_frequencies():
+    # Small low-noise patches keep the cheap 8×8 / 3×3; wider ones about half their side, capped at 32.
+    assert els.kept_freqs(13) == (8, 3)
+    assert els.kept_freqs(33) == (16, 5)
+    assert els.kept_freqs(85) == (32, 10)
+    sizes = range(3, 200, 2)
+    assert all(els.kept_freqs(k) <= els.kept_freqs(k + 2) for k in sizes)
+
+
 @pytest.mark.parametrize("t", [0.05, 0.5, 0.95])
 def test_low_precision_path_stays_close_to_fp32(t):
     # The GPU path (fp16 products on centred patches) run on the CPU: same answer within fp16 error.
