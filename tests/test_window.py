@@ -48,6 +48,20 @@ def make_window(qtbot, tmp_path):
         assert not window.session.host.is_alive()
 
 
+def drop_file(window: MainWindow, path: Path) -> None:
+    """Deliver what Qt delivers when a file is dropped on the window."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(path))])
+    drop = QDropEvent(
+        QPointF(50, 50),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
+    window.dropEvent(drop)
+
+
 def centre_colour(window: MainWindow) -> QColor:
     """The colour the canvas widget shows at the middle of the document."""
     canvas = window.canvas
@@ -280,20 +294,11 @@ def test_open_image_as_layer_and_a_broken_file_is_reported(make_window, qtbot, t
     assert "broken.png" in window.status.message.text() and window.error_box is not None
     assert len(window.document.layers) == 2
     # Dropping a file on the window does the same.
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(good))])
-    drop = QDropEvent(
-        QPointF(50, 50),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    window.dropEvent(drop)  # what Qt calls when a file is dropped on the window
+    drop_file(window, good)
     assert len(window.document.layers) == 3 and window.document.layers[-1].name == "sketch"
 
 
-def test_dropping_or_naming_a_project_opens_it_as_the_document(make_window, qtbot, tmp_path):
+def test_dropping_a_project_opens_it_as_the_document(make_window, qtbot, tmp_path):
     from studio.project import save_project
 
     saved = Document(48, 32)
@@ -301,16 +306,7 @@ def test_dropping_or_naming_a_project_opens_it_as_the_document(make_window, qtbo
     path = tmp_path / "sketch book.studio"
     save_project(path, saved, prompt_history=["brass buckle"])
     window = make_window(FakeEngine(steps=1))
-    mime = QMimeData()
-    mime.setUrls([QUrl.fromLocalFile(str(path))])
-    drop = QDropEvent(
-        QPointF(50, 50),
-        Qt.DropAction.CopyAction,
-        mime,
-        Qt.MouseButton.LeftButton,
-        Qt.KeyboardModifier.NoModifier,
-    )
-    window.dropEvent(drop)
+    drop_file(window, path)
     doc = window.document
     assert (doc.width, doc.height) == (48, 32)
     assert [layer.name for layer in doc.layers] == ["Background", "ink"]
