@@ -14,8 +14,6 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-import studio.qt_workarounds  # noqa: F401 - before any signal is emitted: PySide6 6.12 emit refcount bug
-
 WHITE = np.array([255, 255, 255], dtype=np.float32)
 
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 from PySide6.QtCore import QCoreApplication, QObject, Signal, Slot
 
-import studio.qt_workarounds  # noqa: F401 - the engine thread emits a signal per frame: PySide6 6.12 bug
 from backend.engine import Engine
 from backend.errors import StudioError
 from backend.events import Done, StepEvent

@@ -15,8 +15,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-import studio.qt_workarounds  # noqa: E402, F401 - the whole test process emits signals: PySide6 6.12 bug
-
 # Tiny diffusers models and engines (tests/fixtures_diffusers.py); sessions (tests/session_fixtures.py).
 pytest_plugins = ["fixtures_diffusers", "session_fixtures"]
 
