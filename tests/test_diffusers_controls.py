@@ -77,14 +77,6 @@ def test_sdxl_blend_and_concept_move_the_pooled_embedding_too(tiny_request) -> N
 # --- tiling --------------------------------------------------------------------------------------------
 
 
-def _seam_ratio(image: np.ndarray, axis: int) -> float:
-    """Wrap-around difference (last row/column to first) over the mean difference of interior neighbours."""
-    img = np.moveaxis(image.astype(float), axis, 0)
-    interior = np.abs(np.diff(img, axis=0)).mean()
-    wrap = np.abs(img[0] - img[-1]).mean()
-    return wrap / interior
-
-
 def _rolled_noise(monkeypatch, shift: int) -> None:
     """Roll the engine's real starting noise sideways by `shift` latent pixels."""
     real = engine_module.initial_noise
@@ -95,10 +87,10 @@ def _rolled_noise(monkeypatch, shift: int) -> None:
 
 def test_tiled_output_wraps_around_seamlessly(tiny_engine, tiny_request, monkeypatch) -> None:
     r = tiny_request.replace(tiling=True, width=128, height=64, steps=4)
-    image = _image(tiny_engine, r)
-    assert _seam_ratio(image, axis=1) < 1.5 and _seam_ratio(image, axis=0) < 1.5
-    # The stronger form: a tiled run is a torus, so shifting the noise by 2 latent pixels shifts the image
-    # by 16 pixels with nothing at the old edge: the wrap-around pair is just another interior pair.
+    # A tiled run is a torus: shifting the noise by 2 latent pixels shifts the image by 16 pixels with
+    # nothing at the old edge, so the wrap-around pair is just another interior pair. (A ratio of the
+    # wrap-around difference to interior differences cannot tell: this tiny random model's untiled images
+    # score 0.83-0.97 on it too.) The untiled run below must fail the same check.
     _rolled_noise(monkeypatch, 2)
     shifted = tiny_engine.render(r)
     monkeypatch.undo()
@@ -136,8 +128,6 @@ def test_img2img_on_a_tile_stays_seamless(tiny_engine, tiny_request, monkeypatch
 
     tile = Picture(_image(tiny_engine, tiny_request.replace(tiling=True, width=128, height=64)))
     r = tiny_request.replace(tiling=True, width=128, height=64, init_image=tile, strength=0.6, steps=5)
-    out = _image(tiny_engine, r)
-    assert _seam_ratio(out, axis=1) < 1.5 and _seam_ratio(out, axis=0) < 1.5
     # With the VAE posterior's mode instead of a sample, the whole img2img path (encoder included) is a
     # torus: shifting the tile and the noise together shifts the output.
     real = engine_module.retrieve_latents
@@ -146,8 +136,17 @@ def test_img2img_on_a_tile_stays_seamless(tiny_engine, tiny_request, monkeypatch
     )
     plain = tiny_engine.render(r)
     _rolled_noise(monkeypatch, 2)
-    shifted = tiny_engine.render(r.replace(init_image=Picture(np.roll(tile.pixels, 16, axis=1))))
+    shifted_tile = Picture(np.roll(tile.pixels, 16, axis=1))
+    shifted = tiny_engine.render(r.replace(init_image=shifted_tile))
     np.testing.assert_allclose(shifted, np.roll(plain, 16, axis=1), atol=1e-4)
+    # Without tiling, the edges are edges: the same shift does not commute.
+    untiled = r.replace(tiling=False)
+    untiled_shifted = tiny_engine.render(untiled.replace(init_image=shifted_tile))
+    monkeypatch.undo()
+    monkeypatch.setattr(
+        engine_module, "retrieve_latents", lambda out, generator=None: real(out, sample_mode="argmax")
+    )
+    assert np.abs(untiled_shifted - np.roll(tiny_engine.render(untiled), 16, axis=1)).max() > 0.05
 
 
 def test_tiling_does_not_leak_into_the_next_request(tiny_request) -> None:

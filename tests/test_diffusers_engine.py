@@ -10,6 +10,7 @@ import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler
 from tiny_models import build_tiny_sd
 
+import backend.diffusers_engine as engine_module
 from backend.diffusers_engine import DiffusersEngine
 from backend.engine import Engine
 from backend.engines import Engines
@@ -19,6 +20,7 @@ from backend.images import Picture
 from backend.models import model_hash
 from backend.previews import latent_to_rgb, to_frame
 from backend.sampling import estimate_x0
+from backend.schedulers import make_scheduler
 
 
 def _run(engine, request, cancel=None):
@@ -93,10 +95,47 @@ def test_x0_fallback_matches_schedulers_own_estimate() -> None:
         torch.testing.assert_close(estimate_x0(sample, eps, prediction, alpha_bar=alpha_bar), reported)
 
 
-def test_dpm_previews_come_from_computed_x0(tiny_engine, tiny_request) -> None:
-    events = _run(tiny_engine, tiny_request.replace(scheduler="dpmpp_2m"))
-    assert all(e.preview is not None for e in events[:-1])
-    assert isinstance(events[-1], Done)
+@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "euler"])
+def test_every_preview_is_the_clean_image_estimate_of_its_step(
+    tiny_engine, tiny_request, scheduler, monkeypatch
+) -> None:
+    """Each step's frame is x0 = (x_t − √(1−ᾱ)·ε) / √ᾱ of that step, mapped to RGB: not the noisy latents.
+
+    DPM++ 2M reports no x0, so the engine computes it; Euler reports one. Either way the frame must equal
+    the estimate written out here from the scheduler's own inputs (ε, x_t and ᾱ_t of every step).
+    """
+    pipe = tiny_engine.model.pipe
+    r = tiny_request.replace(scheduler=scheduler, steps=4)
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def spying_make(*args, **kwargs):
+        made = make_scheduler(*args, **kwargs)
+        step = made.step
+
+        def spy(model_output, timestep, sample, *a, **k):
+            seen.append((model_output.clone(), timestep, sample.clone()))
+            return step(model_output, timestep, sample, *a, **k)
+
+        made.step = spy
+        return made
+
+    monkeypatch.setattr(engine_module, "make_scheduler", spying_make)
+    events = _run(tiny_engine, r)
+    frames = [e.preview for e in events if isinstance(e, StepEvent)]
+    assert len(frames) == len(seen) == 4
+    alphas = pipe.scheduler.alphas_cumprod
+    for frame, (eps, t, x_t) in zip(frames, seen, strict=True):
+        if scheduler == "euler":  # Euler's x_t is scaled by sigma: x0 = x_t − σ·ε
+            sigmas = ((1 - alphas) / alphas) ** 0.5
+            sigma = float(np.interp(float(t), np.arange(len(sigmas)), sigmas.numpy()))
+            x0 = x_t - sigma * eps
+        else:
+            a = alphas[int(t)]
+            x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+        expected = to_frame(latent_to_rgb(x0, "sd1"), 64, 64).numpy()
+        assert np.abs(frame.astype(int) - expected.astype(int)).max() <= 1
+        noisy = to_frame(latent_to_rgb(x_t, "sd1"), 64, 64).numpy()
+        assert np.abs(frame.astype(int) - noisy.astype(int)).max() > 1  # not a frame of the noisy latents
 
 
 def test_cancel_stops_within_a_step_and_yields_no_done(tiny_engine, tiny_request) -> None:

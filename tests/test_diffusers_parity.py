@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionImg2ImgPipeline
-from tiny_models import build_tiny_sd, build_tiny_sdxl
+from tiny_models import build_tiny_lcm, build_tiny_sd, build_tiny_sd2, build_tiny_sdxl
 
 from backend.diffusers_engine import DiffusersEngine
 from backend.events import Done
@@ -105,3 +105,64 @@ def test_parity_would_catch_a_different_seed() -> None:
     engine = _engine(pipe)
     a, b = engine.render(_request(seed=1)), engine.render(_request(seed=2))
     assert np.abs(a - b).max() > 100 * TOLERANCE
+
+
+# --- the other families the README names: SD 2.x (v-prediction) and LCM (guidance embedding) -----------
+
+
+def test_sd2_v_prediction_equals_pipeline() -> None:
+    """An SD 2.x-shaped model predicts v: the engine recognises the family and follows the pipeline."""
+    pipe = build_tiny_sd2()
+    engine = _engine(pipe)
+    assert engine.model is not None and engine.model.family == "sd2"
+    for scheduler in ("euler", "dpmpp_2m", "ddim"):
+        r = _request(scheduler=scheduler)
+        ours = engine.render(r)
+        pipe.scheduler = make_scheduler(scheduler, pipe.scheduler.config)
+        assert pipe.scheduler.config.prediction_type == "v_prediction"
+        theirs = pipe(height=r.height, width=r.width, **_pipeline_kwargs(r)).images[0]
+        assert np.abs(ours - theirs).max() <= TOLERANCE, scheduler
+    # SD-Turbo is an SD 2.1 network run for one step without guidance, its schedule ending on "trailing".
+    turbo = {**pipe.scheduler.config, "timestep_spacing": "trailing"}
+    pipe.scheduler = make_scheduler("euler_a", turbo)
+    r = _request(scheduler="euler_a", steps=1, guidance=0.0, negative_prompt="")
+    ours = engine.render(r)
+    pipe.scheduler = make_scheduler("euler_a", turbo)
+    theirs = pipe(height=r.height, width=r.width, **_pipeline_kwargs(r)).images[0]
+    assert np.abs(ours - theirs).max() <= TOLERANCE
+    pipe.scheduler = make_scheduler("euler", {**turbo, "timestep_spacing": "leading"})
+    # The prediction type matters: read as ε, the same UNet output makes another picture.
+    v_image = engine.render(_request())
+    pipe.scheduler = make_scheduler("euler", {**pipe.scheduler.config, "prediction_type": "epsilon"})
+    epsilon = pipe(height=64, width=64, **_pipeline_kwargs(_request())).images[0]
+    assert np.abs(v_image - epsilon).max() > 100 * TOLERANCE
+
+
+def test_lcm_with_guidance_embedding_equals_pipeline() -> None:
+    """LCM: the guidance scale enters the UNet as `timestep_cond`, one UNet pass a step and no CFG."""
+    pipe = build_tiny_lcm()
+    engine = _engine(pipe)
+    calls: list[int] = []
+    forward = pipe.unet.forward
+
+    def counting(sample, *args, **kwargs):
+        calls.append(sample.shape[0])
+        assert kwargs.get("timestep_cond") is not None
+        return forward(sample, *args, **kwargs)
+
+    pipe.unet.forward = counting
+    r = _request(scheduler="lcm", steps=4, guidance=8.0, negative_prompt="")
+    ours = engine.render(r)
+    assert calls == [1] * 4  # batch 1 at every step: no unconditional pass
+    theirs = pipe(
+        prompt=r.prompt,
+        num_inference_steps=r.steps,
+        guidance_scale=r.guidance,
+        height=r.height,
+        width=r.width,
+        generator=torch.Generator("cpu").manual_seed(r.seed),
+        output_type="np",
+    ).images[0]
+    assert np.abs(ours - theirs).max() <= TOLERANCE
+    # The embedding carries the scale: another guidance is another picture.
+    assert np.abs(engine.render(r.replace(guidance=2.0)) - ours).max() > 100 * TOLERANCE

@@ -3,6 +3,8 @@
 Public API (other test modules use these):
 - `build_tiny_sd(seed=0, inpaint=False) -> StableDiffusionPipeline` (9-channel UNet when `inpaint`)
 - `build_tiny_sdxl(seed=0) -> StableDiffusionXLPipeline`
+- `build_tiny_sd2(seed=0) -> StableDiffusionPipeline`: SD 2.x-shaped (1024-wide text tower, v-prediction)
+- `build_tiny_lcm(seed=0) -> LatentConsistencyModelPipeline`: a guidance-embedding UNet with the LCM scheduler
 - `save_tiny_sd(path, seed=0) -> Path` / `save_tiny_sdxl(path, seed=0) -> Path`: a diffusers folder
 - `tiny_tokenizer_folder(path) -> Path`: the byte-level CLIP tokenizer files
 
@@ -19,6 +21,8 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    LatentConsistencyModelPipeline,
+    LCMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -61,7 +65,7 @@ def _tokenizer(pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(tiny_tokenizer_folder(tmp, pad_token))
 
 
-def _text_config(hidden: int = TEXT_DIM, **extra: object) -> CLIPTextConfig:
+def _text_config(hidden: int = TEXT_DIM, hidden_act: str = "quick_gelu", **extra: object) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=514,
         hidden_size=hidden,
@@ -72,7 +76,7 @@ def _text_config(hidden: int = TEXT_DIM, **extra: object) -> CLIPTextConfig:
         bos_token_id=512,
         eos_token_id=513,
         pad_token_id=513,
-        hidden_act="quick_gelu",
+        hidden_act=hidden_act,
         **extra,
     )
 
@@ -92,7 +96,7 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def _scheduler() -> EulerDiscreteScheduler:
+def _scheduler(prediction_type: str = "epsilon") -> EulerDiscreteScheduler:
     return EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -100,30 +104,75 @@ def _scheduler() -> EulerDiscreteScheduler:
         num_train_timesteps=1000,
         steps_offset=1,
         timestep_spacing="leading",
+        prediction_type=prediction_type,
+    )
+
+
+def _sd_unet(in_channels: int = 4, **extra: object) -> UNet2DConditionModel:
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=in_channels,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        norm_num_groups=16,
+        **{"cross_attention_dim": TEXT_DIM, "attention_head_dim": 8, **extra},
     )
 
 
 def build_tiny_sd(seed: int = 0, inpaint: bool = False) -> StableDiffusionPipeline:
     """A random-weight SD1.x-shaped pipeline in float32 on the CPU (9-channel UNet when `inpaint`)."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=9 if inpaint else 4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
+    unet = _sd_unet(in_channels=9 if inpaint else 4)
     pipe = StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=CLIPTextModel(_text_config()),
         tokenizer=_tokenizer(),
         unet=unet,
         scheduler=_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_sd2(seed: int = 0) -> StableDiffusionPipeline:
+    """A random-weight SD 2.x-shaped pipeline: OpenCLIP-width (1024) text tower with GELU, linear attention
+    projections, and a scheduler that predicts v (as SD 2.1 at 768² does)."""
+    torch.manual_seed(seed)
+    width = 1024  # the width the studio (and single-file loading) recognises SD 2.x by
+    unet = _sd_unet(cross_attention_dim=width, attention_head_dim=(2, 4), use_linear_projection=True)
+    text = CLIPTextModel(_text_config(width, hidden_act="gelu"))  # OpenCLIP uses exact GELU
+    pipe = StableDiffusionPipeline(
+        vae=_vae(),
+        text_encoder=text,
+        tokenizer=_tokenizer(pad_token="!"),  # OpenCLIP pads with "!", not the end token
+        unet=unet,
+        scheduler=_scheduler("v_prediction"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_lcm(seed: int = 0) -> LatentConsistencyModelPipeline:
+    """A random-weight latent consistency model: the UNet takes the guidance scale as an embedding
+    (`time_cond_proj_dim`), so there is no classifier-free guidance pass; LCM's own scheduler."""
+    torch.manual_seed(seed)
+    pipe = LatentConsistencyModelPipeline(
+        vae=_vae(),
+        text_encoder=CLIPTextModel(_text_config()),
+        tokenizer=_tokenizer(),
+        unet=_sd_unet(time_cond_proj_dim=16),
+        scheduler=LCMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
