@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 from PySide6.QtCore import QCoreApplication
 
-from studio.document import Document
-from studio.gallery import Gallery
-from studio.journal import Journal, find_recovery, recover
-from studio.project import load_project, save_project
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe, provenance  # noqa: E402
+
+from studio.document import Document  # noqa: E402
+from studio.gallery import Gallery  # noqa: E402
+from studio.journal import Journal, find_recovery, recover  # noqa: E402
+from studio.project import load_project, save_project  # noqa: E402
 
 OUT = Path(__file__).with_name("PROJECTS.md")
 
@@ -93,7 +96,8 @@ def main() -> None:
     journal.close()
 
     text = "# Projects and recovery: measured\n\n"
-    text += "`.venv/bin/python bench/bench_projects.py` on the 2-core dev machine, one disk.\n\n"
+    text += "`.venv/bin/python bench/bench_projects.py`, one local disk.\n\n"
+    text += f"Ran {provenance()}. Machine: {describe()}.\n\n"
     text += "| What | Time | Note |\n|---|---|---|\n" + "\n".join(rows) + "\n"
     OUT.write_text(text, encoding="utf-8")
     print(text)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -17,3 +20,19 @@ def describe(device: str = "cpu") -> str:
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"load average {load:.1f} when it ran"
     )
+
+
+def provenance() -> str:
+    """When and on which commit a benchmark ran: UTC time and `git describe` (with -dirty for local edits)."""
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    try:
+        commit = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return f"{when}, commit {commit or 'unknown'}"
