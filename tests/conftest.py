@@ -15,8 +15,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-# Tiny diffusers models and engines (tests/fixtures_diffusers.py); sessions (tests/session_fixtures.py).
-pytest_plugins = ["fixtures_diffusers", "session_fixtures"]
+# Tiny diffusers models and engines (tests/fixtures_diffusers.py); sessions (tests/session_fixtures.py);
+# windows (tests/window_fixtures.py).
+pytest_plugins = ["fixtures_diffusers", "session_fixtures", "window_fixtures"]
 
 
 @pytest.fixture(autouse=True)

@@ -152,23 +152,23 @@ def generate(data_dir: Path, out: Path) -> None:
 
     session = Session(FakeEngine(), document=Document(32, 32))
     doc, gallery = session.document, session.gallery
-    journal = Journal(doc, gallery, data_dir, history=lambda: session.prompt_history)
-    session.history_changed.connect(journal.record_history)
+    journal = Journal(doc, gallery, data_dir, history=lambda: session.model.prompt_history)
+    session.model.history_changed.connect(journal.record_history)
     journal.start()
     ops = scripted_ops(doc, gallery, [], seed=5)
     for op in ops[:5]:
         op()
-    session.set(prompt="a small test", seed=11, steps=2)
-    session.result_added.connect(app.quit)  # the result is a layer, a gallery entry and a history line
-    session.run_ended.connect(app.quit)
-    if session.generate() is None:
+    session.model.set(prompt="a small test", seed=11, steps=2)
+    session.runs.result_added.connect(app.quit)  # the result is a layer, a gallery entry and a history line
+    session.runs.run_ended.connect(app.quit)
+    if session.runs.generate() is None:
         raise SystemExit("the generation was refused")
     app.exec()
     if not any(layer.source for layer in doc.layers):
         raise SystemExit("the generation ended without a result")
     for op in ops[6:11]:
         op()
-    save_project(out, doc, gallery, session.prompt_history)
+    save_project(out, doc, gallery, session.model.prompt_history)
     _wait_forever()
 
 

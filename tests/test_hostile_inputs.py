@@ -393,14 +393,15 @@ def test_the_session_cleans_prompts_where_they_enter(qtbot):
     session = Session(FakeEngine(), document=Document(32, 32))
     try:
         notices: list[str] = []
-        session.status.connect(notices.append)
-        session.set(prompt="a fox\x00\x1b 🦊" + "x" * 3000, negative_prompt="blurry\x07")
+        session.model.notice.connect(notices.append)
+        session.model.set(prompt="a fox\x00\x1b 🦊" + "x" * 3000, negative_prompt="blurry\x07")
         assert (
-            session.request.prompt.startswith("a fox 🦊") and len(session.request.prompt) == MAX_PROMPT_CHARS
+            session.model.request.prompt.startswith("a fox 🦊")
+            and len(session.model.request.prompt) == MAX_PROMPT_CHARS
         )
-        assert session.request.negative_prompt == "blurry"
+        assert session.model.request.negative_prompt == "blurry"
         assert len(notices) == 2 and "cut to 2000" in notices[0]
-        session.build()[0].validate()  # the cleaned request runs
+        session.runs.build()[0].validate()  # the cleaned request runs
         faults.record("prompt", "control characters and 3000 characters typed into the session", notices[0])
     finally:
         assert session.shutdown(timeout=5)

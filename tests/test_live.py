@@ -18,13 +18,13 @@ from studio.session import Session
 
 def settle(qtbot, session: Session) -> None:
     """Wait until nothing runs or waits."""
-    qtbot.waitUntil(lambda: not session.running and not session.live.pending, timeout=10000)
+    qtbot.waitUntil(lambda: not session.runs.running and not session.runs.pending, timeout=10000)
 
 
 def burst(session: Session, start: int, count: int = 100) -> None:
     """`count` slider changes in one go, as a fast drag delivers them."""
     for i in range(start, start + count):
-        session.set(guidance=round(1.0 + (i % 400) * 0.1, 1), variation_strength=(i % 100) / 100)
+        session.model.set(guidance=round(1.0 + (i % 400) * 0.1, 1), variation_strength=(i % 100) / 100)
 
 
 def count(kind: type) -> int:
@@ -37,13 +37,13 @@ def test_a_burst_starts_few_runs_and_ends_on_the_final_values(qtbot, make_sessio
     session = make_session(PatchEngine())
     started: list[Request] = []
     session.host.started.connect(started.append)
-    session.set(model=references, steps=2, seed=4, variation_seed=9)
-    session.set_live(True)
+    session.model.set(model=references, steps=2, seed=4, variation_seed=9)
+    session.runs.set_live(True)
     for i in range(100):  # a fast drag of two sliders
-        session.set(variation_strength=i / 100, locality=0.3 + i / 500)
+        session.model.set(variation_strength=i / 100, locality=0.3 + i / 500)
     settle(qtbot, session)
     assert len(started) <= 3, len(started)
-    final = session.request
+    final = session.model.request
     assert (final.variation_strength, final.locality) == (0.99, 0.3 + 99 / 500)
     result = session.gallery.results[-1]
     assert result.request == final.replace(width=SIZE, height=SIZE)
@@ -57,12 +57,12 @@ def test_a_burst_starts_few_runs_and_ends_on_the_final_values(qtbot, make_sessio
 def test_bursts_coalesce_on_the_fake_engine_too_and_do_not_grow_memory(qtbot, make_session):
     engine = FakeEngine(steps=4)
     session = make_session(engine)
-    session.set(prompt="stone", variation_seed=1)
-    session.set_live(True)
+    session.model.set(prompt="stone", variation_seed=1)
+    session.runs.set_live(True)
     burst(session, 0)
     settle(qtbot, session)
     assert len(engine.started_runs) <= 3, len(engine.started_runs)
-    assert np.array_equal(session.document.layers[-1].pixels[..., :3], fake_image(session.request))
+    assert np.array_equal(session.document.layers[-1].pixels[..., :3], fake_image(session.model.request))
     engine.started_runs.clear()
     engine.finished_runs.clear()
     requests, frames = count(Request), count(StepEvent)
@@ -92,10 +92,10 @@ def test_frames_keep_arriving_during_a_drag(qtbot, make_session):
     engine = FakeEngine(steps=3, gates=gates)
     session = make_session(engine)
     frames: list[StepEvent] = []
-    session.frame.connect(frames.append)
-    session.set_live(True)
+    session.runs.frame.connect(frames.append)
+    session.runs.set_live(True)
     for i in range(20):
-        session.set(guidance=1.0 + i)
+        session.model.set(guidance=1.0 + i)
         qtbot.wait(5)
     gates[1].set()
     gates[2].set()
@@ -111,16 +111,16 @@ def test_frames_keep_arriving_during_a_drag(qtbot, make_session):
 def test_live_results_replace_each_other_until_the_person_acts(qtbot, make_session):
     session = make_session(FakeEngine(steps=2))
     doc = session.document
-    session.set_live(True)
+    session.runs.set_live(True)
     settle(qtbot, session)
     assert len(doc.layers) == 2
-    session.set(guidance=3.0)
+    session.model.set(guidance=3.0)
     settle(qtbot, session)
     assert len(doc.layers) == 2  # the second live result replaced the first
     assert len(session.gallery.results) == 2  # both stay in the gallery
     assert doc.layers[-1].source == session.gallery.results[-1].id
     doc.set_layer(doc.layers[-1].id, name="mine")  # the person acts on it: it is kept
-    session.set(guidance=4.0)
+    session.model.set(guidance=4.0)
     settle(qtbot, session)
     assert len(doc.layers) == 3 and doc.layers[1].name == "mine"
     assert doc.undo() and len(doc.layers) == 2  # a live result is one undoable step
@@ -129,13 +129,13 @@ def test_live_results_replace_each_other_until_the_person_acts(qtbot, make_sessi
 def test_live_off_runs_nothing_and_generate_is_never_coalesced_away(qtbot, make_session):
     engine = FakeEngine(steps=1)
     session = make_session(engine)
-    session.set(guidance=2.0)
+    session.model.set(guidance=2.0)
     qtbot.wait(20)
     assert engine.started_runs == []
-    session.set_live(True)
-    session.set_live(False)  # a run may have started; nothing waits
-    assert not session.live.pending
-    request = session.generate()
+    session.runs.set_live(True)
+    session.runs.set_live(False)  # a run may have started; nothing waits
+    assert not session.runs.pending
+    request = session.runs.generate()
     settle(qtbot, session)
     assert request is not None and session.gallery.results[-1].request == request
 
@@ -144,8 +144,8 @@ def test_live_img2img_follows_the_painting(qtbot, make_session):
     engine = FakeEngine(steps=1)
     session = make_session(engine)
     doc = session.document
-    session.set_mode("img2img")
-    session.set_live(True)
+    session.model.set_mode("img2img")
+    session.runs.set_live(True)
     settle(qtbot, session)
     runs = len(engine.started_runs)
     sketch = doc.add_layer("sketch")

@@ -79,16 +79,16 @@ def test_opening_a_bad_file_shows_an_error_and_changes_nothing(make, tmp_path):
 def test_open_restores_layers_gallery_and_history(make, tmp_path):
     window, session, actions = make()
     _stroke(session, 77)
-    result = Result(np.zeros((30, 40, 3), np.uint8), session.request.replace(prompt="a fox"))
+    result = Result(np.zeros((30, 40, 3), np.uint8), session.model.request.replace(prompt="a fox"))
     session.gallery.add(result)
-    session.prompt_history = ["a fox"]
+    session.model.set_prompt_history(["a fox"])
     path = tmp_path / "fox.studio"
     assert actions.save_to(path)
     session.document.reset(40, 30)
     session.gallery.replace_all([])
     assert actions.path is None  # a new canvas is untitled
     assert actions.open_path(path)
-    assert session.gallery.results[0].id == result.id and session.prompt_history == ["a fox"]
+    assert session.gallery.results[0].id == result.id and session.model.prompt_history == ["a fox"]
     assert session.document.layers[0].pixels[5, 5, 0] == 77
     assert window.windowTitle() == "fox.studio — Studio" and session.document.is_clean
 
@@ -170,10 +170,10 @@ def test_the_windows_png_export_carries_the_chain_after_a_project_round_trip(mak
     from ui import exports
 
     window, session, actions = make()
-    first = Result(np.full((30, 40, 3), 10, np.uint8), session.request.replace(prompt="a fox"))
+    first = Result(np.full((30, 40, 3), 10, np.uint8), session.model.request.replace(prompt="a fox"))
     second = Result(
         np.full((30, 40, 3), 20, np.uint8),
-        session.request.replace(prompt="a fox at dusk"),
+        session.model.request.replace(prompt="a fox at dusk"),
         parents=(first.id,),
     )
     for result in (first, second):

@@ -11,41 +11,15 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pytest
 from fake_engine import FakeEngine, fake_image
 from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl
 from PySide6.QtGui import QColor, QDropEvent
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
-from studio.session import Session
-from studio.settings import Settings
 from ui.main_window import MainWindow
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def make_window(qtbot, tmp_path):
-    """Build a window on a fake engine; closed (and its engine thread joined) after the test."""
-    windows: list[MainWindow] = []
-
-    def make(engine: FakeEngine, size: int = 64) -> MainWindow:
-        settings = Settings(str(tmp_path / "settings.ini"))
-        session = Session(engine=engine, document=Document(size, size), settings=settings)
-        window = MainWindow(session, settings)
-        qtbot.addWidget(window)
-        window.show()
-        window.activateWindow()
-        # Shortcuts (Ctrl+Enter, Esc, Ctrl+Z) go to the active window.
-        qtbot.waitUntil(lambda: QApplication.activeWindow() is window)
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        window.close()
-        assert not window.session.host.is_alive()
 
 
 def drop_file(window: MainWindow, path: Path) -> None:
@@ -77,10 +51,10 @@ def test_generate_paints_every_step_then_adds_a_layer_and_gallery_entry(make_win
     window.prompt_panel.steps.setValue(4)
     layers_before = len(session.document.layers)
     qtbot.keyClick(window, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
-    final = fake_image(session.current)
+    final = fake_image(session.runs.current)
     for step, gate in enumerate(gates, start=1):
         with qtbot.waitSignal(
-            session.result_added if step == 4 else session.progress, timeout=5000
+            session.runs.result_added if step == 4 else session.runs.progress, timeout=5000
         ) as blocker:
             gate.set()
         qtbot.waitUntil(lambda s=step: window.canvas.frames_painted == s)
@@ -105,7 +79,7 @@ def test_clicking_a_gallery_entry_restores_its_recipe_into_the_panels(make_windo
     panel = window.prompt_panel
     panel.prompt.setPlainText("a red shoe")
     panel.guidance.setValue(3.5)
-    with qtbot.waitSignal(window.session.result_added, timeout=5000):
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=5000):
         window.generate_action.trigger()
     panel.prompt.setPlainText("something else")
     panel.guidance.setValue(9.0)
@@ -114,7 +88,11 @@ def test_clicking_a_gallery_entry_restores_its_recipe_into_the_panels(make_windo
     rect = window.gallery_panel.list.visualItemRect(item)
     qtbot.mouseClick(window.gallery_panel.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert panel.prompt.toPlainText() == "a red shoe"
-    assert panel.seed_locked and panel.seed.edit.text() == str(window.session.gallery.results[0].request.seed)
+    assert (
+        window.session.runs.seed_locked
+        and panel.seed.lock.isChecked()
+        and panel.seed.edit.text() == str(window.session.gallery.results[0].request.seed)
+    )
     assert panel.guidance.value() == 3.5
     assert window.slider_panel.locality.value() == 0.5
     # "Use as init" puts the result back on the canvas and switches to image-to-image.
@@ -135,14 +113,14 @@ def test_escape_cancels_the_run_and_the_next_one_works(make_window, qtbot):
     gates[0].set()
     qtbot.waitUntil(lambda: window.canvas.frames_painted == 1)
     assert window.cancel_action.isEnabled()
-    with qtbot.waitSignal(session.run_ended, timeout=5000) as ended:
+    with qtbot.waitSignal(session.runs.run_ended, timeout=5000) as ended:
         qtbot.keyClick(window.canvas, Qt.Key.Key_Escape)
     assert ended.args == ["cancelled"]
     assert len(session.document.layers) == layers_before and not session.gallery.results
     assert not window.canvas.has_preview and "Cancelled" in window.status.message.text()
     for gate in gates:
         gate.set()
-    with qtbot.waitSignal(session.result_added, timeout=5000):
+    with qtbot.waitSignal(session.runs.result_added, timeout=5000):
         window.generate_action.trigger()
     assert len(session.gallery.results) == 1
 
@@ -151,7 +129,7 @@ def test_engine_error_shows_in_status_bar_and_dialog_and_the_window_stays_usable
     engine = FakeEngine(raise_at=2, error=RuntimeError("CUDA out of memory. Tried to allocate 2 GiB"))
     window = make_window(engine)
     session = window.session
-    with qtbot.waitSignal(session.error, timeout=5000):
+    with qtbot.waitSignal(session.runs.error, timeout=5000):
         window.generate_action.trigger()
     assert "Out of memory" in window.status.message.text()
     assert window.error_box is not None and window.error_box.isVisible()
@@ -171,7 +149,7 @@ def test_engine_error_shows_in_status_bar_and_dialog_and_the_window_stays_usable
     qtbot.keyClick(window, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert not layer.pixels[..., 3].any()
     engine.raise_at = None
-    with qtbot.waitSignal(session.result_added, timeout=5000):
+    with qtbot.waitSignal(session.runs.result_added, timeout=5000):
         window.generate_action.trigger()
 
 
@@ -179,7 +157,7 @@ def test_closing_the_window_during_a_run_stops_the_engine_thread(make_window, qt
     gate = threading.Event()  # never set: the run is stuck until cancelled
     window = make_window(FakeEngine(gates=[gate]))
     window.generate_action.trigger()
-    qtbot.waitUntil(lambda: window.session.running and window.session.host.busy)
+    qtbot.waitUntil(lambda: window.session.runs.running and window.session.host.busy)
     assert window.close()
     assert not window.session.host.is_alive()
 
@@ -227,9 +205,9 @@ def test_inpaint_from_the_mask_brush_keeps_unmasked_pixels(make_window, qtbot):
     panel = window.prompt_panel
     panel.mode.setCurrentIndex(panel.mode.findData("inpaint"))
     panel.mode.activated.emit(panel.mode.currentIndex())
-    assert session.mode == "inpaint" and panel.strength.isEnabled()
+    assert session.model.mode == "inpaint" and panel.strength.isEnabled()
     before = session.document.composite()
-    with qtbot.waitSignal(session.result_added, timeout=5000) as blocker:
+    with qtbot.waitSignal(session.runs.result_added, timeout=5000) as blocker:
         window.generate_action.trigger()
     result = blocker.args[0]
     assert np.array_equal(result.request.mask.pixels, mask)
@@ -243,14 +221,14 @@ def test_live_slider_burst_starts_few_runs_and_ends_on_the_final_values(make_win
     window = make_window(engine)
     session = window.session
     window.live_action.setChecked(True)
-    assert session.live_enabled
+    assert session.runs.live_enabled
     slider = window.slider_panel.locality.slider
     for tick in range(0, 1000, 10):  # a drag: 100 values
         slider.setValue(tick)
-    qtbot.waitUntil(lambda: not session.running and bool(session.gallery.results), timeout=10000)
-    qtbot.waitUntil(lambda: not session.running, timeout=10000)
+    qtbot.waitUntil(lambda: not session.runs.running and bool(session.gallery.results), timeout=10000)
+    qtbot.waitUntil(lambda: not session.runs.running, timeout=10000)
     final = session.gallery.results[-1]
-    assert final.request.locality == 0.99 == session.request.locality
+    assert final.request.locality == 0.99 == session.model.request.locality
     assert np.array_equal(final.image, fake_image(final.request))
     assert len(engine.started_runs) < 20
 
@@ -320,7 +298,7 @@ def test_new_canvas_of_a_chosen_size(make_window, qtbot):
     window.prompt_panel.size_box.activated.emit(window.prompt_panel.size_box.currentIndex())
     doc = window.document
     assert (doc.width, doc.height) == (128, 128) and len(doc.layers) == 1
-    assert (window.session.request.width, window.session.request.height) == (128, 128)
+    assert (window.session.model.request.width, window.session.model.request.height) == (128, 128)
     assert window.canvas.composite_image().width() == 128
 
 
@@ -330,7 +308,7 @@ def test_export_png_carries_the_recipe_of_the_result_on_the_canvas(make_window, 
 
     window = make_window(FakeEngine(steps=1))
     window.prompt_panel.prompt.setPlainText("a quilted bag")
-    with qtbot.waitSignal(window.session.result_added, timeout=5000) as blocker:
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=5000) as blocker:
         window.generate_action.trigger()
     out = tmp_path / "out.png"
     export_png(str(out), window.session)

@@ -74,10 +74,10 @@ class Demo(QObject):
         self.exit_code = 1
         self.captured = False  # a failed run reports both `error` and `run_ended`: capture once
         self.meter = StallMeter()
-        session = window.session
-        session.result_added.connect(self._finished)
-        session.run_ended.connect(self._ended)
-        session.error.connect(self._failed)
+        runs = window.session.runs
+        runs.result_added.connect(self._finished)
+        runs.run_ended.connect(self._ended)
+        runs.error.connect(self._failed)
 
     def start(self) -> None:
         """Generate with the window's default settings, once the engine warm-up import has finished."""
@@ -85,9 +85,10 @@ class Demo(QObject):
             QTimer.singleShot(50, self.start)  # as a person would: the window is up, typing takes longer
             return
         self.meter.start()
-        if not self.window.session.request.prompt:
-            self.window.session.set(prompt=DEMO_PROMPT)
-        request = self.window.session.generate()
+        session = self.window.session
+        if not session.model.request.prompt:
+            session.model.set(prompt=DEMO_PROMPT)
+        request = session.runs.generate()
         self.steps = request.steps if request is not None else 0
 
     @Slot(object)
@@ -103,7 +104,7 @@ class Demo(QObject):
     @Slot(str)
     def _failed(self, message: str) -> None:
         print(f"error: {message}", file=sys.stderr)
-        if not self.window.session.running:
+        if not self.window.session.runs.running:
             QTimer.singleShot(0, self._capture)
 
     @Slot()
@@ -159,7 +160,7 @@ def build_window(
     if steps is None and first_run:
         steps = DEFAULT_STEPS
     if steps is not None:
-        session.set(steps=steps)
+        session.model.set(steps=steps)
     return MainWindow(session, settings)
 
 

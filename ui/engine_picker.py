@@ -1,5 +1,5 @@
 """The model/engine picker: the built-in patch engine, diffusers models found on this machine, or a
-folder or file the person chooses. Choosing one is `session.set(engine=..., model=...)`.
+folder or file the person chooses. Choosing one is `model.set(engine=..., model=...)`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class EnginePicker(QComboBox):
         self.models: list[tuple[str, str]] = []
         self.discover: Callable[[], list[tuple[str, str]]] | None = None
         self.activated.connect(self._chosen)
-        session.request_changed.connect(self.show_request)
+        session.model.group("engine", "model").connect(self.show_request)
         self.rebuild()
 
     def showPopup(self) -> None:  # noqa: N802 - Qt override
@@ -67,7 +67,7 @@ class EnginePicker(QComboBox):
             self.addItem("Diffusers model folder…", CHOOSE_FOLDER)
             self.addItem("Diffusers model file (.safetensors)…", CHOOSE_FILE)
             self.addItem("Patch engine with my reference images…", CHOOSE_REFERENCES)
-        self.show_request(self.session.request)
+        self.show_request(self.session.model.request)
 
     def show_request(self, request: Request) -> None:
         """Select the entry of the session's engine and model (adding it when it is not listed)."""
@@ -95,7 +95,7 @@ class EnginePicker(QComboBox):
             path = QFileDialog.getExistingDirectory(self, "Choose a folder of reference images")
             data = f"patch|{path}" if path else None
         if data is None:  # the person cancelled the file dialog: show what is still in use
-            self.show_request(self.session.request)
+            self.show_request(self.session.model.request)
             return
         engine, model = data.split("|", 1)
-        self.session.set(engine=engine, model=model)
+        self.session.model.set(engine=engine, model=model)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QIcon, QPixmap
 from PySide6.QtWidgets import (
     QListView,
@@ -54,8 +54,6 @@ def recipe_text(result: Result) -> str:
 
 class GalleryPanel(QWidget):
     """Thumbnails of the session's results, newest first."""
-
-    restored = Signal(str)  # a result's recipe was put back into the panels
 
     def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -113,14 +111,12 @@ class GalleryPanel(QWidget):
             self.list.takeItem(self.list.row(item))
 
     def _clicked(self, item: QListWidgetItem) -> None:
-        result_id = item.data(Qt.ItemDataRole.UserRole)
-        self.session.restore(result_id)
-        self.restored.emit(result_id)
+        self.session.runs.restore(item.data(Qt.ItemDataRole.UserRole))
 
     def _use_selected(self) -> None:
         item = self.list.currentItem()
         if item is not None:
-            self.session.use_as_init(item.data(Qt.ItemDataRole.UserRole))
+            self.session.runs.use_as_init(item.data(Qt.ItemDataRole.UserRole))
 
     def _menu(self, pos) -> None:  # noqa: ANN001
         item = self.list.itemAt(pos)
@@ -128,5 +124,7 @@ class GalleryPanel(QWidget):
             return
         menu = QMenu(self)
         menu.addAction("Restore settings", lambda: self._clicked(item))
-        menu.addAction("Use as init", lambda: self.session.use_as_init(item.data(Qt.ItemDataRole.UserRole)))
+        menu.addAction(
+            "Use as init", lambda: self.session.runs.use_as_init(item.data(Qt.ItemDataRole.UserRole))
+        )
         menu.exec(self.list.viewport().mapToGlobal(pos))

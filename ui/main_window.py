@@ -1,11 +1,11 @@
 """The studio window: canvas in the middle, docks for prompt, sliders, layers and gallery, a status bar.
 
-It wires widgets to the Session and back; generation logic lives in `studio/`.
+Panels edit the session's request model and show its field signals; the window's actions call the run
+controller (`session.runs`); generation logic lives in `studio/`.
 """
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -73,8 +73,6 @@ class MainWindow(QMainWindow):
         self.layers_panel = LayersPanel(self.document)
         self.gallery_panel = GalleryPanel(session)
         self.prompt_panel.size_requested.connect(self.request_size)
-        # A restored recipe keeps its seed, so Generate makes that picture again (or a variation of it).
-        self.gallery_panel.restored.connect(lambda _id: self.prompt_panel.seed.lock.setChecked(True))
         left = Qt.DockWidgetArea.LeftDockWidgetArea
         right = Qt.DockWidgetArea.RightDockWidgetArea
         self.docks = {
@@ -117,13 +115,13 @@ class MainWindow(QMainWindow):
         self.generate_action = self._action(
             "Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "Generate an image (Ctrl+Enter)"
         )
-        self.cancel_action = self._action("Cancel", self.session.cancel, "Esc", "Stop the run (Esc)")
+        self.cancel_action = self._action("Cancel", self.session.runs.cancel, "Esc", "Stop the run (Esc)")
         self.cancel_action.setEnabled(False)
         self.live_action = QAction("Live", self, checkable=True)
         self.live_action.setToolTip(
             "Re-render while you drag sliders or edit fields, without pressing Generate"
         )
-        self.live_action.toggled.connect(self.session.set_live)
+        self.live_action.toggled.connect(self.session.runs.set_live)
         self.undo_action = self._action("Undo", self.document.undo, QKeySequence.StandardKey.Undo)
         self.redo_action = self._action("Redo", self.document.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
         self.new_action = self._action("New canvas…", self.new_canvas, QKeySequence.StandardKey.New)
@@ -195,18 +193,19 @@ class MainWindow(QMainWindow):
             generate.addAction(action)
 
     def _connect_session(self) -> None:
-        s = self.session
-        s.frame.connect(self._frame)
-        s.progress.connect(self.status.show_progress)
-        s.run_started.connect(self._started)
-        s.result_added.connect(self._result_added)
-        s.run_ended.connect(self._run_ended)
-        s.error.connect(self.show_error)
-        s.status.connect(self.status.show_message)
-        s.running_changed.connect(self._busy_changed)
-        s.live_changed.connect(self.live_action.setChecked)
-        s.request_changed.connect(lambda request: self.status.show_engine(request.engine))
-        self.status.show_engine(s.request.engine)
+        runs, model = self.session.runs, self.session.model
+        runs.frame.connect(self._frame)
+        runs.progress.connect(self.status.show_progress)
+        runs.run_started.connect(self._started)
+        runs.result_added.connect(self._result_added)
+        runs.run_ended.connect(self._run_ended)
+        runs.error.connect(self.show_error)
+        runs.status.connect(self.status.show_message)
+        runs.running_changed.connect(self._busy_changed)
+        runs.live_changed.connect(self.live_action.setChecked)
+        model.notice.connect(self.status.show_message)
+        model.field("engine").connect(self.status.show_engine)
+        self.status.show_engine(model.request.engine)
 
     def _restore_layout(self) -> None:
         geometry = self.settings.value("window/geometry")
@@ -229,9 +228,7 @@ class MainWindow(QMainWindow):
     # -- generation ---------------------------------------------------------------------
     def generate(self) -> None:
         """Run the panels' settings (a fresh seed unless it is locked)."""
-        if not self.prompt_panel.seed_locked:
-            self.session.set(seed=random.randrange(2**32))
-        self.session.generate()
+        self.session.runs.generate()
 
     def _frame(self, ev) -> None:  # noqa: ANN001 - a StepEvent of the current run
         if ev.preview is not None:
@@ -280,8 +277,7 @@ class MainWindow(QMainWindow):
             self, "New canvas", "Clear the canvas? Its undo history goes too."
         ):
             return
-        doc.reset(*size)
-        self.session.set(width=size[0], height=size[1])
+        doc.reset(*size)  # the run controller gives the request model the new size
 
     def request_size(self, width: int, height: int) -> None:
         """The prompt panel's size: a new canvas of that size (asks first when there is work to lose)."""

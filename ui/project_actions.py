@@ -50,7 +50,7 @@ class ProjectActions(QObject):
         self.data_dir = _data_dir(self.settings)
         self.journal = Journal(self.document, self.gallery, self.data_dir, history=self._history)
         self.journal.failed.connect(self._journal_failed)
-        session.history_changed.connect(self._history_changed)
+        session.model.history_changed.connect(self._history_changed)
         self.document.clean_changed.connect(self._update_title)
         self.document.changed.connect(self._document_changed)
         self.gallery.added.connect(self._gallery_changed)
@@ -143,7 +143,7 @@ class ProjectActions(QObject):
             self._update_title()
 
     def _history(self) -> list[str]:
-        return list(self.session.prompt_history)
+        return list(self.session.model.prompt_history)
 
     @Slot()
     def _history_changed(self) -> None:
@@ -185,15 +185,14 @@ class ProjectActions(QObject):
         return True
 
     def _apply(self, data: ProjectData, path: Path | None, unsaved: bool = False) -> None:
-        if self.session.running:  # a run started on the old canvas must not land on the new one
-            self.session.cancel()
+        if self.session.runs.running:  # a run started on the old canvas must not land on the new one
+            self.session.runs.cancel()
         self._migrated = None
         self._loading = True
         try:
             with self.journal.paused():
                 data.apply_to(self.document, self.gallery)
-                self.session.prompt_history = list(data.prompt_history)
-                self.session.history_changed.emit()
+                self.session.model.set_prompt_history(list(data.prompt_history))
         finally:
             self._loading = False
         self.path = path

@@ -1,7 +1,7 @@
 """The prompt panel: prompt, negative prompt, steps, guidance, seed, size, scheduler, mode, strength, tiling.
 
-It only turns widget edits into `session.set(...)` / `set_mode` calls and shows `request_changed`;
-Generate and Cancel are the window's actions, placed here as buttons.
+It only turns widget edits into `model.set(...)` / `set_mode` calls and shows each field when the request
+model says that field changed; Generate and Cancel are the window's actions, placed here as buttons.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def set_text(widget: QLineEdit | QPlainTextEdit, text: str) -> None:
 
 
 def set_value(widget, value) -> None:  # noqa: ANN001 - any widget with setValue/setChecked
-    """Show a value without echoing it back to the session."""
+    """Show a value without echoing it back to the model."""
     with QSignalBlocker(widget):
         if isinstance(widget, QCheckBox):
             widget.setChecked(bool(value))
@@ -164,33 +164,40 @@ class PromptPanel(QWidget):
         layout.addLayout(buttons)
         layout.addStretch(1)
 
-        self.prompt.textChanged.connect(lambda: session.set(prompt=self.prompt.toPlainText()))
-        self.negative.textEdited.connect(lambda text: session.set(negative_prompt=text))
+        model, runs = session.model, session.runs
+        self.prompt.textChanged.connect(lambda: model.set(prompt=self.prompt.toPlainText()))
+        self.negative.textEdited.connect(lambda text: model.set(negative_prompt=text))
         self.history.activated.connect(self._history_chosen)
-        self.steps.valueChanged.connect(lambda v: session.set(steps=v))
-        self.guidance.valueChanged.connect(lambda v: session.set(guidance=v))
-        self.seed.seed_edited.connect(lambda v: session.set(seed=v))
+        self.steps.valueChanged.connect(lambda v: model.set(steps=v))
+        self.guidance.valueChanged.connect(lambda v: model.set(guidance=v))
+        self.seed.seed_edited.connect(lambda v: model.set(seed=v))
+        self.seed.lock.toggled.connect(runs.set_seed_locked)
         self.size_box.activated.connect(self._size_chosen)
-        self.scheduler.activated.connect(lambda _i: session.set(scheduler=self.scheduler.currentText()))
-        self.mode.activated.connect(lambda _i: session.set_mode(self.mode.currentData()))
-        self.strength.valueChanged.connect(lambda v: session.set(strength=v))
-        self.tiling.toggled.connect(lambda v: session.set(tiling=v))
-        session.request_changed.connect(self.show_request)
-        session.mode_changed.connect(self.show_mode)
-        session.history_changed.connect(self.show_history)
+        self.scheduler.activated.connect(lambda _i: model.set(scheduler=self.scheduler.currentText()))
+        self.mode.activated.connect(lambda _i: model.set_mode(self.mode.currentData()))
+        self.strength.valueChanged.connect(lambda v: model.set(strength=v))
+        self.tiling.toggled.connect(lambda v: model.set(tiling=v))
+        # Each widget shows its own field, and redraws only when that field changes.
+        model.field("prompt").connect(lambda text: set_text(self.prompt, text))
+        model.field("negative_prompt").connect(lambda text: set_text(self.negative, text))
+        model.field("steps").connect(lambda v: set_value(self.steps, v))
+        model.field("guidance").connect(lambda v: set_value(self.guidance, v))
+        model.field("seed").connect(self.seed.show_seed)
+        model.field("strength").connect(lambda v: set_value(self.strength, v))
+        model.field("tiling").connect(lambda v: set_value(self.tiling, v))
+        model.group("engine", "scheduler").connect(self._show_scheduler)
+        model.field("mode").connect(self.show_mode)
+        model.history_changed.connect(self.show_history)
+        runs.seed_lock_changed.connect(self.seed.lock.setChecked)  # its toggled echo changes nothing
         session.document.changed.connect(self._show_size)
-        self.show_request(session.request)
-        self.show_mode(session.mode)
+        self.show_request(model.request)
+        self.show_mode(model.mode)
+        self.seed.lock.setChecked(runs.seed_locked)
         self.show_history()
         self._show_size()
 
-    @property
-    def seed_locked(self) -> bool:
-        """True when Generate should keep the seed."""
-        return self.seed.lock.isChecked()
-
     def show_request(self, request: Request) -> None:
-        """Put the session's request into the widgets."""
+        """Put a whole request into the widgets (when the panel is built)."""
         set_text(self.prompt, request.prompt)
         set_text(self.negative, request.negative_prompt)
         set_value(self.steps, request.steps)
@@ -213,7 +220,7 @@ class PromptPanel(QWidget):
         self.scheduler.setEnabled(request.engine == "diffusers")
 
     def show_mode(self, mode: str) -> None:
-        """Show the session's mode; strength only matters when starting from the canvas."""
+        """Show the mode; strength only matters when starting from the canvas."""
         with QSignalBlocker(self.mode):
             self.mode.setCurrentIndex(max(0, self.mode.findData(mode)))
         self.strength.setEnabled(mode != "txt2img")
@@ -222,14 +229,14 @@ class PromptPanel(QWidget):
         """List recent prompts, newest first."""
         with QSignalBlocker(self.history):
             self.history.clear()
-            for text in self.session.prompt_history:
+            for text in self.session.model.prompt_history:
                 self.history.addItem(text if len(text) < 60 else text[:57] + "…", text)
             self.history.setCurrentIndex(-1)
 
     def _history_chosen(self, index: int) -> None:
         text = self.history.itemData(index)
         if text:
-            self.session.set(prompt=text)
+            self.session.model.set(prompt=text)
         with QSignalBlocker(self.history):
             self.history.setCurrentIndex(-1)
 

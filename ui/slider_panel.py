@@ -1,5 +1,6 @@
 """Latent sliders: variation, prompt blend, concept sliders, guidance, strength, patch-engine locality and
-per-reference weights. Each slider shows its value and has a reset; every move is one `session.set`.
+per-reference weights. Each slider shows its value and has a reset; every move is one `model.set`, and
+each slider redraws only when the request model says its own field changed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class ValueSlider(QWidget):
         self.label.setMinimumWidth(40)
         self.label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         self.reset = tool_button("↺", f"Reset to {default:.{decimals}f}")
+        self._shown: tuple[int, str] | None = None  # the tick and text on screen
         row = QHBoxLayout(self)
         row.setContentsMargins(0, 0, 0, 0)
         row.addWidget(self.slider, 1)
@@ -56,10 +58,14 @@ class ValueSlider(QWidget):
 
     def show_value(self, value: float) -> None:
         """Move the slider to `value` without announcing it (values past the range pin to its end)."""
-        tick = round((value - self.low) / (self.high - self.low) * TICKS)
+        tick = max(0, min(TICKS, round((value - self.low) / (self.high - self.low) * TICKS)))
+        text = f"{value:.{self.decimals}f}"
+        if (tick, text) == self._shown:
+            return  # the echo of the person's own move: nothing to redraw
+        self._shown = (tick, text)
         with QSignalBlocker(self.slider):
-            self.slider.setValue(max(0, min(TICKS, tick)))
-        self.label.setText(f"{value:.{self.decimals}f}")
+            self.slider.setValue(tick)
+        self.label.setText(text)
 
     def _slid(self, _tick: int) -> None:
         self._announce(self.value())
@@ -152,47 +158,70 @@ class SliderPanel(QWidget):
         layout.addWidget(self.patch_box)
         layout.addStretch(1)
 
+        model = session.model
+        self.model = model
         self.variation_seed.editingFinished.connect(self._variation_seed_edited)
-        dice.clicked.connect(lambda: session.set(variation_seed=random.randrange(2**32)))
+        dice.clicked.connect(lambda: model.set(variation_seed=random.randrange(2**32)))
         self.variation.moved.connect(self._variation_moved)
-        self.prompt_b.editingFinished.connect(lambda: session.set(prompt_b=self.prompt_b.text()))
-        self.blend.moved.connect(lambda v: session.set(blend=v) if self.prompt_b.text().strip() else None)
-        self.guidance.moved.connect(lambda v: session.set(guidance=v))
-        self.strength.moved.connect(lambda v: session.set(strength=v))
-        self.locality.moved.connect(lambda v: session.set(locality=v))
+        self.prompt_b.editingFinished.connect(lambda: model.set(prompt_b=self.prompt_b.text()))
+        self.blend.moved.connect(lambda v: model.set(blend=v) if self.prompt_b.text().strip() else None)
+        self.guidance.moved.connect(lambda v: model.set(guidance=v))
+        self.strength.moved.connect(lambda v: model.set(strength=v))
+        self.locality.moved.connect(lambda v: model.set(locality=v))
         add_concept.clicked.connect(lambda: self._add_concept_row(Concept("", "")))
-        session.request_changed.connect(self.show_request)
+        # Each slider shows its own field, and redraws only when that field changes.
+        model.field("variation_seed").connect(self._show_variation_seed)
+        model.field("variation_strength").connect(self.variation.show_value)
+        model.field("prompt_b").connect(lambda text: set_text(self.prompt_b, text))
+        model.field("blend").connect(self.blend.show_value)
+        model.field("guidance").connect(self.guidance.show_value)
+        model.field("strength").connect(self.strength.show_value)
+        model.field("locality").connect(self.locality.show_value)
+        model.field("concepts").connect(self._show_concepts)
+        model.group("engine", "model").connect(self._show_patch_engine)
+        model.field("reference_weights").connect(self._show_weights)
         self._references_for: str | None = None
-        self.show_request(session.request)
+        self.show_request(model.request)
 
     def _variation_seed_edited(self) -> None:
         text = self.variation_seed.text().strip()
-        self.session.set(variation_seed=int(text) if text.isdigit() else None)
+        self.model.set(variation_seed=int(text) if text.isdigit() else None)
 
     def _variation_moved(self, value: float) -> None:
         changes: dict[str, object] = {"variation_strength": value}
-        if value > 0 and self.session.request.variation_seed is None:
+        if value > 0 and self.model.request.variation_seed is None:
             changes["variation_seed"] = random.randrange(2**32)  # a variation needs a second seed
-        self.session.set(**changes)
+        self.model.set(**changes)
 
     def show_request(self, request: Request) -> None:
-        """Put the session's request into the sliders."""
-        set_text(self.variation_seed, "" if request.variation_seed is None else str(request.variation_seed))
+        """Put a whole request into the sliders (when the panel is built)."""
+        self._show_variation_seed(request.variation_seed)
         self.variation.show_value(request.variation_strength)
         set_text(self.prompt_b, request.prompt_b)
         self.blend.show_value(request.blend)
         self.guidance.show_value(request.guidance)
         self.strength.show_value(request.strength)
         self.locality.show_value(request.locality)
+        self._show_concepts(request.concepts)
+        self._show_patch_engine(request)
+
+    def _show_variation_seed(self, seed: int | None) -> None:
+        set_text(self.variation_seed, "" if seed is None else str(seed))
+
+    def _show_concepts(self, concepts: tuple[Concept, ...]) -> None:
         shown = tuple(row.concept() for row in self.concept_rows if row.complete())
-        if shown != request.concepts:
+        if shown != concepts:
             for row in list(self.concept_rows):
                 self._drop_row(row, announce=False)
-            for concept in request.concepts:
+            for concept in concepts:
                 self._add_concept_row(concept)
+
+    def _show_patch_engine(self, request: Request) -> None:
         self.patch_box.setVisible(request.engine == "patch")
-        if request.engine == "patch":
-            self._show_references(request)
+        if request.engine == "patch" and self._references_for != request.model:
+            self._references_for = request.model
+            self._list_references(request.model)
+            self._show_weights(request.reference_weights)
 
     # -- concepts -----------------------------------------------------------------------------------------
     def _add_concept_row(self, concept: Concept) -> None:
@@ -211,16 +240,13 @@ class SliderPanel(QWidget):
 
     def _concepts_changed(self) -> None:
         # Half-filled rows stay on screen but out of the request, which refuses them.
-        self.session.set(concepts=tuple(row.concept() for row in self.concept_rows if row.complete()))
+        self.model.set(concepts=tuple(row.concept() for row in self.concept_rows if row.complete()))
 
     # -- patch engine references --------------------------------------------------------------------------
-    def _show_references(self, request: Request) -> None:
-        if self._references_for != request.model:
-            self._references_for = request.model
-            self._list_references(request.model)
-        weights = dict(request.reference_weights)
+    def _show_weights(self, weights: tuple[tuple[str, float], ...]) -> None:
+        by_name = dict(weights)
         for name, slider in self.reference_sliders.items():
-            slider.show_value(weights.get(name, 0.0))
+            slider.show_value(by_name.get(name, 0.0))
 
     def _list_references(self, folder: str) -> None:
         while self.references_form.rowCount():
@@ -246,9 +272,9 @@ class SliderPanel(QWidget):
     def _reference_setter(self, name: str) -> Callable[[float], None]:
         def set_weight(value: float) -> None:
             """Set this reference's weight; zero weights leave the recipe."""
-            weights = dict(self.session.request.reference_weights)
+            weights = dict(self.model.request.reference_weights)
             weights[name] = value
             kept = tuple((k, v) for k, v in weights.items() if v != 0.0)
-            self.session.set(reference_weights=kept)
+            self.model.set(reference_weights=kept)
 
         return set_weight
