@@ -19,6 +19,11 @@ SIZE_LIMITS = {"patch": (32, 512), "diffusers": (64, 2048)}
 # The size a front end starts with when the person names none: the patch engine's references are 128² and
 # a 20-step 512² run takes minutes on a CPU; Stable Diffusion 1.x was trained at 512².
 DEFAULT_SIZE = {"patch": 256, "diffusers": 512}
+# How a control image becomes a ControlNet's input: raw, depth and pose pass unchanged (the person supplies
+# the map), the others are computed from the image (backend/control_images.py).
+CONTROL_KINDS = ("raw", "canny", "scribble", "lineart", "depth", "pose")
+MAX_CONTROLS = 4
+MAX_LORAS = 16
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,29 @@ class Concept:
     negative: str
     weight: float = 0.0
     start: float = 0.0
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ControlNet input: its weights, the image and what it shows, and how strongly and when it steers.
+
+    `start` and `end` are fractions of the steps (as diffusers' `control_guidance_start/end`).
+    """
+
+    model: str  # a ControlNet diffusers folder, a .safetensors file or a discovered name
+    kind: str
+    image: Picture
+    strength: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA (file path or discovered name) applied at `strength` (A1111's `<lora:NAME:STRENGTH>`)."""
+
+    name: str
+    strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +86,8 @@ class Request:
     prompt_b: str = ""
     blend: float = 0.0
     concepts: tuple[Concept, ...] = ()
+    controls: tuple[Control, ...] = ()  # diffusers: ControlNets, applied together
+    loras: tuple[Lora, ...] = ()  # diffusers: LoRAs, applied together
     preview: str = "auto"
     # Patch engine: locality scales the patch-size schedule (1.0 = whole-image patches, memorisation).
     locality: float = 0.5
@@ -119,6 +149,8 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
             yield f"concept weight must be between -10 and 10 (got {c.weight})"
         if not 0.0 <= c.start <= 1.0:
             yield f"concept start must be between 0 and 1 (got {c.start})"
+    yield from _control_problems(r)
+    yield from _lora_problems(r)
     if r.preview not in PREVIEW_METHODS:
         yield f"unknown preview method {r.preview!r}; choose one of {', '.join(PREVIEW_METHODS)}"
     if r.init_image is not None:
@@ -141,3 +173,36 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
     for name, weight in r.reference_weights:
         if not -20.0 <= weight <= 20.0:
             yield f"reference weight for {name!r} must be between -20 and 20 (got {weight})"
+
+
+def _control_problems(r: Request):  # noqa: ANN202 - a generator of messages
+    if r.controls and r.engine != "diffusers":
+        yield "control layers (ControlNet) need the diffusers engine"
+    if len(r.controls) > MAX_CONTROLS:
+        yield f"at most {MAX_CONTROLS} control layers at once (got {len(r.controls)})"
+    for n, c in enumerate(r.controls, 1):
+        if not c.model.strip():
+            yield f"control {n} has no ControlNet model"
+        if c.kind not in CONTROL_KINDS:
+            yield f"control {n}: unknown kind {c.kind!r}; choose one of {', '.join(CONTROL_KINDS)}"
+        if not isinstance(c.image, Picture):
+            yield f"control {n} has no image"
+        if not 0.0 <= c.strength <= 2.0:
+            yield f"control {n}: strength must be between 0 and 2 (got {c.strength})"
+        if not 0.0 <= c.start < c.end <= 1.0:
+            yield f"control {n}: start and end must satisfy 0 ≤ start < end ≤ 1 (got {c.start}, {c.end})"
+
+
+def _lora_problems(r: Request):  # noqa: ANN202 - a generator of messages
+    if r.loras and r.engine != "diffusers":
+        yield "LoRAs need the diffusers engine"
+    if len(r.loras) > MAX_LORAS:
+        yield f"at most {MAX_LORAS} LoRAs at once (got {len(r.loras)})"
+    names = [lora.name for lora in r.loras]
+    for lora in r.loras:
+        if not lora.name.strip():
+            yield "a LoRA needs a file or a name"
+        if not -10.0 <= lora.strength <= 10.0:
+            yield f"LoRA {lora.name!r}: strength must be between -10 and 10 (got {lora.strength})"
+        if names.count(lora.name) > 1:
+            yield f"LoRA {lora.name!r} is named twice; give it once with one strength"

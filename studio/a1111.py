@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from backend.request import Concept, Request
+from backend.prompt_syntax import lora_tag, split_lora_tags
+from backend.request import Concept, Lora, Request
 from studio.recipe import RecipeError
 
 # Our scheduler names and A1111's sampler names; a "_karras"-style suffix is A1111's "Schedule type".
@@ -111,10 +112,12 @@ def model_display_name(model: str) -> str:
 def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
     """A1111 `parameters` text for the request: prompt, "Negative prompt: ...", then "Key: value" pairs.
 
-    What this text cannot carry: the init image and the mask (only their strength goes), and prompts whose
-    lines have leading or trailing spaces or start with "Negative prompt:" (A1111's parser strips and splits
-    them). Everything else reads back equal through `request_from_a1111`; fields A1111 lacks go as extra
-    pairs. `extras` adds the model hash (A1111 "AutoV2": the first 10 hex digits of the file's SHA-256).
+    What this text cannot carry: the init image, the mask and control images (only their settings go), and
+    prompts whose lines have leading or trailing spaces or start with "Negative prompt:" (A1111's parser
+    strips and splits them). LoRAs go as `<lora:NAME:W>` tags after the prompt, as A1111 writes them.
+    Everything else reads back equal through `request_from_a1111`; fields A1111 lacks go as extra pairs.
+    `extras` adds the model hash (A1111 "AutoV2": the first 10 hex digits of the file's SHA-256) and the
+    LoRA and ControlNet hashes.
     """
     extras = extras or {}
     d = Request()
@@ -134,6 +137,8 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
     p["Model"] = name or None
     if request.model != name:
         p["Model path"] = request.model
+    p.update(_lora_fields(request, extras))
+    p.update(_control_fields(request, extras))
     if request.init_image is not None or request.strength != d.strength:
         p["Denoising strength"] = _num(request.strength)
     if request.variation_seed is not None or request.variation_strength != d.variation_strength:
@@ -155,7 +160,42 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
     p["Version"] = "Studio"
     pairs = ", ".join(f"{k}: {_quote(v)}" for k, v in p.items() if v is not None and v != "")
     negative = f"\n{_NEGATIVE} {request.negative_prompt}" if request.negative_prompt else ""
-    return f"{request.prompt}{negative}\n{pairs}".strip()
+    tags = "".join(" " + lora_tag(model_display_name(lora.name), lora.strength) for lora in request.loras)
+    return f"{request.prompt}{tags}{negative}\n{pairs}".strip()
+
+
+def _lora_fields(request: Request, extras: Mapping[str, Any]) -> dict[str, str | None]:
+    """A1111's "Lora hashes" (AutoV3, which Civitai looks up) and, when a LoRA was named by its path,
+    the paths so that the text reads back to the same request."""
+    out: dict[str, str | None] = {}
+    hashes = [
+        f"{model_display_name(str(x.get('name', '')))}: {str(x['autov3'])[:12]}"
+        for x in extras.get("loras", [])
+        if isinstance(x, Mapping) and x.get("autov3")
+    ]
+    out["Lora hashes"] = ", ".join(hashes) or None
+    if any(model_display_name(lora.name) != lora.name for lora in request.loras):
+        out["Lora paths"] = json.dumps([lora.name for lora in request.loras], ensure_ascii=False)
+    return out
+
+
+# How A1111's ControlNet extension names the preprocessor for each of our kinds.
+_CONTROL_MODULES = {"raw": "none", "depth": "none", "pose": "none", "scribble": "scribble_xdog"}
+_CONTROL_MODULES["lineart"] = "lineart_standard"
+
+
+def _control_fields(request: Request, extras: Mapping[str, Any]) -> dict[str, str | None]:
+    """One "ControlNet N" field per control, in the ControlNet extension's own form (images do not go)."""
+    hashes = [x.get("sha256", "") if isinstance(x, Mapping) else "" for x in extras.get("controls", [])]
+    out: dict[str, str | None] = {}
+    for n, c in enumerate(request.controls):
+        digest = str(hashes[n])[:8] if n < len(hashes) and hashes[n] else ""
+        model = model_display_name(c.model) + (f" [{digest}]" if digest else "")
+        out[f"ControlNet {n}"] = (
+            f"Module: {_CONTROL_MODULES.get(c.kind, c.kind)}, Model: {model}, Weight: {_num(c.strength)}, "
+            f"Guidance Start: {_num(c.start)}, Guidance End: {_num(c.end)}"
+        )
+    return out
 
 
 @dataclass(frozen=True)
@@ -189,9 +229,11 @@ def parse_a1111(text: str) -> A1111Text:
 def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
     """The request and extras (model hash and name) that A1111 parameters text describes.
 
-    Images are never in A1111 text, so the request has no init image or mask. Text from A1111 itself
-    (no "Engine" field) is taken as a diffusers request. Unknown fields (hires fix, LoRA hashes,
-    ADetailer...) are ignored. A value that should be a number but is not raises RecipeError.
+    Images are never in A1111 text, so the request has no init image, mask or control images (the
+    "ControlNet N" fields are not read back). `<lora:NAME:W>` tags leave the prompt and become the
+    request's LoRAs. Text from A1111 itself (no "Engine" field) is taken as a diffusers request. Unknown
+    fields (hires fix, ADetailer...) are ignored. A value that should be a number but is not raises
+    RecipeError.
     """
     parsed = parse_a1111(text)
     f = parsed.fields
@@ -232,10 +274,14 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         raise RecipeError("A1111 parameters: Concepts or Reference weights have the wrong shape") from None
     engine = f.get("Engine", "diffusers").strip()
     model = f["Model path"] if "Model path" in f else f.get("Model", "").strip()
+    prompt, tags = split_lora_tags(parsed.prompt)
+    paths = listing("Lora paths")
+    if len(paths) == len(tags):  # our own text: the LoRAs as they were named
+        tags = [(str(path), weight) for path, (_name, weight) in zip(paths, tags, strict=True)]
     request = Request(
         engine=engine,
         model=model,
-        prompt=parsed.prompt,
+        prompt=prompt,
         negative_prompt=parsed.negative_prompt,
         seed=number("Seed", int, d.seed),
         steps=number("Steps", int, d.steps),
@@ -252,6 +298,7 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         prompt_b=f.get("Prompt B", ""),
         blend=number("Prompt blend", float, d.blend),
         concepts=concepts,
+        loras=tuple(Lora(name, weight) for name, weight in tags),
         preview=f.get("Preview", d.preview).strip(),
         locality=number("Locality", float, d.locality),
         reference_weights=weights,
@@ -263,4 +310,7 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         extras["model_hash"] = f["Model hash"].strip()
     if f.get("Model"):
         extras["model_name"] = f["Model"].strip()
+    if f.get("Lora hashes"):
+        pairs = (item.split(":", 1) for item in f["Lora hashes"].split(",") if ":" in item)
+        extras["lora_hashes"] = {name.strip(): digest.strip() for name, digest in pairs}
     return request, extras

@@ -11,13 +11,13 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from backend.errors import StudioError
 from backend.images import Picture
-from backend.request import Concept, Request
+from backend.request import Concept, Control, Lora, Request
 
 RECIPE_FORMAT = "studio-recipe"
 RECIPE_VERSION = 1
@@ -73,15 +73,28 @@ def request_to_dict(request: Request, images: bool = True) -> dict[str, Any]:
             continue
         value = getattr(request, f.name)
         if isinstance(value, Picture):
-            value = {"digest": value.digest}
-            if images:
-                value["png"] = base64.b64encode(getattr(request, f.name).to_png_bytes()).decode("ascii")
+            value = _picture_to_json(value, images)
         elif f.name == "concepts":
             value = [dataclasses.asdict(c) for c in value]
+        elif f.name == "controls":
+            value = [{**_shallow_dict(c), "image": _picture_to_json(c.image, images)} for c in value]
+        elif f.name == "loras":
+            value = [dataclasses.asdict(lora) for lora in value]
         elif isinstance(value, tuple):
             value = [list(v) if isinstance(v, tuple) else v for v in value]
         out[f.name] = value
     return out
+
+
+def _picture_to_json(picture: Picture, images: bool) -> dict[str, str]:
+    value = {"digest": picture.digest}
+    if images:
+        value["png"] = base64.b64encode(picture.to_png_bytes()).decode("ascii")
+    return value
+
+
+def _shallow_dict(item: Any) -> dict[str, Any]:
+    return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
 
 
 def request_from_dict(data: Mapping[str, Any], missing_images: bool = False) -> tuple[Request, list[str]]:
@@ -108,17 +121,36 @@ def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) 
     if name in _IMAGE_FIELDS:
         if value is None:
             return None
-        if not isinstance(value, Mapping):
-            raise bad("an embedded PNG image")
-        if "png" not in value:
-            if missing_images:
-                return None
-            raise RecipeError(f"the recipe names its {name.replace('_', ' ')} but does not embed it")
+        return _picture_from_json(name.replace("_", " "), value, _IMAGE_FIELDS[name], missing_images, bad)
+    if name == "controls":
+        if not isinstance(value, list) or not all(isinstance(c, Mapping) for c in value):
+            raise bad("a list of control objects")
+        controls = []
+        for c in value:
+            image = _picture_from_json("control image", c.get("image"), False, missing_images, bad)
+            if image is None:  # a stored request without images: the control cannot be rebuilt
+                continue
+            try:
+                controls.append(
+                    Control(
+                        str(c["model"]),
+                        str(c["kind"]),
+                        image,
+                        float(c.get("strength", 1.0)),
+                        float(c.get("start", 0.0)),
+                        float(c.get("end", 1.0)),
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                raise bad("a list of controls with model, kind, image, strength, start and end") from None
+        return tuple(controls)
+    if name == "loras":
+        if not isinstance(value, list) or not all(isinstance(c, Mapping) for c in value):
+            raise bad("a list of LoRA objects")
         try:
-            data = base64.b64decode(str(value["png"]), validate=True)
-        except (binascii.Error, ValueError):
-            raise bad("base64 PNG data") from None
-        return Picture.from_png_bytes(data, mask=_IMAGE_FIELDS[name])
+            return tuple(Lora(str(x["name"]), float(x.get("strength", 1.0))) for x in value)
+        except (KeyError, TypeError, ValueError):
+            raise bad("a list of LoRAs with name and strength") from None
     if name == "concepts":
         if not isinstance(value, list) or not all(isinstance(c, Mapping) for c in value):
             raise bad("a list of concept objects")
@@ -160,6 +192,22 @@ def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) 
             return value
         raise bad("text")
     return value  # a field this module does not know the shape of: trust JSON
+
+
+def _picture_from_json(
+    what: str, value: Any, mask: bool, missing_images: bool, bad: Callable[[str], RecipeError]
+) -> Picture | None:
+    if not isinstance(value, Mapping):
+        raise bad("an embedded PNG image")
+    if "png" not in value:
+        if missing_images:
+            return None
+        raise RecipeError(f"the recipe names its {what} but does not embed it")
+    try:
+        data = base64.b64decode(str(value["png"]), validate=True)
+    except (binascii.Error, ValueError):
+        raise bad("base64 PNG data") from None
+    return Picture.from_png_bytes(data, mask=mask)
 
 
 def compact_recipe(request: Request, extras: Mapping[str, Any] | None = None) -> dict[str, Any]:

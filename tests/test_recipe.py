@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
+from backend.errors import RequestError
 from backend.images import Picture
-from backend.request import Concept, Request
+from backend.request import Concept, Control, Lora, Request
 from studio.a1111 import (
     parse_a1111,
     request_from_a1111,
@@ -53,6 +54,11 @@ EVERYTHING = Request(
     prompt_b='a ruin, "old"',
     blend=0.4,
     concepts=(Concept("ornate", "plain", 1.5, 0.25), Concept("day, bright", "night", -2.0)),
+    controls=(
+        Control("/cn/control_v11p_sd15_canny.safetensors", "canny", INIT, 0.8, 0.1, 0.9),
+        Control("lineart-net", "lineart", Picture(INIT.pixels[::-1]), 1.2),
+    ),
+    loras=(Lora("/loras/add detail, v2.safetensors", 0.75), Lora("style_ink", -1.0)),
     preview="taesd",
     locality=0.8,
     reference_weights=(("brick wall", 2.0), ("sky", -1.5)),
@@ -68,6 +74,8 @@ COMBOS = [
     Request(init_image=INIT, mask=MASK, width=48, height=64),
     Request(concepts=(Concept("a", "b", 0.1, 1.0),), reference_weights=(("x", 0.0),)),
     Request(variation_seed=0, variation_strength=1.0, tiling=True),
+    Request(engine="diffusers", prompt="", loras=(Lora("ink", 0.5),)),
+    Request(engine="diffusers", prompt="a [cat:dog:0.5], (red:1.3)", loras=(Lora("ink"), Lora("b", 2.0))),
     EVERYTHING,
 ]
 
@@ -163,7 +171,7 @@ def test_not_a_recipe_is_a_recipe_error(text):
 
 
 def _text_carryable(request: Request) -> Request:
-    return request.replace(init_image=None, mask=None)
+    return request.replace(init_image=None, mask=None, controls=())
 
 
 @pytest.mark.parametrize("request_", COMBOS)
@@ -203,6 +211,23 @@ def test_a1111_text_looks_like_a1111():
     )
 
 
+def test_a1111_text_names_loras_and_controlnets_like_a1111():
+    extras = {
+        "loras": [{"name": "add detail, v2", "autov3": "7c6bad76eb54aa", "sha256": "f" * 64}],
+        "controls": [{"name": "control_v11p_sd15_canny", "sha256": "d14c016b" + "0" * 56}],
+    }
+    text = to_a1111(EVERYTHING, extras)
+    first = text.split("\n")[1]  # the prompt's second line carries the tags, before the negative prompt
+    assert first.endswith("second line: ünïcode ✓ <lora:add detail, v2:0.75> <lora:style_ink:-1>")
+    fields = parse_a1111(text).fields
+    assert fields["Lora hashes"] == "add detail, v2: 7c6bad76eb54"
+    assert fields["ControlNet 0"] == (
+        "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 0.8, "
+        "Guidance Start: 0.1, Guidance End: 0.9"
+    )
+    assert fields["ControlNet 1"].startswith("Module: lineart_standard, Model: lineart-net, Weight: 1.2")
+
+
 def test_a1111_quotes_values_with_commas_like_a1111():
     text = to_a1111(Request(prompt_b="red, blue", model="a,b"))
     fields = parse_a1111(text).fields
@@ -223,16 +248,19 @@ Emphasis: Original, Version: v1.7.0"""
 
 def test_a1111_from_the_wild_reads():
     request, extras = request_from_a1111(WILD)
-    assert (
-        request.prompt
-        == "masterpiece, best quality, 1girl, (smile:1.2), <lora:add_detail:0.8>,\nlooking at viewer"
-    )
+    # The LoRA tag leaves the prompt (A1111 too takes it out before the text encoder) for the LoRA list.
+    assert request.prompt == "masterpiece, best quality, 1girl, (smile:1.2),,\nlooking at viewer"
+    assert request.loras == (Lora("add_detail", 0.8),)
     assert request.negative_prompt == "(worst quality:1.4), lowres, EasyNegative, bad-hands-5"
     assert (request.steps, request.seed, request.guidance) == (28, 2862370573, 6.5)
     assert (request.width, request.height, request.strength) == (512, 768, 0.45)
     assert request.scheduler == "dpmpp_2m_karras" and request.engine == "diffusers"
     assert request.model == "anything-v5-PrtRE"
-    assert extras == {"model_hash": "7f96a1a9ca", "model_name": "anything-v5-PrtRE"}
+    assert extras == {
+        "model_hash": "7f96a1a9ca",
+        "model_name": "anything-v5-PrtRE",
+        "lora_hashes": {"add_detail": "7c6bad76eb54"},
+    }
     fields = parse_a1111(WILD).fields
     assert fields["Lora hashes"] == "add_detail: 7c6bad76eb54"
     assert fields["TI hashes"] == "EasyNegative: c74b4e810b03, bad-hands-5: aa7651be154c"
@@ -307,3 +335,32 @@ def test_ancestors_of_gallery_like_results():
     assert chain[0].recipe == compact_recipe(EVERYTHING, {"k": 1})
     back = recipe_from_json(recipe_to_json(Request(), provenance=Provenance("c", ("b",), chain=chain)))
     assert back.provenance.chain == chain
+
+
+def test_loras_and_controls_are_validated():
+    good = Request(engine="diffusers", width=64, height=64)
+    control = Control("cn", "canny", INIT)
+    for bad, message in (
+        (good.replace(engine="patch", loras=(Lora("x"),)), "LoRAs need the diffusers engine"),
+        (good.replace(loras=(Lora("x", 11.0),)), "strength must be between -10 and 10"),
+        (good.replace(loras=(Lora("x"), Lora("x", 0.5))), "named twice"),
+        (good.replace(loras=(Lora(" "),)), "needs a file or a name"),
+        (good.replace(controls=(dataclasses.replace(control, kind="hed"),)), "unknown kind 'hed'"),
+        (good.replace(controls=(dataclasses.replace(control, start=0.5, end=0.5),)), "start < end"),
+        (good.replace(controls=(dataclasses.replace(control, strength=3.0),)), "between 0 and 2"),
+        (good.replace(controls=(dataclasses.replace(control, model=""),)), "no ControlNet model"),
+        (good.replace(controls=(control,) * 5), "at most 4 control layers"),
+    ):
+        with pytest.raises(RequestError, match=message):
+            bad.validate()
+    good.replace(controls=(control, control), loras=(Lora("x", -2.0), Lora("y"))).validate()
+
+
+def test_stored_requests_without_images_drop_their_controls():
+    data = json.loads(recipe_to_json(EVERYTHING))["request"]
+    for control in data["controls"]:
+        del control["image"]["png"]
+    request, notes = request_from_dict(data, missing_images=True)
+    assert request.controls == () and request.loras == EVERYTHING.loras and notes == []
+    with pytest.raises(RecipeError, match="names its control image but does not embed it"):
+        request_from_dict(data)
