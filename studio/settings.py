@@ -90,7 +90,11 @@ class Settings:
 
     @last_request.setter
     def last_request(self, request: Request | None) -> None:
-        data = None if request is None else request_to_dict(request.replace(init_image=None, mask=None, controls=()))
+        data = (
+            None
+            if request is None
+            else request_to_dict(request.replace(init_image=None, mask=None, controls=()))
+        )
         self._set_json("session/last_request", data)
 
     @property
