@@ -142,7 +142,11 @@ def test_parameters_from_another_tool_read_as_a_request(tmp_path):
         width=32,
         height=40,
     )
-    assert meta.extras == {"model_hash": "6ce0161689", "model_name": "v1-5-pruned-emaonly"}
+    assert meta.extras == {
+        "model_hash": "6ce0161689",
+        "model_name": "v1-5-pruned-emaonly",
+        "lora_hashes": {"fox": "1234abcd"},
+    }
 
 
 def test_a1111_jpeg_user_comment_reads(tmp_path):
