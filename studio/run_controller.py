@@ -45,6 +45,10 @@ from studio.request_model import RequestModel
 log = logging.getLogger(__name__)
 
 LAYER_NAME_CHARS = 40
+NOTHING_TO_CHANGE = (
+    "Strength is 0, so this run would give back the canvas unchanged: raise Strength to let it change "
+    "the picture (1 repaints it entirely)."
+)
 SEED_RANGE = 2**32  # a fresh seed: any 32-bit value, which every engine's generator takes
 
 
@@ -254,6 +258,8 @@ class RunController(QObject):
         parents: list[str] = []
         painted = False
         if mode != "txt2img":
+            if self.model.request.strength <= 0:
+                raise RequestError(NOTHING_TO_CHANGE)
             # A live result that the next live run replaces is not part of that run's input.
             layers = [la for la in doc.layers if not (live and la.id == self._live_layer)]
             init = Picture(composite(layers, doc.width, doc.height))
@@ -391,17 +397,15 @@ class RunController(QObject):
         result_id = new_id()
         doc = self.document
         active = doc.active_id
-        index = None  # a generated result goes above the active layer, and becomes the active one
         self._adding = True
         try:
-            if lineage.live:
-                index = self._take_back_live_layer()
-                if index is None:
-                    index = len(doc.layers)  # a live result goes on top, out of the way of painting
+            # A result lands where its preview was shown: on top of every layer, so it is seen. A live
+            # result that replaces the previous one takes its place, which only live results moved.
+            index = self._take_back_live_layer() if lineage.live else None
             layer = doc.add_layer(
                 layer_name(done.request.prompt),
                 pixels=fit_to_document(done.image, doc),
-                index=index,
+                index=len(doc.layers) if index is None else index,
                 source=result_id,
             )
         finally:

@@ -56,11 +56,17 @@ def set_text(widget: QLineEdit | QPlainTextEdit, text: str) -> None:
 
 
 def set_value(widget, value) -> None:  # noqa: ANN001 - any widget with setValue/setChecked
-    """Show a value without echoing it back to the model."""
-    with QSignalBlocker(widget):
-        if isinstance(widget, QCheckBox):
-            widget.setChecked(bool(value))
-        else:
+    """Show a value without echoing it back to the model.
+
+    A value the widget already holds is left alone: it is the echo of the person's own typing, and
+    setValue would rewrite the text under the cursor ("0" typed becomes "0.00", then "0.45" reads "0.40").
+    """
+    if isinstance(widget, QCheckBox):
+        if widget.isChecked() != bool(value):
+            with QSignalBlocker(widget):
+                widget.setChecked(bool(value))
+    elif widget.value() != value:
+        with QSignalBlocker(widget):
             widget.setValue(value)
 
 

@@ -163,8 +163,8 @@ class SliderPanel(QWidget):
         self.variation_seed.editingFinished.connect(self._variation_seed_edited)
         dice.clicked.connect(lambda: model.set(variation_seed=random.randrange(2**32)))
         self.variation.moved.connect(self._variation_moved)
-        self.prompt_b.editingFinished.connect(lambda: model.set(prompt_b=self.prompt_b.text()))
-        self.blend.moved.connect(lambda v: model.set(blend=v) if self.prompt_b.text().strip() else None)
+        self.prompt_b.textEdited.connect(self._prompt_b_edited)
+        self.blend.moved.connect(lambda v: model.set(blend=v))
         self.guidance.moved.connect(lambda v: model.set(guidance=v))
         self.strength.moved.connect(lambda v: model.set(strength=v))
         self.locality.moved.connect(lambda v: model.set(locality=v))
@@ -172,7 +172,7 @@ class SliderPanel(QWidget):
         # Each slider shows its own field, and redraws only when that field changes.
         model.field("variation_seed").connect(self._show_variation_seed)
         model.field("variation_strength").connect(self.variation.show_value)
-        model.field("prompt_b").connect(lambda text: set_text(self.prompt_b, text))
+        model.field("prompt_b").connect(self._show_prompt_b)
         model.field("blend").connect(self.blend.show_value)
         model.field("guidance").connect(self.guidance.show_value)
         model.field("strength").connect(self.strength.show_value)
@@ -182,6 +182,20 @@ class SliderPanel(QWidget):
         model.field("reference_weights").connect(self._show_weights)
         self._references_for: str | None = None
         self.show_request(model.request)
+
+    def _prompt_b_edited(self, text: str) -> None:
+        # A blend needs something to blend towards: clearing prompt B ends the blend too.
+        self.model.set(prompt_b=text, **({} if text.strip() else {"blend": 0.0}))
+
+    def _show_prompt_b(self, text: str) -> None:
+        set_text(self.prompt_b, text)
+        on = bool(text.strip())
+        self.blend.setEnabled(on)
+        self.blend.setToolTip(
+            "How far the picture moves from the prompt towards Prompt B"
+            if on
+            else "Type a Prompt B first: the blend moves the picture towards it"
+        )
 
     def _variation_seed_edited(self) -> None:
         text = self.variation_seed.text().strip()
@@ -197,7 +211,7 @@ class SliderPanel(QWidget):
         """Put a whole request into the sliders (when the panel is built)."""
         self._show_variation_seed(request.variation_seed)
         self.variation.show_value(request.variation_strength)
-        set_text(self.prompt_b, request.prompt_b)
+        self._show_prompt_b(request.prompt_b)
         self.blend.show_value(request.blend)
         self.guidance.show_value(request.guidance)
         self.strength.show_value(request.strength)
