@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import BinaryIO
 
@@ -91,7 +92,7 @@ def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER_BYT
         with archive.open(info) as member:
             # Read one byte past the limit so a header that lies about the size is still caught.
             data = member.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, RuntimeError) as exc:
         raise ProjectError(f"{label}: entry {name!r} is damaged ({exc})") from None
     if len(data) > limit:
         raise ProjectError(f"{label}: entry {name!r} is larger than it declares")

@@ -25,7 +25,7 @@ import studio.document
 from studio.document import Document
 from studio.gallery import Gallery
 from studio.journal import Journal, find_recovery, journal_path, recover, snapshot_path
-from studio.project import ProjectData, load_project, project_data, save_project
+from studio.project import ProjectData, ProjectError, load_project, project_data, save_project
 
 APP = Path(__file__).with_name("crash_app.py")
 
@@ -56,18 +56,20 @@ def digest(data: ProjectData) -> str:
     return h.hexdigest()
 
 
-def layer_bytes_lost(got: ProjectData, want: ProjectData) -> int:
-    """Bytes of layer pixels in `want` that `got` does not hold identically (0 when nothing was lost)."""
-    have = {la.id: la.pixels for la in got.layers}
-    lost = 0
-    for la in want.layers:
-        mine = have.get(la.id)
-        lost += (
-            la.pixels.nbytes
-            if mine is None or mine.shape != la.pixels.shape
-            else int((mine != la.pixels).sum())
-        )
-    return lost
+def work_of(data: ProjectData) -> dict[str, bytes]:
+    """A project's layers, mask, gallery and history as named bytes, for faults.bytes_lost."""
+    return faults.snapshot(data, data, history="\n".join(data.prompt_history))
+
+
+def lost_against(got: ProjectData | None, candidates: list[ProjectData]) -> int:
+    """Bytes of work lost when `got` is what survived and any of `candidates` would have been right.
+
+    None (a file that no longer opens) loses the whole of the first candidate.
+    """
+    if got is None:
+        return faults.bytes_lost(work_of(candidates[0]), {})
+    mine = work_of(got)
+    return min(faults.bytes_lost(work_of(want), mine) for want in candidates)
 
 
 class Child:
@@ -106,34 +108,39 @@ class Child:
 
 def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
     path = tmp_path / "big project.studio"
-    states = {digest(project_data(crash_app.big_state(640, 640, seed))): seed for seed in (1, 2)}
+    both = [project_data(crash_app.big_state(640, 640, seed)) for seed in (1, 2)]
+    states = {digest(data) for data in both}
     rng = random.Random(1234)
-    mid_write, kills = 0, 8
+    mid_write, kills, lost = 0, 8, 0
     for _ in range(kills):
         child = Child("save-loop", str(path))
         assert child.line() == "ready"
         time.sleep(rng.uniform(0.0, 0.35))  # the fault under test is a kill at a random moment
         child.kill()
         mid_write += any(p.name.endswith(".part") for p in tmp_path.iterdir())
-        data = load_project(path)  # always opens
-        assert digest(data) in states, "the file on disk is neither the old nor the new state"
+        try:
+            data: ProjectData | None = load_project(path)
+        except ProjectError:
+            data = None
+        lost += lost_against(data, both)  # the file should hold the old or the new state, whole
+        assert data is not None and digest(data) in states, "the file is neither the old nor the new state"
     assert mid_write >= 1, "no kill landed inside a save; the test proved nothing"
     faults.record(
         "save",
         f"SIGKILL at random moments while saving a 640×640×3-layer project ({kills} kills)",
         "file always opened and equalled the old or the new state",
-        0,
+        lost,
     )
 
 
-def _expected_states(seed: int) -> tuple[list[str], list[int]]:
-    """The state digest after every journal record of a `work` run, and the index after each operation."""
+def _expected_states(seed: int) -> tuple[list[ProjectData], list[int]]:
+    """The state after every journal record of a `work` run, and the index after each operation."""
     crash_app.deterministic_ids(seed)
     doc, gallery, history = Document(96, 64), Gallery(), []
-    states: list[str] = []
+    states: list[ProjectData] = []
 
     def snap(*_: object) -> None:
-        states.append(digest(project_data(doc, gallery, history)))
+        states.append(project_data(doc, gallery, history))
 
     snap()
     doc.operation.connect(snap)
@@ -149,8 +156,10 @@ def _expected_states(seed: int) -> tuple[list[str], list[int]]:
 def test_sigkill_during_work_recovers_the_last_finished_operation(tmp_path):
     seed = 21
     states, marks = _expected_states(seed)
+    digests = [digest(state) for state in states]
     rng = random.Random(99)
     n_ops = len(marks) - 1
+    lost = 0
     for attempt, target in enumerate([1, 6, 13, n_ops, rng.randint(2, n_ops - 1)]):
         data_dir = tmp_path / f"run{attempt}"
         child = Child("work", str(data_dir), str(seed))
@@ -160,13 +169,14 @@ def test_sigkill_during_work_recovers_the_last_finished_operation(tmp_path):
         child.kill()
         found = find_recovery(data_dir)
         assert found is not None and found.project is None
-        got = digest(recover(found))
-        assert got in states[marks[target] :], f"recovered state is not one after operation {target}"
+        data = recover(found)
+        lost += lost_against(data, states[marks[target] :])  # any state after the acknowledged operation
+        assert digest(data) in digests[marks[target] :], f"recovered state is not one after op {target}"
     faults.record(
         "journal",
         "SIGKILL at random moments during strokes, layer ops, results and undo (5 kills)",
         "recovered the exact state after the last finished operation",
-        0,
+        lost,
     )
 
 
@@ -178,6 +188,7 @@ def test_sigkill_after_a_generation_in_a_session_recovers_it(tmp_path):
     found = find_recovery(data_dir)
     assert found is not None
     want, got = load_project(expected), recover(found)
+    lost = lost_against(got, [want])
     assert digest(got) == digest(want)
     assert any(la.source for la in got.layers) and got.results[0].request.prompt == "a small test"
     assert got.prompt_history == ["a small test"]
@@ -185,7 +196,7 @@ def test_sigkill_after_a_generation_in_a_session_recovers_it(tmp_path):
         "journal",
         "SIGKILL after strokes, layer ops and a generation in a Session",
         "recovered document, gallery and history equal the state before the kill",
-        layer_bytes_lost(got, want),
+        lost,
     )
 
 
@@ -283,21 +294,33 @@ def test_the_timer_compacts_a_grown_journal(tmp_path, qtbot):
 def test_a_long_session_of_signal_emits_does_not_abort_the_process(tmp_path):
     """PySide6 6.12's emit() drops a reference to True per call: without the fix a fresh process aborts."""
     code = (
+        "import sys\n"
         "from studio.document import Document\n"
+        "from studio.project import save_project\n"
         "doc = Document(8, 8)\n"
+        "doc.paint(doc.layers[0].id, 2, 2, __import__('numpy').full((3, 3, 4), 7, 'uint8'))\n"
+        "save_project(sys.argv[1], doc)\n"
         "for _ in range(60_000):\n"
         "    doc.changed.emit('pixels')\n"
+        "save_project(sys.argv[2], doc)\n"
         "print('alive')\n"
     )
+    before, after = tmp_path / "before.studio", tmp_path / "after.studio"
     done = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code, str(before), str(after)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    # The document as it stood before the emits against the one after them (none if the process died).
+    lost = lost_against(load_project(after) if after.exists() else None, [load_project(before)])
     assert done.returncode == 0 and "alive" in done.stdout, done.stderr[-500:]
     faults.record(
         "process",
         "60000 Qt signal emits in one process (PySide6 6.12 refcount bug)",
-        "process kept running",
-        0,
+        "process kept running; the document after the emits equals the one before",
+        lost,
     )
 
 

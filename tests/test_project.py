@@ -118,11 +118,13 @@ def test_a_failing_save_keeps_the_previous_file(tmp_path):
         handle.write(b"half a project")
         raise OSError(28, "No space left on device")
 
+    state = faults.snapshot(files=[path])
     with pytest.raises(OSError):
         atomic_write(path, broken_writer)
+    lost = faults.bytes_lost(state, faults.snapshot(files=[path]))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.studio"]
-    faults.record("save", "writer fails half-way (disk full)", "OSError raised; old file intact", 0)
+    faults.record("save", "writer fails half-way (disk full)", "OSError raised; old file intact", lost)
 
 
 def test_saving_into_a_missing_folder_is_a_clear_error(tmp_path):
@@ -154,12 +156,17 @@ def test_format_zero_is_migrated(tmp_path):
             ),
         )
     data = load_project(path)
+    # What the old file held (its layer, mask and history) against what the migration kept.
+    held = {"layer": red.tobytes(), "mask": bytes(24), "history": b"old prompt"}
+    kept = {"layer": data.layers[0].pixels.tobytes(), "mask": data.mask.tobytes()}
+    kept["history"] = "\n".join(data.prompt_history).encode()
+    lost = faults.bytes_lost(held, kept)
     assert (data.width, data.height) == (6, 4)
     assert data.layers[0].name == "paint" and data.layers[0].opacity == 0.5 and data.layers[0].id
     assert np.array_equal(data.layers[0].pixels, red)
     assert data.prompt_history == ["old prompt"]
     assert any("format 0" in note for note in data.notes)
-    faults.record("project file", "format 0 (older) manifest", "migrated and opened", 0)
+    faults.record("project file", "format 0 (older) manifest", "migrated and opened", lost)
 
 
 def test_a_newer_format_is_refused_and_never_overwritten(tmp_path):
