@@ -10,7 +10,9 @@ with Ω a k×k patch. That is attention: queries are the noisy image's patches, 
 patches, values the keys' centre pixels. Both the noisy image and the references are padded the same way
 (zeros, or circularly when tiling), so border queries prefer border keys and tiling stays equivariant.
 
-Images are float tensors C×H×W in [-1, 1]; references are N×C×H×W.
+Images are float tensors C×H×W in [-1, 1]; references are N×C×H×W. The prior may differ per pixel (an
+N×H×W log-prior: a sketch's colours choosing materials), and a reference may offer keys at some positions
+only (a key mask: inpainting's context offers only the pixels it keeps).
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ PATCH_FRACTION_HIGH = 21 / 32
 # 7 octaves over the slider puts locality 1.0 above the whole image at every noise level (memorisation).
 LOCALITY_OCTAVES = 7.0
 MIN_PATCH = 3
+# A log-prior this low shuts a reference out of a pixel. Finite, so that a pixel every reference is shut
+# out of still has a defined softmax instead of NaN; far below any logit gap a patch distance can make.
+EXCLUDED = -1e4
 
 
 class Cancelled(Exception):
@@ -149,15 +154,29 @@ class KeyBlock:
     log_count: torch.Tensor | float = 0.0
 
 
-def exact_blocks(refs: torch.Tensor, a: float, k: int, circular: bool, rows: int) -> Iterator[KeyBlock]:
-    """Every key position of every reference, one band of `rows` rows of one reference at a time."""
+def exact_blocks(
+    refs: torch.Tensor, a: float, k: int, circular: bool, rows: int, key_mask: torch.Tensor | None = None
+) -> Iterator[KeyBlock]:
+    """Every key position of every reference, one band of `rows` rows of one reference at a time.
+
+    `key_mask` (N×H×W bool) shuts out the positions where it is False.
+    """
     n, c, h, w = refs.shape
     padded = pad_image(refs, (k - 1) // 2, circular)
     for i in range(n):
         for y0 in range(0, h, rows):
             y1 = min(h, y0 + rows)
             keys = band_patches(padded[i], k, y0, y1) * a
-            yield KeyBlock(keys, (keys * keys).sum(1), refs[i, :, y0:y1].reshape(c, -1).T, i)
+            values = refs[i, :, y0:y1].reshape(c, -1).T
+            if key_mask is None or bool(key_mask[i].all()):
+                yield KeyBlock(keys, (keys * keys).sum(1), values, i)
+                continue
+            allowed = key_mask[i, y0:y1].reshape(-1)
+            if bool(allowed.any()):
+                log_count = torch.zeros(allowed.shape, dtype=refs.dtype, device=refs.device)
+                yield KeyBlock(
+                    keys, (keys * keys).sum(1), values, i, log_count.masked_fill_(~allowed, EXCLUDED)
+                )
 
 
 def patch_attention(
@@ -173,6 +192,7 @@ def patch_attention(
     features: torch.Tensor | None = None,
     pixel_weights: bool = True,
     low_precision: bool = False,
+    key_mask: torch.Tensor | None = None,
     logit_budget: int = 1 << 22,
     key_rows: int = 32,
     rows: tuple[int, int] | None = None,
@@ -186,9 +206,12 @@ def patch_attention(
     False skips the per-pixel reference weights (only the overall shares), which needs a single block.
     `low_precision` does the query·key products in fp16 (for GPUs; bf16 is too coarse at low noise),
     the rest in fp32. `rows` (start, stop) estimates only those rows, e.g. to check the fast path.
+    `log_prior` is per reference (N) or per reference and pixel (N×H×W), always added in fp32.
+    `key_mask` (N×H×W bool, exact path only) shuts out the key positions where it is False.
     """
     c, h, w = x_t.shape
     n = refs.shape[0]
+    log_prior, pixel_prior = split_prior(log_prior, n)
     padded_q = pad_image(x_t, (k - 1) // 2, circular) if features is None else None
     # Logit = (q·key − ½‖key‖²)·scale + prior: ‖q‖² is the same for every key of a query, so it cancels.
     scale = 1.0 / (b * b)
@@ -217,18 +240,33 @@ def patch_attention(
             centre = queries.mean(0)
             queries = queries - centre
         nq = queries.shape[0]
+        pp = None  # this band's per-pixel prior, nq×N
+        if pixel_prior is not None:
+            pp = pixel_prior[:, y0 : min(stop, y0 + q_rows)].reshape(n, -1).T.contiguous()
         m = torch.full((nq,), -math.inf, dtype=x_t.dtype, device=x_t.device)
         total = torch.zeros(nq, dtype=x_t.dtype, device=x_t.device)
         mixed = torch.zeros(nq, c, dtype=x_t.dtype, device=x_t.device)
         per_ref = torch.zeros(nq, n, dtype=x_t.dtype, device=x_t.device)
-        for blk in blocks if blocks is not None else exact_blocks(refs, a, k, circular, key_rows):
+        for blk in blocks if blocks is not None else exact_blocks(refs, a, k, circular, key_rows, key_mask):
             if should_stop is not None and should_stop():  # the exact path can spend minutes per band
                 raise Cancelled
             if centre is None:
                 bias = blk.norms * (-0.5 * scale) + (log_prior[blk.owner] + blk.log_count)
-                logits = torch.addmm(bias[None], queries, (blk.keys * scale).T)
+                if pp is not None and not isinstance(blk.owner, int):
+                    # The per-pixel prior rides in the product: a one-hot column per reference on the
+                    # keys picks each query's prior for the key's reference, with no extra pass.
+                    keys = torch.cat([blk.keys * scale, F.one_hot(blk.owner, n).to(blk.keys.dtype)], 1)
+                    logits = torch.addmm(bias[None], torch.cat([queries, pp], 1), keys.T)
+                else:
+                    logits = torch.addmm(bias[None], queries, (blk.keys * scale).T)
+                    if pp is not None:
+                        logits.add_(pp[:, blk.owner, None])
             else:
                 logits = _low_precision_logits(queries, blk, centre, scale, log_prior)
+                if pp is not None:
+                    logits.add_(
+                        pp[:, blk.owner] if not isinstance(blk.owner, int) else pp[:, blk.owner, None]
+                    )
             new_m = torch.maximum(m, logits.amax(dim=1))
             # In place, the logits become the weights p. Clamped so far-off keys give exp(−80), not
             # denormals (20× slower on x86, and no more exact).
@@ -255,6 +293,15 @@ def patch_attention(
     return Estimate(x0.reshape(c, stop - first, w), out, shares)
 
 
+def split_prior(log_prior: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A log-prior of shape N or N×H×W as (per reference, per pixel or None)."""
+    if log_prior.dim() == 1:
+        return log_prior, None
+    if log_prior.dim() != 3 or log_prior.shape[0] != n:
+        raise ValueError(f"a log-prior is N or N×H×W with N = {n}, not {tuple(log_prior.shape)}")
+    return torch.zeros(n, dtype=log_prior.dtype, device=log_prior.device), log_prior
+
+
 def _low_precision_logits(
     queries: torch.Tensor, blk: KeyBlock, centre: torch.Tensor, scale: float, log_prior: torch.Tensor
 ) -> torch.Tensor:
@@ -278,7 +325,7 @@ def local_score(
     pad = (k - 1) // 2
     diff = (x_t[None] - a * refs).pow(2).sum(1, keepdim=True)  # N×1×H×W
     dist = F.avg_pool2d(pad_image(diff, pad, circular), k, stride=1)[:, 0] * (k * k)
-    logits = -dist / (2 * b * b) + log_prior[:, None, None]
+    logits = -dist / (2 * b * b) + (log_prior if log_prior.dim() == 3 else log_prior[:, None, None])
     weights = torch.softmax(logits, dim=0)
     return Estimate(torch.einsum("nhw,nchw->chw", weights, refs), weights, weights.mean((1, 2)))
 
@@ -290,8 +337,11 @@ def whole_image(
 
     Without tiling every reference is compared aligned. With tiling the whole-image patch wraps, so every
     circular shift of every reference is a key; FFTs give all shifts' distances and the mix at once.
+    A per-pixel prior counts as its mean over the image: the patch is the whole image.
     """
     n, c, h, w = refs.shape
+    if log_prior.dim() == 3:
+        log_prior = log_prior.exp().mean((1, 2)).clamp(min=1e-30).log()
     if not circular:
         dist = (x_t[None] - a * refs).pow(2).flatten(1).sum(1)
         weights = torch.softmax(-dist / (2 * b * b) + log_prior, dim=0)
@@ -378,17 +428,19 @@ def subset_features(
     return torch.cat(feats)
 
 
-def key_counts(shares: torch.Tensor, total: int, positions: int) -> list[int]:
+def key_counts(shares: torch.Tensor, total: int, positions: int | list[int]) -> list[int]:
     """Split a key budget among references by their share of the image, each keeping a small floor.
 
-    References the image no longer draws from still get a few keys, so they can come back.
+    References the image no longer draws from still get a few keys, so they can come back. `positions`
+    caps each reference's count: one number for all, or one per reference.
     """
     n = shares.numel()
+    caps = positions if isinstance(positions, list) else [positions] * n
     floor = max(1, total // (2 * n))
     spare = max(0, total - floor * n)
     share = shares.double().clamp(min=0)
     share = share / share.sum() if float(share.sum()) > 0 else torch.full_like(share, 1.0 / n)
-    return [min(positions, floor + int(spare * float(x))) for x in share]
+    return [min(cap, floor + int(spare * float(x))) for cap, x in zip(caps, share, strict=True)]
 
 
 def kept_freqs(k: int) -> tuple[int, int]:
@@ -422,6 +474,7 @@ def fast_patch_attention(
     chroma_freqs: int | None = None,
     pixel_weights: bool = True,
     low_precision: bool = False,
+    key_mask: torch.Tensor | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Estimate:
     """The fast ELS estimate: a random subset of key positions, patches reduced to low frequencies.
@@ -436,7 +489,8 @@ def fast_patch_attention(
       high-frequency cross term with the query would penalise textured references, and the image
       would collapse onto the smoothest one.
     Queries stay at every pixel and the keys do not depend on where things are in the image, so the
-    estimate is still translation-equivariant.
+    estimate is still translation-equivariant. `key_mask` (N×H×W bool) limits each reference's keys to
+    the positions where it is True.
     """
     n, c, h, w = refs.shape
     default_f, default_fc = kept_freqs(k)
@@ -444,8 +498,15 @@ def fast_patch_attention(
     fc = min(k, default_fc if chroma_freqs is None else chroma_freqs)
     opp_refs, opp_x = to_opponent(refs), to_opponent(x_t[None])
     total = max(n, min(max_keys, max_gather // (c * k * k)))
-    counts = key_counts(torch.ones(n) if shares is None else shares.cpu(), total, h * w)
-    index = torch.cat([torch.randperm(h * w, generator=generator)[:count] for count in counts]).to(x_t.device)
+    allowed = None if key_mask is None else [m.flatten().nonzero()[:, 0].cpu() for m in key_mask]
+    positions = [h * w] * n if allowed is None else [len(a) for a in allowed]
+    counts = key_counts(torch.ones(n) if shares is None else shares.cpu(), total, positions)
+    picks = [
+        torch.randperm(p, generator=generator)[:count] for p, count in zip(positions, counts, strict=True)
+    ]
+    if allowed is not None:
+        picks = [a[pick] for a, pick in zip(allowed, picks, strict=True)]
+    index = torch.cat(picks).to(x_t.device)
     owner = torch.repeat_interleave(torch.arange(n), torch.tensor(counts)).to(x_t.device)
     keys = torch.cat(
         [
@@ -458,7 +519,9 @@ def fast_patch_attention(
     values = refs.flatten(2)[owner, :, index]
     # Each sampled key stands for hw / count positions of its reference: without this importance weight
     # a reference given more keys would gain weight just for that, and its share would snowball.
-    stands_for = torch.log(h * w / torch.tensor(counts, dtype=refs.dtype, device=x_t.device))
+    stands_for = torch.log(
+        torch.tensor(positions, dtype=refs.dtype) / torch.tensor(counts, dtype=refs.dtype).clamp(min=1)
+    ).to(x_t.device)
     block = KeyBlock(keys * a, norms * (a * a), values, owner, stands_for[owner])
     return patch_attention(
         x_t,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from backend.references import (
     folder_key,
     load_references,
     log_priors,
-    select,
+    match_prompt,
 )
 from backend.request import Request
 
@@ -120,12 +121,17 @@ class PatchEngine:
         start = time.perf_counter()
         w, h = request.width, request.height
 
-        # 1. References: load (cached), pick by prompt, fit to the request size, log-priors from sliders.
+        # 1. References: load (cached), pick by prompt (each word's weight shared among the references it
+        # names), fit to the request size; log-priors from those shares and the sliders.
         refs = self.references(request.model)
-        chosen = select(refs, request.prompt, request.negative_prompt)
+        selection = match_prompt(refs, request.prompt, request.negative_prompt)
+        chosen = list(selection.indices)
         names = [refs.references[i].name for i in chosen]
         images = self._fit(refs, w, h)[chosen]
-        prior = torch.tensor(log_priors(refs, chosen, request.reference_weights), device=self.device)
+        weights = log_priors(refs, chosen, request.reference_weights)
+        prior = torch.tensor(
+            [math.log(s) + wt for s, wt in zip(selection.shares, weights, strict=True)], device=self.device
+        )
 
         # 2. Starting noise and the times to visit.
         eps = initial_noise(request.seed, (3, h, w), request.variation_seed, request.variation_strength)
@@ -181,6 +187,8 @@ class PatchEngine:
                 "engine": "patch",
                 "references": names,
                 "reference_shares": reference_shares(estimate.shares, names),
+                "prompt_matches": {word: list(named) for word, named in selection.matches},
+                "unmatched_words": list(selection.unmatched),
                 "model": refs.folder.name,
                 "model_hash": refs.digest,
             },

@@ -50,8 +50,15 @@ def words(text: str) -> list[str]:
 
 
 def _stem(word: str) -> str:
-    # "bricks" should find "brick"; a crude plural strip is enough for tags.
-    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+    # Plurals are enough for material tags ("bricks" finds "brick", "rubies" finds "ruby"); other forms
+    # ("golden", "wooden") are listed as synonyms in the metadata, where a person can see and edit them.
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith(("ches", "shes", "xes", "sses")):
+        return word[:-2]
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
 
 
 def folder_key(folder: Path) -> tuple:
@@ -113,34 +120,148 @@ def _read_reference(file: Path) -> np.ndarray:
 
 
 def _read_sidecar(folder: Path) -> dict[str, frozenset[str]]:
-    """Tags per file name from references.json: a list of {"file": ..., "tags": [...]}."""
+    """Tags per file name from references.json: a list of {"file": ..., "tags": [...], "synonyms": [...]}.
+
+    Synonyms are tags too; they are kept apart in the file so a person sees which words are the
+    material's own and which are other words for it.
+    """
     path = folder / SIDECAR
     if not path.is_file():
         return {}
+
+    def listed(entry: dict, key: str) -> list[str]:
+        value = entry.get(key, [])
+        return [value] if isinstance(value, str) else [str(v) for v in value]
+
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
         return {
-            str(e["file"]): frozenset(_stem(w) for tag in e.get("tags", []) for w in words(str(tag)))
+            str(e["file"]): frozenset(
+                _stem(w) for tag in listed(e, "tags") + listed(e, "synonyms") for w in words(tag)
+            )
             for e in entries
         }
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ReferencesError(f"{path} is not a valid tag list ({exc.__class__.__name__}: {exc})") from None
 
 
-def select(refs: ReferenceSet, prompt: str, negative: str = "") -> list[int]:
-    """Indices of the references a prompt asks for: any prompt word among a reference's name or tags.
+STOPWORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "like",
+        "made",
+        "of",
+        "on",
+        "or",
+        "out",
+        "over",
+        "some",
+        "the",
+        "them",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "under",
+        "very",
+        "with",
+        "without",
+    ]
+)
 
-    An empty prompt, or one that names no reference, uses them all; the negative prompt removes matches.
+
+@dataclass(frozen=True)
+class Selection:
+    """Which references a prompt chose and each one's share of the weight, with what matched what.
+
+    Every prompt word that names references splits an equal part of the weight among all of them, so
+    "gold" gives hammered_gold and rose_gold half each. `matches` maps each matching word to the
+    references it named; `unmatched` lists the words that named none (reported, not silently dropped).
     """
-    wanted = {_stem(w) for w in words(prompt)}
-    unwanted = {_stem(w) for w in words(negative)}
-    chosen = [i for i, r in enumerate(refs.references) if r.tags & wanted]
-    if not chosen:
-        chosen = list(range(len(refs.references)))
-    kept = [i for i in chosen if not refs.references[i].tags & unwanted]
+
+    indices: tuple[int, ...]
+    shares: tuple[float, ...]
+    matches: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    unmatched: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()  # references the negative prompt took out
+
+    def share_of(self) -> dict[int, float]:
+        """Share by reference index."""
+        return dict(zip(self.indices, self.shares, strict=True))
+
+
+def prompt_words(text: str) -> list[str]:
+    """The words of a prompt that can name a reference: no stop words, no bare numbers, no repeats."""
+    return list(dict.fromkeys(w for w in words(text) if w not in STOPWORDS and not w.isdigit()))
+
+
+def match_prompt(refs: ReferenceSet, prompt: str, negative: str = "") -> Selection:
+    """The references a prompt asks for, each word's weight shared among every reference it names.
+
+    A word names a reference when its stem is among the reference's tags (name words, tags, synonyms).
+    An empty prompt, or one that names no reference, shares the weight equally among them all. The
+    negative prompt removes the references its words name.
+    """
+    weight: dict[int, float] = {}
+    matches, unmatched = [], []
+    for word in prompt_words(prompt):
+        named = [i for i, r in enumerate(refs.references) if _stem(word) in r.tags]
+        if not named:
+            unmatched.append(word)
+            continue
+        matches.append((word, tuple(refs.references[i].name for i in named)))
+        for i in named:
+            weight[i] = weight.get(i, 0.0) + 1.0 / len(named)
+    if not weight:
+        weight = dict.fromkeys(range(len(refs.references)), 1.0)
+    unwanted = {_stem(w) for w in prompt_words(negative)}
+    removed = [i for i in weight if refs.references[i].tags & unwanted]
+    kept = sorted(i for i in weight if i not in removed)
     if not kept:
         raise ReferencesError("the negative prompt removes every reference; nothing is left to draw from")
-    return kept
+    total = sum(weight[i] for i in kept)
+    return Selection(
+        indices=tuple(kept),
+        shares=tuple(weight[i] / total for i in kept),
+        matches=tuple(matches),
+        unmatched=tuple(unmatched),
+        removed=tuple(refs.references[i].name for i in sorted(removed)),
+    )
+
+
+def selection_summary(refs: ReferenceSet, selection: Selection) -> tuple[str, str | None]:
+    """For a person: the chosen references with their shares, and a note on unmatched words (or None)."""
+    order = sorted(zip(selection.shares, selection.indices, strict=True), key=lambda si: (-si[0], si[1]))
+    chosen = ", ".join(f"{refs.references[i].name} {share:.0%}" for share, i in order)
+    if not selection.unmatched:
+        return chosen, None
+    quoted = ", ".join(f"'{w}'" for w in selection.unmatched)
+    several = len(selection.unmatched) > 1
+    note = (
+        f"no reference is tagged {quoted}; {'those words do' if several else 'that word does'} not change "
+        "which references are used (see references.json for the tags)"
+    )
+    return chosen, note
+
+
+def select(refs: ReferenceSet, prompt: str, negative: str = "") -> list[int]:
+    """Indices of the references a prompt asks for (see `match_prompt`)."""
+    return list(match_prompt(refs, prompt, negative).indices)
 
 
 def log_priors(refs: ReferenceSet, indices: list[int], weights: tuple[tuple[str, float], ...]) -> list[float]:

@@ -159,6 +159,10 @@ def _generate(args: argparse.Namespace) -> int:
     from backend.engines import Engines  # torch loads here, after the arguments are known to be good
     from backend.events import Done, StepEvent
 
+    if request.engine == "patch":
+        request.validate()  # a bad value is the one line to print, not what the references would be
+        _say_references(request, quiet=args.quiet)
+
     options: dict[str, Any] = {}
     if request.engine == "diffusers":  # only it looks models up by name
         options["model_folders"] = _model_folders(args)
@@ -199,6 +203,18 @@ def _generate(args: argparse.Namespace) -> int:
         Image.fromarray(attribution_to_rgb(done.attribution)).save(args.attribution)
     print(str(out), file=sys.stderr if args.events else sys.stdout)
     return 0
+
+
+def _say_references(request: Request, quiet: bool) -> None:
+    """Before a patch run: which references the prompt chose and their shares; words that chose none."""
+    from backend.references import DEFAULT_FOLDER, load_references, match_prompt, selection_summary
+
+    refs = load_references(request.model or DEFAULT_FOLDER)
+    chosen, note = selection_summary(refs, match_prompt(refs, request.prompt, request.negative_prompt))
+    if not quiet:
+        print(f"{PROG}: references {chosen}", file=sys.stderr)
+    if note:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
 
 
 def _read_recipe(path: str) -> PngMetadata:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from backend.errors import ReferencesError, StudioError
 from backend.patch_engine import PatchEngine
-from backend.references import DEFAULT_FOLDER, fit, load_references, log_priors, select
+from backend.references import DEFAULT_FOLDER, fit, load_references, log_priors, match_prompt, select
 from backend.request import Request
 
 
@@ -42,6 +42,47 @@ def test_prompt_selects_by_tag_and_name_plural_and_negative():
     assert len(select(refs, "")) == len(refs.names) == len(select(refs, "zzz unknown"))
     gems = names(select(refs, "gemstone", negative="red"))
     assert "sapphire_brilliant" in gems and "ruby_facets" not in gems
+
+
+def shares(refs, prompt, negative=""):
+    sel = match_prompt(refs, prompt, negative)
+    return {refs.names[i]: round(s, 4) for i, s in zip(sel.indices, sel.shares, strict=True)}
+
+
+def test_every_reference_a_word_names_shares_its_weight():
+    refs = load_references(DEFAULT_FOLDER)
+    assert shares(refs, "gold") == {"hammered_gold": 0.5, "rose_gold": 0.5}
+    assert shares(refs, "golden") == shares(refs, "Gold!") == shares(refs, "gold")  # synonym, case
+    leather = shares(refs, "leather")
+    assert {"pebbled_leather", "suede"} <= set(leather) and len(set(leather.values())) == 1
+    assert shares(refs, "rubies")["ruby_facets"] == 1.0  # plural "-ies"
+    # Two words: each has half the weight, split among what it names.
+    mixed = shares(refs, "gold leather")
+    assert mixed["hammered_gold"] == mixed["rose_gold"] == 0.25
+    assert sum(mixed.values()) == pytest.approx(1.0)
+    # A reference named by both words gets both parts.
+    shoe = shares(refs, "leather shoe")
+    assert shoe["pebbled_leather"] > shoe["cork"] > 0 and shoe["pebbled_leather"] == shoe["suede"]
+
+
+def test_unmatched_words_are_reported_not_dropped_silently():
+    refs = load_references(DEFAULT_FOLDER)
+    sel = match_prompt(refs, "a gold ring with sparkle, 2 of them")
+    assert sel.unmatched == ("ring", "sparkle")  # stop words and numbers are not words to match
+    assert sel.matches == (("gold", ("hammered_gold", "rose_gold")),)
+    nothing = match_prompt(refs, "sparkle")
+    assert nothing.unmatched == ("sparkle",) and len(nothing.indices) == len(refs.names)
+    assert match_prompt(refs, "gem", negative="red").removed == ("ruby_facets",)
+
+
+def test_synonyms_in_the_sidecar_are_tags(tmp_path):
+    save(tmp_path, "a.png", seed=1)
+    save(tmp_path, "b.png", seed=2)
+    (tmp_path / "references.json").write_text(
+        json.dumps([{"file": "a.png", "tags": "shiny", "synonyms": ["glossy"]}, {"file": "b.png"}])
+    )
+    refs = load_references(tmp_path)
+    assert select(refs, "glossy") == select(refs, "shiny") == [0]
 
 
 def test_weights_apply_to_names_and_tag_groups():
@@ -120,3 +161,20 @@ def test_fit_covers_and_crops_to_any_aspect():
     out = fit(pixels, 32, 64)
     assert out.shape == (64, 32, 3)
     assert out[:, 16].mean() > 200  # the centre stripe survives the crop
+
+
+def test_engine_and_command_line_report_unmatched_words(tmp_path, capsys):
+    from studio.cli import main
+
+    done = list(
+        PatchEngine().generate(
+            Request(width=32, height=32, steps=1, prompt="gold sparkle"), threading.Event()
+        )
+    )[-1]
+    assert done.extras["unmatched_words"] == ["sparkle"]
+    assert done.extras["prompt_matches"] == {"gold": ["hammered_gold", "rose_gold"]}
+    argv = ["generate", "--prompt", "golden sparkle", "--width", "32", "--height", "32", "--steps", "1"]
+    assert main([*argv, "--out", str(tmp_path / "a.png")]) == 0
+    err = capsys.readouterr().err
+    assert "references hammered_gold 50%, rose_gold 50%" in err
+    assert "note: no reference is tagged 'sparkle'" in err
