@@ -83,3 +83,80 @@ def test_the_blend_slider_waits_for_a_prompt_b_and_says_so(make_window, qtbot):
         window.generate_action.trigger()  # no "a blend needs a prompt B" error
     model.set(prompt_b="gold", blend=0.7)  # a restored recipe with a prompt B
     assert sliders.blend.isEnabled() and sliders.blend.value() == 0.7
+
+
+def test_the_progress_bar_shows_only_real_totals_and_resets_after_a_cancel(make_window, qtbot):
+    import threading
+
+    gates = [threading.Event() for _ in range(5)]
+    window = make_window(FakeEngine(gates=gates))
+    runs, bar = window.session.runs, window.status.progress
+    window.session.model.set(steps=5)
+    texts: list[str] = []
+    runs.progress.connect(lambda *_: texts.append(bar.text()))
+    with qtbot.waitSignal(runs.run_started, timeout=5000):
+        window.generate_action.trigger()
+    assert bar.isVisible() and bar.text() == ""  # busy until the engine says how many steps
+    for i, gate in enumerate(gates[:2], start=1):
+        gate.set()
+        qtbot.waitUntil(lambda i=i: len(texts) == i)
+    assert texts == ["step 1 / 5", "step 2 / 5"]
+    with qtbot.waitSignal(runs.run_ended, timeout=5000):
+        window.cancel_action.trigger()
+    assert not bar.isVisible() and bar.text() == "" and window.status.timing.text() == ""
+    for gate in gates:
+        gate.clear()  # the next run waits before its first step
+    with qtbot.waitSignal(runs.run_started, timeout=5000):
+        window.generate_action.trigger()
+    assert bar.isVisible() and bar.text() == ""  # not the cancelled run's "step 2 / 5"
+    for gate in gates:
+        gate.set()
+    qtbot.waitUntil(lambda: not runs.running)
+    assert not bar.isVisible()
+
+
+def test_a_red_error_clears_after_the_next_successful_run(make_window, qtbot):
+    engine = FakeEngine(steps=2, raise_at=1, error=RuntimeError("kaput"))
+    window = make_window(engine)
+    message = window.status.message
+    with qtbot.waitSignal(window.session.runs.error, timeout=5000):
+        window.generate_action.trigger()
+    assert "kaput" in message.text() and "c0392b" in message.styleSheet()
+    window.error_box.accept()
+    engine.raise_at = None
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=5000):
+        window.generate_action.trigger()
+    qtbot.waitUntil(lambda: not window.session.runs.running)
+    assert "kaput" not in message.text() and message.styleSheet() == ""
+
+
+def test_escape_cancels_only_when_no_popup_or_text_field_takes_it(make_window, qtbot):
+    import threading
+
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QApplication
+
+    gate = threading.Event()  # the run waits before its first step until cancelled
+    window = make_window(FakeEngine(steps=2, gates=[gate]))
+    runs, panel = window.session.runs, window.prompt_panel
+    window.generate_action.trigger()
+    qtbot.waitUntil(lambda: runs.running)
+    cancels: list[bool] = []
+    window.cancel_action.triggered.connect(lambda *_: cancels.append(True))
+
+    for field in (panel.prompt, panel.negative, panel.guidance, window.slider_panel.prompt_b):
+        field.setFocus()
+        qtbot.keyClick(field, Qt.Key.Key_Escape)  # leaves the text field, cancels nothing
+        assert cancels == [] and window.canvas.hasFocus()
+
+    panel.mode.setFocus()
+    panel.mode.showPopup()
+    qtbot.waitUntil(lambda: QApplication.activePopupWidget() is not None)
+    popup = QApplication.activePopupWidget()
+    qtbot.keyClick(popup.focusWidget() or popup, Qt.Key.Key_Escape)  # closes the list only
+    qtbot.waitUntil(lambda: QApplication.activePopupWidget() is None)
+    assert cancels == [] and runs.running
+
+    with qtbot.waitSignal(runs.run_ended, timeout=5000) as ended:
+        qtbot.keyClick(window.canvas, Qt.Key.Key_Escape)
+    assert ended.args == ["cancelled"]

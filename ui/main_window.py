@@ -9,14 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QAbstractSpinBox,
+    QApplication,
+    QComboBox,
     QDockWidget,
     QFileDialog,
     QFrame,
+    QLineEdit,
     QMainWindow,
     QMessageBox,
+    QPlainTextEdit,
     QScrollArea,
+    QTextEdit,
     QToolBar,
     QWidget,
 )
@@ -41,6 +47,13 @@ PROJECT_SUFFIXES = (".studio", ".ora")
 
 DEFAULT_SIZE = (1360, 860)
 IMAGE_FILTER = "Images (*.png *.jpg *.jpeg *.webp *.bmp *.tif *.tiff)"
+
+
+def is_text_input(widget: QWidget | None) -> bool:
+    """True for widgets where a person types (Esc there belongs to the field, not to the run)."""
+    if isinstance(widget, QComboBox):
+        return widget.isEditable()
+    return isinstance(widget, QLineEdit | QPlainTextEdit | QTextEdit | QAbstractSpinBox)
 
 
 class MainWindow(QMainWindow):
@@ -116,6 +129,9 @@ class MainWindow(QMainWindow):
             "Generate", self.generate, ["Ctrl+Return", "Ctrl+Enter"], "Generate an image (Ctrl+Enter)"
         )
         self.cancel_action = self._action("Cancel", self.session.runs.cancel, "Esc", "Stop the run (Esc)")
+        # Esc is not a window-wide shortcut: a text field or a popup that takes it keeps it. Only an Esc
+        # nobody used reaches keyPressEvent and cancels (the shortcut itself fires on the Cancel button).
+        self.cancel_action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
         self.cancel_action.setEnabled(False)
         self.live_action = QAction("Live", self, checkable=True)
         self.live_action.setToolTip(
@@ -241,6 +257,7 @@ class MainWindow(QMainWindow):
         self.cancel_action.setEnabled(busy)
         if not busy:
             self.canvas.clear_preview()
+            self.status.show_idle()
 
     def _result_added(self, result) -> None:  # noqa: ANN001
         self.canvas.clear_preview()
@@ -300,6 +317,17 @@ class MainWindow(QMainWindow):
         self.document.add_layer(Path(path).stem, exports.fit_to_canvas(picture.pixels, self.document))
         self.status.show_message(f"Opened {Path(path).name} as a layer")
         return True
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
+        """Esc that no widget used: leave a text field (to the canvas), else cancel the run."""
+        if event.key() == Qt.Key.Key_Escape and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            if is_text_input(QApplication.focusWidget()):
+                self.canvas.setFocus(Qt.FocusReason.ShortcutFocusReason)
+            elif self.cancel_action.isEnabled():
+                self.cancel_action.trigger()
+            event.accept()
+            return
+        super().keyPressEvent(event)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
         """Accept dragged files."""

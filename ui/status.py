@@ -34,29 +34,38 @@ class StatusBar(QStatusBar):
         self.message.setText(text)
 
     def show_error(self, text: str) -> None:
-        """An error, in red, until the next run."""
-        self.progress.setVisible(False)
+        """An error, in red, until the next message (a run starting or finishing says so)."""
+        self.show_idle()
         self.message.setStyleSheet("color: #c0392b; font-weight: bold")
         self.message.setText(f"Error: {text}")
 
     def show_started(self) -> None:
-        """A run began."""
+        """A run began: a busy bar until the engine's first step says how many steps there are."""
         self.show_message("Generating…")
-        self.progress.setValue(0)
+        self.progress.reset()
+        self.progress.setRange(0, 0)  # busy: no number is better than a made-up total
         self.progress.setVisible(True)
 
     def show_progress(self, step: int, total: int, per_step_s: float) -> None:
         """Step `step` of `total` is done, at `per_step_s` seconds a step."""
-        self.progress.setMaximum(max(total, 1))
+        if total < 1:
+            return  # no total yet: stay busy
+        self.progress.setRange(0, total)
         self.progress.setValue(step)
         self.progress.setVisible(True)
         self.timing.setText(
             f"{per_step_s:.1f} s/step" if per_step_s >= 1 else f"{per_step_s * 1000:.0f} ms/step"
         )
 
+    def show_idle(self) -> None:
+        """No run: hide the bar and forget the last run's step and speed."""
+        self.progress.setVisible(False)
+        self.progress.reset()
+        self.timing.clear()
+
     def show_done(self, result: Result) -> None:
         """A run finished and became a layer and a gallery entry (the session says how long it took)."""
-        self.progress.setVisible(False)
+        self.show_idle()
         self.show_message(
             f"Done: new layer “{_short(result.request.prompt or 'Result')}” and a gallery entry"
         )
