@@ -21,6 +21,15 @@ import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
+from backend.control_images import control_map
+from backend.controlnets import (
+    LoadedControlNet,
+    PreparedControl,
+    check_family,
+    control_residuals,
+    load_controlnet,
+    prepare_control,
+)
 from backend.devices import describe, pick_device, pick_dtype
 from backend.errors import ModelError, RequestError, StudioError
 from backend.events import Done, Event, StepEvent
@@ -59,6 +68,7 @@ class Prepared:
     inpaint_extra: torch.Tensor | None  # 9-channel UNets: mask and masked-image latents
     added: dict[str, Any] | None  # SDXL's size conditioning
     timestep_cond: torch.Tensor | None  # guidance-distilled UNets
+    controls: tuple[PreparedControl, ...] = ()  # ControlNets with their images
 
 
 class DiffusersEngine:
@@ -81,6 +91,7 @@ class DiffusersEngine:
         self.model: LoadedModel | None = None
         self._taesd: dict[str, torch.nn.Module] = {}
         self._cache: RunCache | None = None
+        self._controlnets: dict[str, LoadedControlNet] = {}  # those the last request used, by name
 
     # --- models ------------------------------------------------------------------------------------------
 
@@ -148,6 +159,7 @@ class DiffusersEngine:
         #    init image, then the starting noise, then ancestral steps.
         model = self.load(r.model)
         pipe = model.pipe
+        nets = self._controlnets_for(r, model)
         generator = torch.Generator("cpu").manual_seed(r.seed)
         guided = uses_guidance(r.guidance, pipe.unet.config)
         tiling = Tiling()
@@ -164,7 +176,7 @@ class DiffusersEngine:
                 kept = {k: s for k, s in self._cache.snapshots.items() if k <= start}
             else:
                 scheduler = make_scheduler(r.scheduler, pipe.scheduler.config)
-                prepared = self._prepare(r, model, scheduler, generator, guided)
+                prepared = self._prepare(r, model, scheduler, generator, guided, nets)
                 latents, start, kept = prepared.latents, 0, {}
             timesteps = prepared.timesteps
             cache = self._cache = RunCache(prefix_key(r), r.concepts, prepared, len(timesteps), kept)
@@ -194,13 +206,18 @@ class DiffusersEngine:
                 if i in snapshot_steps and i not in cache.snapshots:
                     cache.snapshots[i] = Snapshot.take(i, latents, scheduler, generator)
                 c = conditioning_at(p.cond, shifts, i)
+                text = torch.cat([p.uncond.tokens, c.tokens]) if guided else c.tokens
+                added = _with_pooled(p.added, p.uncond, c, guided)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
+                residuals = control_residuals(
+                    p.controls, model_input, t, text, added, i, len(timesteps), guided
+                )
                 if p.inpaint_extra is not None:
                     model_input = torch.cat([model_input, p.inpaint_extra], dim=1)
                 sigma = current_sigma(scheduler)
                 noise_pred = _predict_noise(
-                    pipe.unet, model_input, t, p.uncond, c, guided, r.guidance, p.timestep_cond, p.added
+                    pipe.unet, model_input, t, text, added, guided, r.guidance, p.timestep_cond, residuals
                 )
                 sample = latents
                 out = scheduler.step(noise_pred, t, latents, **extra_step, return_dict=True)
@@ -218,7 +235,13 @@ class DiffusersEngine:
             tiling.remove()  # patches live for one request only
 
     def _prepare(
-        self, r: Request, model: LoadedModel, scheduler: Any, generator: torch.Generator, guided: bool
+        self,
+        r: Request,
+        model: LoadedModel,
+        scheduler: Any,
+        generator: torch.Generator,
+        guided: bool,
+        nets: tuple[Any, ...] = (),
     ) -> Prepared:
         """The inputs of a run that stay fixed over its steps."""
         pipe, device = model.pipe, self.device
@@ -264,9 +287,58 @@ class DiffusersEngine:
             w = torch.tensor(r.guidance - 1).repeat(1)
             timestep_cond = pipe.get_guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim)
             timestep_cond = timestep_cond.to(device=device, dtype=dtype)
-        return Prepared(
-            timesteps, cond, uncond, noise, latents, image_latents, mask, inpaint_extra, added, timestep_cond
+        # e. Control images, made into what each ControlNet expects.
+        controls = tuple(
+            self._prepare_control(pipe, r, c, net, guided) for c, net in zip(r.controls, nets, strict=True)
         )
+        return Prepared(
+            timesteps,
+            cond,
+            uncond,
+            noise,
+            latents,
+            image_latents,
+            mask,
+            inpaint_extra,
+            added,
+            timestep_cond,
+            controls,
+        )
+
+    def _controlnets_for(self, r: Request, model: LoadedModel) -> tuple[Any, ...]:
+        """The request's ControlNets, loaded once and kept while requests use them, checked for the model."""
+        unet_config = model.pipe.unet.config
+        names = {c.model for c in r.controls}
+        if set(self._controlnets) - names:  # free the ones this request does not use before loading others
+            self._controlnets = {k: v for k, v in self._controlnets.items() if k in names}
+            _free_memory()
+        kept: dict[str, LoadedControlNet] = {}
+        for c in r.controls:
+            loaded = kept.get(c.model) or self._controlnets.get(c.model)
+            if loaded is None:
+                loaded = load_controlnet(
+                    c.model, unet_config, self.device, self.dtype, self.allow_pickle, self.model_folders
+                )
+            else:  # the model may have changed since it was loaded
+                config = loaded.net.config
+                text_time = getattr(config, "addition_embed_type", None) == "text_time"
+                check_family(c.model, int(config.cross_attention_dim), text_time, unet_config)
+            kept[c.model] = loaded
+        self._controlnets = kept
+        return tuple(kept[c.model].net for c in r.controls)
+
+    def _prepare_control(
+        self, pipe: Any, r: Request, control: Any, net: Any, guided: bool
+    ) -> PreparedControl:
+        from diffusers.image_processor import VaeImageProcessor
+
+        # The processor diffusers' ControlNet pipelines make: resize to the request, no [-1, 1] scaling.
+        processor = VaeImageProcessor(
+            vae_scale_factor=pipe.vae_scale_factor, do_convert_rgb=True, do_normalize=False
+        )
+        image = control_map(control.kind, control.image, r.width, r.height)
+        batch, guess = prepare_control(net, image, processor, r.width, r.height, guided, self.device)
+        return PreparedControl(net, batch, control.strength, control.start, control.end, guess)
 
     # --- steps of the loop -------------------------------------------------------------------------------
 
@@ -334,7 +406,8 @@ class DiffusersEngine:
         return image
 
     def _tiled_modules(self, model: LoadedModel, r: Request) -> list[torch.nn.Module]:
-        modules = [model.pipe.unet, model.pipe.vae]
+        nets = [self._controlnets[c.model].net for c in r.controls if c.model in self._controlnets]
+        modules = [model.pipe.unet, model.pipe.vae, *nets]
         taesd = self._taesd.get(model.family)
         return [*modules, taesd] if taesd is not None else modules
 
@@ -371,7 +444,23 @@ class DiffusersEngine:
             "model_family": model.family,
             "device": describe(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            **({"controls": self._control_extras()} if self._controlnets else {}),
         }
+
+    def _control_extras(self) -> list[dict[str, str]]:
+        """Each ControlNet's name, file and SHA-256 (A1111's ControlNet field shows the hash's start)."""
+        out = []
+        for loaded in self._controlnets.values():
+            source = Path(loaded.source)
+            sha = model_hash(source) if source.exists() else ""
+            out.append(
+                {
+                    "name": source.stem if source.exists() else loaded.name,
+                    "path": loaded.source,
+                    "sha256": sha,
+                }
+            )
+        return out
 
     def _out_of_memory(self, r: Request) -> StudioError:
         _free_memory()
@@ -404,20 +493,22 @@ def _predict_noise(
     unet: Any,
     model_input: torch.Tensor,
     t: torch.Tensor,
-    uncond: Embeds,
-    cond: Embeds,
+    text: torch.Tensor,
+    added: dict[str, Any] | None,
     guided: bool,
     guidance: float,
     timestep_cond: torch.Tensor | None,
-    added: dict[str, Any] | None,
+    residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """One UNet call (both halves of the guidance batch at once) and classifier-free guidance."""
+    """One UNet call (both halves of the guidance batch at once, ControlNet residuals added) and CFG."""
     noise_pred = unet(
         model_input,
         t,
-        encoder_hidden_states=torch.cat([uncond.tokens, cond.tokens]) if guided else cond.tokens,
+        encoder_hidden_states=text,
         timestep_cond=timestep_cond,
-        added_cond_kwargs=_with_pooled(added, uncond, cond, guided),
+        added_cond_kwargs=added,
+        down_block_additional_residuals=residuals[0] if residuals else None,
+        mid_block_additional_residual=residuals[1] if residuals else None,
         return_dict=False,
     )[0]
     if not guided:

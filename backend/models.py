@@ -138,7 +138,7 @@ def load_model(
         ) from None
     except Exception as exc:  # diffusers/transformers raise many types for a bad model: name it, no traceback
         _free_memory()
-        raise ModelError(f"{ref}: cannot be loaded ({_short(exc)})") from None
+        raise ModelError(f"{ref}: cannot be loaded ({short_error(exc)})") from None
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(pipe=pipe, name=ref, source=source, family=family_of(pipe))
 
@@ -173,7 +173,7 @@ def _load_hub(repo_id: str, dtype: torch.dtype) -> tuple[Any, str]:
             if offline
             else "cannot be fetched"
         )
-        raise ModelError(f"{repo_id}: {where} ({_short(exc)})") from None
+        raise ModelError(f"{repo_id}: {where} ({short_error(exc)})") from None
     extra = _pipeline_extras(Path(folder))
     pipe = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, local_files_only=True, **extra)
     return pipe, str(folder)
@@ -224,7 +224,7 @@ def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str |
                 ".safetensors version of the model or allow pickle files in the settings"
             )
         with tempfile.TemporaryDirectory() as tmp:
-            return _load_file(_pickle_to_safetensors(path, Path(tmp)), dtype, False, config)
+            return _load_file(pickle_to_safetensors(path, Path(tmp)), dtype, False, config)
     if suffix != ".safetensors":
         raise ModelError(f"{path}: is not a model file (expected .safetensors)")
     keys = read_safetensors_keys(path)
@@ -257,7 +257,7 @@ def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str |
         except Exception as exc:
             raise ModelError(
                 f"{path}: does not match the {Path(config or config_folder).name} config for a {family} "
-                f"model ({_short(exc)})"
+                f"model ({short_error(exc)})"
             ) from None
 
 
@@ -326,7 +326,7 @@ def _check_against_config(path: Path, keys: dict[str, tuple[int, ...]], folder: 
             )
 
 
-def _pickle_to_safetensors(path: Path, tmp: Path) -> Path:
+def pickle_to_safetensors(path: Path, tmp: Path) -> Path:
     """Tensors of a pickle checkpoint, read with weights_only=True (no code runs), written as safetensors."""
     from safetensors.torch import save_file
 
@@ -334,7 +334,7 @@ def _pickle_to_safetensors(path: Path, tmp: Path) -> Path:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, or an object weights_only refuses to build
         raise ModelError(
-            f"{path}: cannot be read safely as a weights-only checkpoint ({_short(exc)})"
+            f"{path}: cannot be read safely as a weights-only checkpoint ({short_error(exc)})"
         ) from None
     while isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
@@ -346,7 +346,7 @@ def _pickle_to_safetensors(path: Path, tmp: Path) -> Path:
     return out
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{exc.__class__.__name__}: {text[:300]}"
 

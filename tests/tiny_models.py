@@ -7,6 +7,8 @@ Public API (other test modules use these):
 - `build_tiny_lcm(seed=0) -> LatentConsistencyModelPipeline`: a guidance-embedding UNet with the LCM scheduler
 - `save_tiny_sd(path, seed=0) -> Path` / `save_tiny_sdxl(path, seed=0) -> Path`: a diffusers folder
 - `tiny_tokenizer_folder(path) -> Path`: the byte-level CLIP tokenizer files
+- `build_tiny_controlnet(unet, seed=0) -> ControlNetModel`: a ControlNet shaped for that UNet, random weights
+  (its zero convolutions too, so that it visibly steers)
 
 The shapes follow the real models (VAE downsamples by 8, CLIP text towers, SDXL's text-time embedding),
 scaled down so that a few steps at 64×64 take well under a second on a CPU.
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import (
     AutoencoderKL,
+    ControlNetModel,
     EulerDiscreteScheduler,
     LatentConsistencyModelPipeline,
     LCMScheduler,
@@ -229,3 +232,13 @@ def save_tiny_sdxl(path: str | Path, seed: int = 0) -> Path:
     path = Path(path)
     build_tiny_sdxl(seed).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetModel:
+    """A ControlNet for `unet` (as ControlNetModel.from_unet shapes it) with every weight random."""
+    net = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return net.eval()
