@@ -27,6 +27,7 @@ MAX_TOTAL_BYTES = 4 * 1024 * 1024 * 1024  # declared uncompressed size of the wh
 # Decoded pixels of all images in one archive: a blank PNG of 8000² compresses to a few kB, so many
 # small members could otherwise ask for hundreds of gigabytes once decoded.
 MAX_DECODED_BYTES = 6 * 1024 * 1024 * 1024
+DECODE_BAND_PIXELS = 1 << 20  # rows converted from the decoded image to the array at a time
 # Letters of any script, digits, spaces and punctuation (GIMP names ORA members after layers), but no
 # control characters, backslashes or colons (Windows separators and drive letters).
 _BAD_CHARS = re.compile(r"[\x00-\x1f\x7f\\:]")
@@ -145,10 +146,12 @@ def read_png(
     mode: str = "RGBA",
     size: tuple[int, int] | None = None,
     budget: DecodeBudget | None = None,
+    within: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Decode a PNG member to a uint8 array in `mode` ("RGBA", "RGB" or "L"), optionally of an exact size.
+    """Decode a PNG member to a uint8 array in `mode` ("RGBA", "RGB" or "L").
 
-    The size the PNG header declares is checked (and charged to `budget`) before anything is decoded.
+    `size` demands an exact width×height, `within` at most that width and height. The size the PNG
+    header declares is checked (and charged to `budget`) before anything is decoded.
     """
     label = Path(archive.filename or "archive").name
     data = read_member(archive, name)
@@ -156,26 +159,47 @@ def read_png(
         declared = Image.open(io.BytesIO(data)).size  # reads the header only: checked before decoding
     except Exception:  # noqa: BLE001 - a broken file: open_image below says what is wrong
         declared = None
-    if declared is not None and size is not None and declared != size:
-        raise ProjectError(
-            f"{label}: entry {name!r} is {declared[0]}×{declared[1]}, expected {size[0]}×{size[1]}"
-        )
+    _check_size(declared, size, within, f"{label}: entry {name!r}")
     if budget is not None and declared is not None:
         budget.spend(declared[0], declared[1], len(mode))
     try:
         image = open_image(io.BytesIO(data))
     except ImageError as exc:
         raise ProjectError(f"{label}: entry {name!r}: {exc}") from None
+    del data
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         from backend.images import pil_to_array
 
         image = Image.fromarray(pil_to_array(image, mask=True), "L")
-    pixels = np.asarray(image.convert(mode), dtype=np.uint8).copy()
-    if size is not None and (pixels.shape[1], pixels.shape[0]) != size:
-        raise ProjectError(
-            f"{label}: entry {name!r} is {pixels.shape[1]}×{pixels.shape[0]}, expected {size[0]}×{size[1]}"
-        )
-    return pixels
+    _check_size(image.size, size, within, f"{label}: entry {name!r}")
+    return _to_array(image, mode)
+
+
+def _check_size(
+    found: tuple[int, int] | None, size: tuple[int, int] | None, within: tuple[int, int] | None, what: str
+) -> None:
+    if found is None:
+        return
+    if size is not None and found != size:
+        raise ProjectError(f"{what} is {found[0]}×{found[1]}, expected {size[0]}×{size[1]}")
+    if within is not None and (found[0] > within[0] or found[1] > within[1]):
+        raise ProjectError(f"{what} is {found[0]}×{found[1]}, larger than the {within[0]}×{within[1]} canvas")
+
+
+def _to_array(image: Image.Image, mode: str) -> np.ndarray:
+    """The decoded image in `mode` as a new uint8 array, converted a band of rows at a time.
+
+    Converting the whole image at once would hold the decoded image, its converted copy and numpy's
+    intermediate bytes together (four times an 8192² layer); bands hold the image and the result only.
+    """
+    width, height = image.size
+    shape = (height, width) if len(mode) == 1 else (height, width, len(mode))
+    out = np.empty(shape, np.uint8)
+    band = max(1, DECODE_BAND_PIXELS // max(width, 1))
+    for top in range(0, height, band):
+        part = image.crop((0, top, width, min(height, top + band)))
+        out[top : top + band] = np.asarray(part if part.mode == mode else part.convert(mode))
+    return out
 
 
 def new_archive(handle: BinaryIO) -> zipfile.ZipFile:

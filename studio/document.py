@@ -7,6 +7,7 @@ marker and the recovery journal all see the same stream of operations (`Document
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -14,7 +15,24 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-WHITE = np.array([255, 255, 255], dtype=np.float32)
+from studio.compositing import composite
+
+__all__ = ["composite"]  # re-exported: the one compositing function, for callers that import it here
+
+_revisions = itertools.count(1)
+# The largest canvas opened or created unless the settings say otherwise (`Settings.max_canvas_pixels`):
+# 8192², the largest image `backend.images` decodes. Its picture, mask and one layer take about 600 MB.
+MAX_CANVAS_PIXELS = 8192 * 8192
+
+
+def canvas_problem(width: int, height: int, max_pixels: int = MAX_CANVAS_PIXELS) -> str | None:
+    """Why a width×height canvas cannot be opened (checked before anything is allocated), or None."""
+    if width * height <= max_pixels:
+        return None
+    return (
+        f"its {width}×{height} canvas ({width * height / 1e6:.0f} megapixels) is larger than the "
+        f"{max_pixels / 1e6:.0f} megapixels this studio opens (a setting: document/max_canvas_pixels)"
+    )
 
 
 def new_id() -> str:
@@ -22,9 +40,25 @@ def new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def writable(pixels: np.ndarray) -> np.ndarray:
+    """`pixels` itself when it may be written, else a private copy (copy-on-write of shared arrays)."""
+    return pixels if pixels.flags.writeable else pixels.copy()
+
+
+def shared(pixels: np.ndarray) -> np.ndarray:
+    """Mark an array read-only so two owners can hold it; the first to write copies it (`writable`)."""
+    pixels.setflags(write=False)
+    return pixels
+
+
 @dataclass
 class Layer:
-    """One layer: straight-alpha RGBA pixels and how it is shown."""
+    """One layer: straight-alpha RGBA pixels at their own size, placed at (x, y) on the canvas.
+
+    A layer holds only the rectangle it covers (an imported OpenRaster layer may be far smaller than the
+    canvas); outside it the layer is transparent. Pixel arrays may be shared read-only between copies of
+    a layer (a save's snapshot, a duplicate, the undo stack): change them only through `place`.
+    """
 
     name: str
     pixels: np.ndarray  # H×W×4 uint8, straight (not premultiplied) alpha
@@ -33,6 +67,9 @@ class Layer:
     id: str = field(default_factory=new_id)
     source: str | None = None  # id of the generated result this layer holds (lineage)
     painted: bool = False  # a person painted on it after it was generated
+    x: int = 0  # canvas position of the pixels' top-left corner
+    y: int = 0
+    rev: int = field(default_factory=lambda: next(_revisions), compare=False, repr=False)
 
     def properties(self) -> dict[str, Any]:
         """Everything but the pixels, as plain JSON values (projects and the journal store these)."""
@@ -43,11 +80,54 @@ class Layer:
             "visible": bool(self.visible),
             "source": self.source,
             "painted": bool(self.painted),
+            "x": int(self.x),
+            "y": int(self.y),
         }
 
     def copy(self, **changes: Any) -> Layer:
-        """A deep copy (pixels too), with some fields changed."""
-        return replace(self, pixels=self.pixels.copy(), **changes)
+        """An independent copy, with some fields changed; the pixels are shared until one side writes."""
+        return replace(self, pixels=shared(self.pixels), **changes)
+
+    @property
+    def bounds(self) -> tuple[int, int, int, int]:
+        """Where the layer's pixels lie on the canvas: x, y, width, height."""
+        return self.x, self.y, int(self.pixels.shape[1]), int(self.pixels.shape[0])
+
+    def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """The layer's RGBA pixels inside a canvas rectangle (transparent where it has none); read only."""
+        lx, ly = x - self.x, y - self.y
+        if lx >= 0 and ly >= 0 and lx + w <= self.pixels.shape[1] and ly + h <= self.pixels.shape[0]:
+            view = self.pixels[ly : ly + h, lx : lx + w]
+            view.setflags(write=False)  # a view for reading: writes go through `place`
+            return view
+        out = np.zeros((h, w, 4), np.uint8)
+        x0, y0 = max(x, self.x), max(y, self.y)
+        x1, y1 = min(x + w, self.x + self.pixels.shape[1]), min(y + h, self.y + self.pixels.shape[0])
+        if x1 > x0 and y1 > y0:
+            out[y0 - y : y1 - y, x0 - x : x1 - x] = self.pixels[
+                y0 - self.y : y1 - self.y, x0 - self.x : x1 - self.x
+            ]
+        return out
+
+    def full(self, width: int, height: int) -> np.ndarray:
+        """The layer as a width×height canvas-size RGBA array (read only when it already is one)."""
+        return self.region(0, 0, width, height)
+
+    def place(self, x: int, y: int, patch: np.ndarray) -> None:
+        """Write RGBA `patch` at canvas position (x, y), growing the layer to cover it if needed."""
+        h, w = patch.shape[:2]
+        x0, y0 = min(self.x, x), min(self.y, y)
+        x1 = max(self.x + self.pixels.shape[1], x + w)
+        y1 = max(self.y + self.pixels.shape[0], y + h)
+        if (x0, y0, x1 - x0, y1 - y0) != self.bounds:
+            grown = np.zeros((y1 - y0, x1 - x0, 4), np.uint8)
+            ph, pw = self.pixels.shape[:2]
+            grown[self.y - y0 : self.y - y0 + ph, self.x - x0 : self.x - x0 + pw] = self.pixels
+            self.pixels, self.x, self.y = grown, x0, y0
+        else:
+            self.pixels = writable(self.pixels)
+        self.pixels[y - self.y : y - self.y + h, x - self.x : x - self.x + w] = patch
+        self.rev = next(_revisions)
 
 
 def blank_pixels(width: int, height: int, rgba: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
@@ -61,19 +141,6 @@ def rgb_to_rgba(rgb: np.ndarray) -> np.ndarray:
     """Opaque RGBA from an H×W×3 uint8 image."""
     alpha = np.full(rgb.shape[:2] + (1,), 255, dtype=np.uint8)
     return np.concatenate([rgb.astype(np.uint8), alpha], axis=2)
-
-
-def composite(layers: list[Layer], width: int, height: int) -> np.ndarray:
-    """The visible layers, bottom first, alpha-blended over white: H×W×3 uint8."""
-    out = np.empty((height, width, 3), dtype=np.float32)
-    out[...] = WHITE
-    for layer in layers:
-        if not layer.visible or layer.opacity <= 0:
-            continue
-        px = layer.pixels.astype(np.float32)
-        alpha = px[..., 3:4] / 255.0 * layer.opacity
-        out = px[..., :3] * alpha + out * (1.0 - alpha)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 class Command:
@@ -174,15 +241,13 @@ class Paint(Command):
 
     def apply(self, doc: Document) -> None:
         layer = doc.layer(self.layer_id)
-        h, w = self.after.shape[:2]
-        layer.pixels[self.y : self.y + h, self.x : self.x + w] = self.after
+        layer.place(self.x, self.y, self.after)
         if self.mark_painted and layer.source is not None:
             layer.painted = True
 
     def revert(self, doc: Document) -> None:
         layer = doc.layer(self.layer_id)
-        h, w = self.before.shape[:2]
-        layer.pixels[self.y : self.y + h, self.x : self.x + w] = self.before
+        layer.place(self.x, self.y, self.before)
         layer.painted = self.was_painted
 
 
@@ -199,10 +264,12 @@ class PaintMask(Command):
 
     def apply(self, doc: Document) -> None:
         h, w = self.after.shape[:2]
+        doc.mask = writable(doc.mask)
         doc.mask[self.y : self.y + h, self.x : self.x + w] = self.after
 
     def revert(self, doc: Document) -> None:
         h, w = self.before.shape[:2]
+        doc.mask = writable(doc.mask)
         doc.mask[self.y : self.y + h, self.x : self.x + w] = self.before
 
 
@@ -402,7 +469,7 @@ class Document(QObject):
         if after.size == 0:
             return
         h, w = after.shape[:2]
-        before = layer.pixels[y : y + h, x : x + w].copy()
+        before = layer.region(x, y, w, h).copy()
         if np.array_equal(before, after):
             return
         self.push(Paint(layer_id, x, y, before, after.copy(), by_person, layer.painted, label=label))
@@ -412,8 +479,9 @@ class Document(QObject):
         self.paint(layer_id, 0, 0, blank_pixels(self.width, self.height, rgba), label="Fill")
 
     def clear(self, layer_id: str) -> None:
-        """Make a whole layer transparent."""
-        self.paint(layer_id, 0, 0, blank_pixels(self.width, self.height), label="Clear")
+        """Make a whole layer transparent (only the part it covers needs clearing)."""
+        x, y, w, h = self.layer(layer_id).bounds
+        self.paint(layer_id, x, y, blank_pixels(w, h), label="Clear")
 
     def paint_mask(self, x: int, y: int, after: np.ndarray, label: str = "Mask") -> None:
         """Replace a rectangle of the inpainting mask (255 = repaint), clipped to the canvas."""

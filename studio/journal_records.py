@@ -144,14 +144,18 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
     try:
         if op == "add_layer":
             meta = header["layer"]
+            x, y = int(meta.get("x", 0)), int(meta.get("y", 0))
+            _check_rect(arrays[0], x, y, (doc.height, doc.width, 4))
             layer = Layer(
                 str(meta["name"]),
-                _fit(arrays[0], (doc.height, doc.width, 4)),
+                arrays[0],
                 float(meta["opacity"]),
                 bool(meta["visible"]),
                 str(meta["id"]),
                 meta["source"],
                 bool(meta["painted"]),
+                x,
+                y,
             )
             AddLayer(layer, int(header["index"])).apply(doc)
         elif op == "remove_layer":
@@ -168,7 +172,7 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
         elif op == "pixels":
             layer = doc.layer(str(header["id"]))
             patch = arrays[0]
-            _check_rect(patch, int(header["x"]), int(header["y"]), layer.pixels.shape)
+            _check_rect(patch, int(header["x"]), int(header["y"]), (doc.height, doc.width, 4))
             Paint(layer.id, int(header["x"]), int(header["y"]), patch, patch, mark_painted=False).apply(doc)
             layer.painted = bool(header["painted"])
         elif op == "mask":
@@ -191,13 +195,14 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
         doc.active_id = header["active"]
 
 
-def _fit(pixels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if pixels.shape != shape or pixels.dtype != np.uint8:
-        raise ValueError(f"layer pixels are {pixels.shape}, expected {shape}")
-    return pixels
-
-
 def _check_rect(patch: np.ndarray, x: int, y: int, shape: tuple[int, ...]) -> None:
     h, w = patch.shape[:2]
-    if x < 0 or y < 0 or y + h > shape[0] or x + w > shape[1] or patch.shape[2:] != shape[2:]:
+    if (
+        patch.dtype != np.uint8
+        or x < 0
+        or y < 0
+        or y + h > shape[0]
+        or x + w > shape[1]
+        or patch.shape[2:] != shape[2:]
+    ):
         raise ValueError(f"a {w}×{h} patch at ({x}, {y}) does not fit")

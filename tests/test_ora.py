@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from studio.archive import ProjectError, png_bytes
-from studio.document import Document
+from studio.document import Document, Layer
 from studio.ora import export_ora, import_ora
 
 
@@ -72,8 +72,24 @@ def test_import_places_offset_layers_and_flattens_groups(tmp_path):
     width, height, layers = import_ora(path)
     assert (width, height) == (20, 10) and [la.name for la in layers] == ["bg", "red"]
     top = layers[1]
-    assert top.opacity == 0.25 and top.pixels.shape == (10, 20, 4)
-    assert (top.pixels[0:3, 17:20] == (255, 0, 0, 255)).all() and top.pixels[3:, :].sum() == 0
+    # The layer keeps its own size (clipped to the canvas) at its offset: not padded to 20×10.
+    assert top.opacity == 0.25 and top.bounds == (17, 0, 3, 3)
+    full = top.full(width, height)
+    assert (full[0:3, 17:20] == (255, 0, 0, 255)).all() and full[3:, :].sum() == 0 and full[:, :17].sum() == 0
+
+
+def test_offset_layers_round_trip_at_their_own_size(tmp_path):
+    doc = Document(40, 30)
+    dot = np.zeros((5, 7, 4), np.uint8)
+    dot[...] = (0, 200, 0, 255)
+    doc.layers.append(Layer("dot", dot, x=30, y=20))
+    export_ora(tmp_path / "dot.ora", doc)
+    with zipfile.ZipFile(tmp_path / "dot.ora") as z:
+        stack = z.read("stack.xml").decode()
+    assert 'x="30"' in stack and 'y="20"' in stack
+    width, height, layers = import_ora(tmp_path / "dot.ora")
+    assert layers[1].bounds == (30, 20, 7, 5) and np.array_equal(layers[1].pixels, dot)
+    assert np.array_equal(Document(width, height, layers).composite(), doc.composite())
 
 
 @pytest.mark.parametrize(

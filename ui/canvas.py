@@ -1,7 +1,9 @@
 """The canvas: shows the document, paints strokes, pans and zooms, and overlays generation previews.
 
-The composite is cached as a QImage and rebuilt only when the document says it changed. The preview
-overlay counts the frames it actually painted (`frames_painted`), which `studio --demo` reports.
+The composite is kept by a `Compositor` (only what a change touched is blended again: a stroke's
+rectangle, or the layers from the active one up) and brought up to date when the widget paints, so any
+number of document changes between two paints cost one composite. The preview overlay counts the frames
+it actually painted (`frames_painted`), which `studio --demo` reports.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QWidget
 
-from studio.document import Command, Document, Layer, Paint, PaintMask, composite
+from studio.compositing import Compositor
+from studio.document import Command, Document, Paint, PaintMask
 from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke, qimage_to_array
 
 MASK_RGBA = (230, 30, 30, 0.45)  # the mask shows as translucent red
@@ -65,10 +68,12 @@ class CanvasView(QWidget):
         self._pan_from: QPointF | None = None
         self._space = False
         self._hover: QPointF | None = None
-        self._rgb = np.zeros((1, 1, 3), np.uint8)
+        self._compositor = Compositor()
+        self._full_pending = True  # a change the dirty rectangles do not describe: recomposite
+        self._dirty_rects: list[QRect] = []  # painted rectangles not composited yet
         self._image = QImage()
         self._mask_image: QImage | None = None
-        self._mask_rgba = np.zeros((1, 1, 4), np.uint8)
+        self._mask_rgba: np.ndarray | None = None  # made on the first masked pixel: a canvas-size array
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -76,13 +81,12 @@ class CanvasView(QWidget):
         self.setCursor(Qt.CursorShape.CrossCursor)
         document.operation.connect(self._on_operation)
         document.changed.connect(self._on_document_changed)
-        self._rebuild_image()
+        self._refresh()
         self._rebuild_mask()
 
     # -- the cached images ---------------------------------------------------------------------------
     def _on_operation(self, _what: str, command: Command) -> None:
-        # A paint command says which rectangle changed: on a 1024² canvas a full composite takes about
-        # 250 ms, so a brush stroke recomposites only its own rectangle.
+        # A paint command says which rectangle changed: a brush stroke recomposites only its rectangle.
         self._dirty = None
         if isinstance(command, (Paint, PaintMask)):
             h, w = command.after.shape[:2]
@@ -91,39 +95,57 @@ class CanvasView(QWidget):
     def _on_document_changed(self, kind: str) -> None:
         dirty, self._dirty = self._dirty, None
         doc = self.document
-        if kind == "mask" and dirty is not None and self._mask_rgba.shape[:2] == doc.mask.shape:
+        if kind == "mask" and dirty is not None:
             x, y, w, h = dirty.x(), dirty.y(), dirty.width(), dirty.height()
             self._paint_mask(x, y, doc.mask[y : y + h, x : x + w])
         elif kind in ("mask", "reset"):
             self._rebuild_mask()
-        if kind == "pixels" and dirty is not None and self._rgb.shape[:2] == (doc.height, doc.width):
-            self._recomposite(dirty)
+        if kind == "pixels" and dirty is not None:
+            self._dirty_rects.append(dirty)
         elif kind != "mask":
-            self._rebuild_image()
+            self._full_pending = True  # composited when the widget next paints (or is asked for it)
         if kind == "reset":
             self._auto_fit = True
             self.fit()
         self.update()
 
-    def _rebuild_image(self) -> None:
-        self._rgb = np.ascontiguousarray(self.document.composite())
-        self._wrap_rgb()
+    def _refresh(self) -> None:
+        """Bring the composite up to date with every change since the last paint (at most one full pass)."""
+        doc = self.document
+        comp = self._compositor
+        before = comp.rgb
+        if self._full_pending or comp.rgb.shape[:2] != (doc.height, doc.width):
+            pivot = doc.index_of(doc.active_id) if doc.active_id is not None else len(doc.layers)
+            comp.update(doc.layers, doc.width, doc.height, pivot)
+            self._full_pending = False
+            self._dirty_rects.clear()
+        canvas = QRect(0, 0, doc.width, doc.height)
+        for rect in self._dirty_rects:
+            rect = rect.intersected(canvas)
+            if not rect.isEmpty():
+                comp.update_region(doc.layers, (rect.x(), rect.y(), rect.width(), rect.height()))
+        if self._dirty_rects or comp.rgb is not before or self._image.isNull():
+            self._wrap_rgb()
+        self._dirty_rects.clear()
 
     def _wrap_rgb(self) -> None:
-        h, w = self._rgb.shape[:2]
-        # Wraps the array without copying: keep self._rgb alive as long as the image.
-        self._image = QImage(self._rgb.data, w, h, self._rgb.strides[0], QImage.Format.Format_RGB888)
+        rgb = self._compositor.rgb
+        h, w = rgb.shape[:2]
+        # Wraps the array without copying: the compositor keeps it alive as long as the image.
+        self._image = QImage(rgb.data, w, h, rgb.strides[0], QImage.Format.Format_RGB888)
 
     def _rebuild_mask(self) -> None:
-        mask = self.document.mask
-        self._mask_rgba = np.zeros(mask.shape + (4,), np.uint8)
-        self._mask_rgba[..., :3] = MASK_RGBA[:3]
+        self._mask_rgba = None
         self._mask_image = None
-        if mask.any():
-            self._paint_mask(0, 0, mask)
+        if self.document.mask.any():
+            self._paint_mask(0, 0, self.document.mask)
 
     def _paint_mask(self, x: int, y: int, mask: np.ndarray) -> None:
         """Show `mask` (255 = repaint) at (x, y) in the red overlay; only that rectangle is redone."""
+        shape = self.document.mask.shape
+        if self._mask_rgba is None or self._mask_rgba.shape[:2] != shape:
+            self._mask_rgba = np.zeros(shape + (4,), np.uint8)
+            self._mask_rgba[..., :3] = MASK_RGBA[:3]
         h, w = mask.shape
         self._mask_rgba[y : y + h, x : x + w, 3] = (mask.astype(np.float32) * MASK_RGBA[3]).astype(np.uint8)
         rgba = self._mask_rgba
@@ -131,7 +153,8 @@ class CanvasView(QWidget):
         self._mask_image = QImage(rgba.data, rgba.shape[1], rgba.shape[0], rgba.strides[0], MASK_FORMAT)
 
     def composite_image(self) -> QImage:
-        """The cached composite (what the canvas shows under the overlays)."""
+        """The cached composite (what the canvas shows under the overlays), brought up to date."""
+        self._refresh()
         return self._image
 
     # -- preview overlay ------------------------------------------------------------------------------
@@ -208,6 +231,7 @@ class CanvasView(QWidget):
     # -- painting the widget --------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
         """Draw the composite, the mask and preview overlays, and the brush outline."""
+        self._refresh()
         painter = QPainter(self)
         painter.fillRect(self.rect(), QColor(58, 58, 62))
         target = self.doc_rect()
@@ -355,7 +379,8 @@ class CanvasView(QWidget):
     def _pick(self, point: QPointF) -> None:
         x, y = int(point.x()), int(point.y())
         if 0 <= x < self.document.width and 0 <= y < self.document.height:
-            r, g, b = (int(v) for v in self._rgb[y, x])
+            self._refresh()
+            r, g, b = (int(v) for v in self._compositor.rgb[y, x])
             self.color_picked.emit(QColor(r, g, b))
 
     def _show_stroke(self, rect: QRect) -> None:
@@ -384,7 +409,7 @@ class CanvasView(QWidget):
         x, y, w, h = rect.x(), rect.y(), rect.width(), rect.height()
         # Coverage, not coverage × opacity: where the brush went, the overlay shows exactly what the
         # document will show (the composite already blends the stroke at its opacity).
-        self._stroke_rgba[y : y + h, x : x + w, :3] = self._rgb[y : y + h, x : x + w]
+        self._stroke_rgba[y : y + h, x : x + w, :3] = self._compositor.rgb[y : y + h, x : x + w]
         self._stroke_rgba[y : y + h, x : x + w, 3] = qimage_to_array(stroke.coverage.copy(rect))
         rgba = self._stroke_rgba
         # Wraps the array without copying, like the composite.
@@ -394,20 +419,16 @@ class CanvasView(QWidget):
         self._stroke_image = None
         self._stroke_rgba = None
 
-    def _recomposite(self, rect: QRect, stroke: Stroke | None = None) -> None:
-        """Rebuild one rectangle of the cached composite (with a stroke in progress applied, if given)."""
+    def _recomposite(self, rect: QRect, stroke: Stroke) -> None:
+        """Redo one rectangle of the cached composite with the stroke in progress applied."""
         rect = rect.intersected(QRect(0, 0, self.document.width, self.document.height))
-        if rect.isEmpty():
+        layer = self.document.active
+        if rect.isEmpty() or layer is None:
             return
+        self._refresh()
         x, y, w, h = rect.x(), rect.y(), rect.width(), rect.height()
-        active = self.document.active_id
-        crops = []
-        for layer in self.document.layers:
-            pixels = layer.pixels[y : y + h, x : x + w]
-            if stroke is not None and layer.id == active:
-                pixels = stroke.apply(pixels, rect)
-            crops.append(Layer(layer.name, pixels, layer.opacity, layer.visible, id=layer.id))
-        self._rgb[y : y + h, x : x + w] = composite(crops, w, h)
+        pixels = stroke.apply(layer.region(x, y, w, h), rect)
+        self._compositor.update_region(self.document.layers, (x, y, w, h), replace=(layer.id, pixels))
         self._wrap_rgb()
 
     def commit_stroke(self) -> None:
@@ -424,15 +445,15 @@ class CanvasView(QWidget):
             doc.paint_mask(x, y, after, label="Erase mask" if stroke.erase else "Mask")
         elif doc.active is not None:
             layer = doc.active
-            after = stroke.apply(layer.pixels[y : y + h, x : x + w], b)
+            after = stroke.apply(layer.region(x, y, w, h), b)
             doc.paint(layer.id, x, y, after, label="Erase" if stroke.tool == ERASER else "Brush stroke")
         self.stroke_committed.emit(stroke.tool)
 
     def cancel_stroke(self) -> None:
         """Drop the stroke in progress without touching the document."""
         if self._stroke is not None:
+            self._dirty_rects.append(self._stroke.bounds)  # shown as if painted: show the layers again
             self._stroke = None
             self._drop_stroke_overlay()
-            self._rebuild_image()
             self._rebuild_mask()
             self.update()
