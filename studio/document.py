@@ -23,6 +23,8 @@ _revisions = itertools.count(1)
 # The largest canvas opened or created unless the settings say otherwise (`Settings.max_canvas_pixels`):
 # 8192², the largest image `backend.images` decodes. Its picture, mask and one layer take about 600 MB.
 MAX_CANVAS_PIXELS = 8192 * 8192
+# The memory the undo history may hold by default (`Settings.undo_limit_bytes`); the oldest steps go first.
+UNDO_LIMIT_BYTES = 1 << 30
 
 
 def canvas_problem(width: int, height: int, max_pixels: int = MAX_CANVAS_PIXELS) -> str | None:

@@ -10,6 +10,7 @@ from PySide6.QtCore import QSettings
 
 from backend.errors import StudioError
 from backend.request import Request
+from studio.document import MAX_CANVAS_PIXELS, UNDO_LIMIT_BYTES
 from studio.recipe import request_from_dict, request_to_dict
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,32 @@ class Settings:
     @prompt_history.setter
     def prompt_history(self, prompts: list[str]) -> None:
         self._set_json("session/prompt_history", list(prompts))
+
+    @property
+    def max_canvas_pixels(self) -> int:
+        """The largest canvas (width × height) opened or created; larger files are refused unread."""
+        return self._int("document/max_canvas_pixels", MAX_CANVAS_PIXELS)
+
+    @max_canvas_pixels.setter
+    def max_canvas_pixels(self, pixels: int) -> None:
+        self.qsettings.setValue("document/max_canvas_pixels", int(pixels))
+
+    @property
+    def undo_limit_bytes(self) -> int:
+        """How much memory the undo history may hold before its oldest steps are dropped."""
+        return self._int("document/undo_limit_bytes", UNDO_LIMIT_BYTES)
+
+    @undo_limit_bytes.setter
+    def undo_limit_bytes(self, limit: int) -> None:
+        self.qsettings.setValue("document/undo_limit_bytes", int(limit))
+
+    def _int(self, key: str, default: int) -> int:
+        try:
+            value = int(self.qsettings.value(key, default))
+        except (TypeError, ValueError):
+            log.warning("ignoring an unreadable setting %s", key)
+            return default
+        return value if value > 0 else default
 
     # JSON text keeps types exact across QSettings back ends (INI turns lists of one into strings).
     def _json(self, key: str, default: Any) -> Any:

@@ -165,11 +165,12 @@ class ProjectActions(QObject):
         """Open a .studio project or an .ora file; on any error show it and change nothing."""
         path = Path(path)
         try:
+            limit = self.settings.max_canvas_pixels
             if path.suffix.lower() == ".ora":
-                width, height, layers = import_ora(path)
+                width, height, layers = import_ora(path, max_pixels=limit)
                 data = ProjectData(width, height, layers, _blank_mask(width, height))
             else:
-                data = load_project(path)
+                data = load_project(path, max_pixels=limit)
         except StudioError as exc:
             self._error(str(exc))
             return False
