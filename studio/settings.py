@@ -127,7 +127,7 @@ class Settings:
 
     def _int(self, key: str, default: int) -> int:
         try:
-            value = int(self.qsettings.value(key, default))
+            value = int(str(self.qsettings.value(key, default)))
         except (TypeError, ValueError):
             log.warning("ignoring an unreadable setting %s", key)
             return default
