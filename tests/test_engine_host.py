@@ -10,9 +10,9 @@ import pytest
 import torch
 from fake_engine import FakeEngine, fake_image
 
-from backend.errors import ModelError
+from backend.errors import ModelError, describe_error
 from backend.request import Request
-from studio.engine_host import EngineHost, describe_error
+from studio.engine_host import EngineHost
 
 SMALL = {"width": 32, "height": 32}
 
