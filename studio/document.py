@@ -16,6 +16,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from studio.compositing import composite
+from studio.history import History, SavePoint
 
 __all__ = ["composite"]  # re-exported: the one compositing function, for callers that import it here
 
@@ -151,6 +152,11 @@ class Command:
     label = "change"
     kind = "layers"  # which part of the document it touches: "layers", "pixels" or "mask"
 
+    @property
+    def nbytes(self) -> int:
+        """Memory this command keeps alive in the undo history (pixels it holds, or a small constant)."""
+        return 256
+
     def apply(self, doc: Document) -> None:
         raise NotImplementedError
 
@@ -165,6 +171,10 @@ class AddLayer(Command):
     layer: Layer
     index: int
     label: str = "Add layer"
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.layer.pixels.nbytes)
 
     def apply(self, doc: Document) -> None:
         doc.layers.insert(self.index, self.layer)
@@ -182,6 +192,10 @@ class RemoveLayer(Command):
     layer: Layer
     index: int
     label: str = "Delete layer"
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.layer.pixels.nbytes)
 
     def apply(self, doc: Document) -> None:
         doc.layers.pop(self.index)
@@ -241,6 +255,10 @@ class Paint(Command):
     label: str = "Paint"
     kind: str = "pixels"
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.before.nbytes + self.after.nbytes)
+
     def apply(self, doc: Document) -> None:
         layer = doc.layer(self.layer_id)
         layer.place(self.x, self.y, self.after)
@@ -263,6 +281,10 @@ class PaintMask(Command):
     after: np.ndarray
     label: str = "Mask"
     kind: str = "mask"
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.before.nbytes + self.after.nbytes)
 
     def apply(self, doc: Document) -> None:
         h, w = self.after.shape[:2]
@@ -297,9 +319,7 @@ class Document(QObject):
         self.layers: list[Layer] = layers if layers is not None else [self._background()]
         self.mask = np.zeros((height, width), dtype=np.uint8)
         self.active_id: str | None = self.layers[-1].id if self.layers else None
-        self._done: list[Command] = []
-        self._undone: list[Command] = []
-        self._clean_at: int | None = 0
+        self.history = History(UNDO_LIMIT_BYTES)
 
     def _background(self) -> Layer:
         return Layer("Background", blank_pixels(self.width, self.height, (255, 255, 255, 255)))
@@ -334,64 +354,65 @@ class Document(QObject):
 
     # -- undo stack ----------------------------------------------------------------------------------
     def push(self, command: Command) -> None:
-        """Apply a command and make it undoable; clears the redo list."""
+        """Apply a command and make it undoable; clears the redo list (and drops the oldest steps when
+        the history holds more than `history.limit_bytes`)."""
         was_clean = self.is_clean
         command.apply(self)
-        self._done.append(command)
-        if self._clean_at is not None and self._clean_at > len(self._done) - 1:
-            self._clean_at = None  # the saved state was in the redo list and is now unreachable
-        self._undone.clear()
+        self.history.did(command)
         self._announce("do", command, was_clean)
 
     def undo(self) -> bool:
         """Revert the last command; False when there is nothing to undo."""
-        if not self._done:
-            return False
         was_clean = self.is_clean
-        command = self._done.pop()
+        command = self.history.undid()
+        if command is None:
+            return False
         command.revert(self)
-        self._undone.append(command)
         self._announce("undo", command, was_clean)
         return True
 
     def redo(self) -> bool:
         """Re-apply the last undone command; False when there is nothing to redo."""
-        if not self._undone:
-            return False
         was_clean = self.is_clean
-        command = self._undone.pop()
+        command = self.history.redid()
+        if command is None:
+            return False
         command.apply(self)
-        self._done.append(command)
         self._announce("redo", command, was_clean)
         return True
 
     @property
     def can_undo(self) -> bool:
-        return bool(self._done)
+        return bool(self.history.done)
 
     @property
     def can_redo(self) -> bool:
-        return bool(self._undone)
+        return bool(self.history.undone)
 
     @property
     def undo_label(self) -> str:
-        return self._done[-1].label if self._done else ""
+        return self.history.done[-1].label if self.history.done else ""
 
     @property
     def redo_label(self) -> str:
-        return self._undone[-1].label if self._undone else ""
+        return self.history.undone[-1].label if self.history.undone else ""
 
     @property
     def is_clean(self) -> bool:
         """True when the document equals what was last saved (or opened)."""
-        return self._clean_at == len(self._done)
+        return self.history.is_clean
 
-    def set_clean(self) -> None:
-        """Mark the current state as saved."""
+    def save_point(self) -> SavePoint:
+        """Where the history stands now: give it to `set_clean` when a save of this state finishes."""
+        return self.history.save_point()
+
+    def set_clean(self, point: SavePoint | None = None) -> None:
+        """Mark the current state as saved, or the state at `point` (a save that ran while the person
+        kept working: clean again only if they undo back to it)."""
         was_clean = self.is_clean
-        self._clean_at = len(self._done)
-        if not was_clean:
-            self.clean_changed.emit(True)
+        self.history.mark_clean(point)
+        if was_clean != self.is_clean:
+            self.clean_changed.emit(self.is_clean)
 
     def _announce(self, what: str, command: Command, was_clean: bool) -> None:
         self.operation.emit(what, command)
@@ -407,9 +428,7 @@ class Document(QObject):
         self.layers = layers if layers is not None else [self._background()]
         self.mask = mask if mask is not None else np.zeros((height, width), dtype=np.uint8)
         self.active_id = self.layers[-1].id if self.layers else None
-        self._done.clear()
-        self._undone.clear()
-        self._clean_at = 0
+        self.history.clear()
         self.changed.emit("reset")
         self.clean_changed.emit(True)
 

@@ -52,9 +52,9 @@ def test_brush_stroke_is_one_undo_step_and_undo_redo_are_exact(qtbot):
     layer = doc.add_layer("ink")
     before = layer.pixels.copy()
     canvas.brush.size, canvas.brush.color = 8, (200, 20, 30)
-    depth = len(doc._done)
+    depth = len(doc.history.done)
     drag(qtbot, canvas, [(10, 10), (20, 12), (30, 14), (40, 20)])
-    assert len(doc._done) == depth + 1 and doc.undo_label == "Brush stroke"
+    assert len(doc.history.done) == depth + 1 and doc.undo_label == "Brush stroke"
     painted = layer.pixels.copy()
     assert not np.array_equal(painted, before)
     assert tuple(painted[12, 20]) == (200, 20, 30, 255)

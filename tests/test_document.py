@@ -68,3 +68,50 @@ def test_generated_layer_marked_painted_by_a_stroke_and_unmarked_by_undo():
     assert result.painted
     doc.undo()
     assert not result.painted
+
+
+def test_undo_history_is_capped_by_memory_dropping_the_oldest_steps():
+    doc = Document(64, 64)
+    doc.history.limit_bytes = 100_000
+    layer = doc.layers[0]
+    doc.set_clean()
+    shades = list(range(10, 130, 10))
+    for shade in shades:  # each stroke keeps its before and after: 2 × 64×64×4 = 32 KiB
+        doc.paint(layer.id, 0, 0, np.full((64, 64, 4), shade, np.uint8))
+    assert doc.history.bytes <= 100_000 and doc.history.dropped > 0
+    kept = len(doc.history.done)
+    assert kept == len(shades) - doc.history.dropped and kept >= 1
+    while doc.undo():
+        pass
+    # The oldest reachable state is the one after the last dropped stroke; the saved one is gone for good.
+    assert (layer.pixels == shades[doc.history.dropped - 1]).all()
+    assert not doc.is_clean
+    doc.redo()
+    assert (layer.pixels == shades[doc.history.dropped]).all()
+
+
+def test_the_newest_step_stays_undoable_even_when_it_alone_exceeds_the_limit():
+    doc = Document(64, 64)
+    doc.history.limit_bytes = 1000
+    doc.fill(doc.layers[0].id, (1, 2, 3, 255))
+    assert doc.can_undo and doc.undo() and (doc.layers[0].pixels == 255).all()
+
+
+def test_a_save_point_marks_clean_only_the_state_that_was_saved():
+    doc = Document(16, 16)
+    layer = doc.layers[0]
+    doc.paint(layer.id, 0, 0, np.zeros((2, 2, 4), np.uint8))
+    point = doc.save_point()  # a save of this state starts...
+    doc.paint(layer.id, 4, 4, np.zeros((2, 2, 4), np.uint8))  # ...the person keeps painting...
+    doc.set_clean(point)  # ...and the save finishes
+    assert not doc.is_clean
+    doc.undo()
+    assert doc.is_clean  # back at what the file holds
+    doc.redo()
+    doc.undo()
+    doc.paint(layer.id, 8, 8, np.zeros((2, 2, 4), np.uint8))  # a different branch
+    stale = doc.save_point()
+    doc.undo()
+    doc.paint(layer.id, 9, 9, np.ones((2, 2, 4), np.uint8))
+    doc.set_clean(stale)  # that state can no longer be reached
+    assert not doc.is_clean and not doc.history.clean_at

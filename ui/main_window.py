@@ -64,6 +64,7 @@ class MainWindow(QMainWindow):
         self.session = session
         self.settings = settings or Settings()
         self.document = session.document
+        self.document.history.limit_bytes = self.settings.undo_limit_bytes
         self.error_box: QMessageBox | None = None
         self.ask_before_closing = True  # False for `studio --demo`, whose work is its own and unattended
         self.setObjectName("studio-window")
