@@ -319,7 +319,7 @@ class Document(QObject):
         self.layers: list[Layer] = layers if layers is not None else [self._background()]
         self.mask = np.zeros((height, width), dtype=np.uint8)
         self.active_id: str | None = self.layers[-1].id if self.layers else None
-        self.history = History(UNDO_LIMIT_BYTES)
+        self.history: History[Command] = History(UNDO_LIMIT_BYTES)
 
     def _background(self) -> Layer:
         return Layer("Background", blank_pixels(self.width, self.height, (255, 255, 255, 255)))

@@ -8,7 +8,7 @@ the oldest steps are gone (and becomes unreachable, never wrongly reachable).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 
 class Sized(Protocol):
@@ -16,6 +16,9 @@ class Sized(Protocol):
 
     @property
     def nbytes(self) -> int: ...
+
+
+C = TypeVar("C", bound=Sized)
 
 
 @dataclass(frozen=True)
@@ -26,13 +29,13 @@ class SavePoint:
     command: object | None
 
 
-class History:
+class History(Generic[C]):
     """Undo and redo lists with a memory limit; the oldest steps are dropped to stay under it."""
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
-        self.done: list = []
-        self.undone: list = []
+        self.done: list[C] = []
+        self.undone: list[C] = []
         self.base = 0  # commands dropped from the bottom of `done`
         self.clean_at: int | None = 0  # position of the saved state; None when it can't be reached
         self.bytes = 0  # memory held by the commands in both lists
@@ -48,7 +51,7 @@ class History:
         """True when the current state is the saved one."""
         return self.clean_at == self.position
 
-    def did(self, command: Sized) -> None:
+    def did(self, command: C) -> None:
         """A new command was done: it goes on top, the redo list goes away, old steps may be dropped."""
         self.done.append(command)
         self.bytes += command.nbytes - sum(c.nbytes for c in self.undone)
@@ -57,7 +60,7 @@ class History:
             self.clean_at = None  # the saved state was in the redo list and is now unreachable
         self._trim()
 
-    def undid(self) -> Sized | None:
+    def undid(self) -> C | None:
         """Move the top command to the redo list and return it (None when there is nothing to undo)."""
         if not self.done:
             return None
@@ -65,7 +68,7 @@ class History:
         self.undone.append(command)
         return command
 
-    def redid(self) -> Sized | None:
+    def redid(self) -> C | None:
         """Move the last undone command back on top and return it (None when there is nothing to redo)."""
         if not self.undone:
             return None
