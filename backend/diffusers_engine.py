@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
+from backend.batching import batch_groups, batch_key, batch_limit, is_out_of_memory, per_request
 from backend.control_images import control_map
 from backend.controlnets import (
     LoadedControlNet,
@@ -81,6 +82,7 @@ class DiffusersEngine:
         taesd: str | None = None,
         model_folders: tuple[str, ...] = (),
         allow_pickle: bool = False,
+        max_batch: int | None = None,
         **_: Any,
     ) -> None:
         self.device = pick_device(device)
@@ -88,6 +90,7 @@ class DiffusersEngine:
         self.taesd_folder = taesd
         self.model_folders = tuple(model_folders)
         self.allow_pickle = allow_pickle
+        self.max_batch = max_batch  # images per UNet pass in a grid; None: as many as memory seems to allow
         self.model: LoadedModel | None = None
         self._taesd: dict[str, torch.nn.Module] = {}
         self._cache: RunCache | None = None
@@ -125,42 +128,74 @@ class DiffusersEngine:
 
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         """Yield a StepEvent per step and, unless cancelled, a Done with the image and recipe extras."""
+        return self.generate_batch([request], cancel)
+
+    def generate_batch(self, requests: list[Request], cancel: threading.Event) -> Iterator[Event]:
+        """Run several requests, those that can share the UNet's batch together (backend/batching.py).
+
+        Each request gets the StepEvents (under its own request id) and the Done its own run would give, with
+        the same image within float rounding; groups run one after another, so Dones may come out of order.
+        """
+        for request in requests:
+            request.validate()
+        for group in batch_groups(requests, self._batch_limit(requests[0]) if len(requests) > 1 else 1):
+            if cancel.is_set():
+                return
+            yield from self._run_group(group, cancel)
+
+    def _run_group(self, rs: list[Request], cancel: threading.Event) -> Iterator[Event]:
         started = time.perf_counter()
         try:
-            latents = yield from self._denoise(request, cancel, started)
+            latents = yield from self._denoise(rs, cancel, started)
             if latents is None or cancel.is_set():
                 return  # a cancelled run decodes nothing
-            image = self._decode(request, latents)
+            images = [self._decode(r, latents[k : k + 1]) for k, r in enumerate(rs)]
             extras = self._extras()
-        except torch.OutOfMemoryError:
-            raise self._out_of_memory(request) from None
-        except RuntimeError as exc:
-            if "allocate" in str(exc) or "out of memory" in str(exc):  # the CPU allocator's form of OOM
-                raise self._out_of_memory(request) from None
-            raise
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _free_memory()
+            if len(rs) == 1:
+                raise self._out_of_memory(rs[0]) from None
+            half = len(rs) // 2  # too big a batch for the device: run it in two halves
+            yield from self._run_group(rs[:half], cancel)
+            if not cancel.is_set():
+                yield from self._run_group(rs[half:], cancel)
+            return
         if cancel.is_set():
             return
-        yield Done(request.request_id, to_uint8(image), request, extras, None, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        for r, image in zip(rs, images, strict=True):
+            yield Done(r.request_id, to_uint8(image), r, dict(extras), None, elapsed)
 
     def render(self, request: Request) -> np.ndarray:
         """The finished image as floats in [0, 1] (H×W×3), before uint8 rounding: what Done.image rounds."""
-        run = self._denoise(request, threading.Event(), time.perf_counter(), previews=False)
+        return self.render_batch([request])[0]
+
+    def render_batch(self, requests: list[Request]) -> list[np.ndarray]:
+        """`render` for requests that share a batch key, run as one batch (tests compare it to `render`)."""
+        for request in requests:
+            request.validate()
+        if len({batch_key(r) for r in requests}) != 1:
+            raise RequestError("these requests cannot run as one batch (see backend/batching.py)")
+        run = self._denoise(requests, threading.Event(), time.perf_counter(), previews=False)
         while True:
             try:
                 next(run)
             except StopIteration as stop:
-                return self._decode(request, stop.value)
+                return [self._decode(r, stop.value[k : k + 1]) for k, r in enumerate(requests)]
 
     def _denoise(
-        self, r: Request, cancel: threading.Event, started: float, previews: bool = True
+        self, rs: list[Request], cancel: threading.Event, started: float, previews: bool = True
     ) -> Generator[StepEvent, None, torch.Tensor | None]:
-        r.validate()
-        # 1. Model and generator. The generator is drawn from in the pipelines' order: VAE encoding of an
-        #    init image, then the starting noise, then ancestral steps.
+        """Denoise a batch of requests that share a batch key (one request: a plain run, which may resume)."""
+        r, single = rs[0], len(rs) == 1
+        # 1. Model and generators, one per request. Each is drawn from in the pipelines' order: VAE encoding
+        #    of an init image, then the starting noise, then ancestral steps.
         model = self.load(r.model)
         pipe = model.pipe
         nets = self._controlnets_for(r, model)
-        generator = torch.Generator("cpu").manual_seed(r.seed)
+        generators = [torch.Generator("cpu").manual_seed(x.seed) for x in rs]
         guided = uses_guidance(r.guidance, pipe.unet.config)
         tiling = Tiling()
         if r.tiling:
@@ -168,34 +203,39 @@ class DiffusersEngine:
         try:
             # 2. Inputs: prepared afresh, or carried over with the previous run's snapshot when only a
             #    concept acting from a later step changed (a slider drag need not redo the early steps).
-            snapshot = resume_point(self._cache, r)
+            snapshot = resume_point(self._cache, r) if single else None
             if snapshot is not None and self._cache is not None:
                 prepared = self._cache.prepared
-                latents, scheduler = snapshot.restore(generator)
+                latents, scheduler = snapshot.restore(generators[0])
                 start = snapshot.step
                 kept = {k: s for k, s in self._cache.snapshots.items() if k <= start}
             else:
                 scheduler = make_scheduler(r.scheduler, pipe.scheduler.config)
-                prepared = self._prepare(r, model, scheduler, generator, guided, nets)
+                prepared = self._prepare(rs, model, scheduler, generators, guided, nets)
                 latents, start, kept = prepared.latents, 0, {}
             timesteps = prepared.timesteps
-            cache = self._cache = RunCache(prefix_key(r), r.concepts, prepared, len(timesteps), kept)
+            cache = RunCache(prefix_key(r), r.concepts, prepared, len(timesteps), kept)
+            self._cache = cache if single else None  # a batch leaves nothing to resume from
 
             # 3. Concept directions, each switched on from its first step; snapshots at those steps.
             shifts = [
                 ConceptShift(
                     self._concept_direction(pipe, c.positive, c.negative),
-                    c.weight,
+                    per_request([x.concepts[j].weight for x in rs], self.device, pipe.unet.dtype),
                     first_step(c.start, len(timesteps)),
                 )
-                for c in r.concepts
-                if c.weight != 0.0
+                for j, c in enumerate(r.concepts)
+                if any(x.concepts[j].weight != 0.0 for x in rs)
             ]
-            snapshot_steps = {first_step(c.start, len(timesteps)) for c in r.concepts} - {0}
-            extra_step = step_kwargs(scheduler, generator)
-            previewer = self._previewer(model, r) if previews else None
+            snapshot_steps = (
+                {first_step(c.start, len(timesteps)) for c in r.concepts} - {0} if single else set()
+            )
+            extra_step = step_kwargs(scheduler, generators[0] if single else generators)
+            guidance = per_request([x.guidance for x in rs], self.device, pipe.unet.dtype, dims=3)
+            previewers = [self._previewer(model, x) for x in rs] if previews else []
             alphas = getattr(scheduler, "alphas_cumprod", None)
-            alphas = alphas.to(self.device) if previewer is not None and alphas is not None else None
+            shown = any(pv is not None for pv in previewers)
+            alphas = alphas.to(self.device) if shown and alphas is not None else None
             p = prepared
 
             # 4. Denoising loop.
@@ -204,7 +244,7 @@ class DiffusersEngine:
                 if cancel.is_set():
                     return None
                 if i in snapshot_steps and i not in cache.snapshots:
-                    cache.snapshots[i] = Snapshot.take(i, latents, scheduler, generator)
+                    cache.snapshots[i] = Snapshot.take(i, latents, scheduler, generators[0])
                 c = conditioning_at(p.cond, shifts, i)
                 text = torch.cat([p.uncond.tokens, c.tokens]) if guided else c.tokens
                 added = _with_pooled(p.added, p.uncond, c, guided)
@@ -217,7 +257,7 @@ class DiffusersEngine:
                     model_input = torch.cat([model_input, p.inpaint_extra], dim=1)
                 sigma = current_sigma(scheduler)
                 noise_pred = _predict_noise(
-                    pipe.unet, model_input, t, text, added, guided, r.guidance, p.timestep_cond, residuals
+                    pipe.unet, model_input, t, text, added, guided, guidance, p.timestep_cond, residuals
                 )
                 sample = latents
                 out = scheduler.step(noise_pred, t, latents, **extra_step, return_dict=True)
@@ -225,30 +265,43 @@ class DiffusersEngine:
                 if p.mask is not None and p.inpaint_extra is None:
                     next_t = timesteps[i + 1] if i + 1 < len(timesteps) else None
                     latents = reimpose_known(latents, p.image_latents, p.noise, p.mask, scheduler, next_t)
-                frame = None
-                if previewer is not None:
-                    previewer.push(clean_estimate(out, scheduler, sample, noise_pred, t, sigma, alphas))
-                    frame = previewer.finish() if i + 1 == len(timesteps) else previewer.latest()
-                yield StepEvent(r.request_id, i + 1, len(timesteps), frame, time.perf_counter() - started)
+                x0 = clean_estimate(out, scheduler, sample, noise_pred, t, sigma, alphas) if shown else None
+                for k, x in enumerate(rs):
+                    frame = None
+                    previewer = previewers[k] if previewers else None
+                    if previewer is not None and x0 is not None:
+                        previewer.push(x0[k : k + 1])
+                        frame = previewer.finish() if i + 1 == len(timesteps) else previewer.latest()
+                    elapsed = time.perf_counter() - started
+                    yield StepEvent(x.request_id, i + 1, len(timesteps), frame, elapsed)
             return None if cancel.is_set() else latents
         finally:
             tiling.remove()  # patches live for one request only
 
     def _prepare(
         self,
-        r: Request,
+        rs: list[Request],
         model: LoadedModel,
         scheduler: Any,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
         guided: bool,
         nets: tuple[Any, ...] = (),
     ) -> Prepared:
-        """The inputs of a run that stay fixed over its steps."""
-        pipe, device = model.pipe, self.device
-        # a. Text conditioning: prompt (blended towards prompt B) and negative.
-        cond, uncond = self._encode(pipe, r.prompt, r.negative_prompt, guided)
-        if r.blend > 0:
-            cond = cond.blend(self._encode(pipe, r.prompt_b, "", False)[0], r.blend)
+        """The inputs of a run (of a batch: each request's stacked) that stay fixed over its steps."""
+        pipe, device, r = model.pipe, self.device, rs[0]
+        # a. Text conditioning: prompt (blended towards prompt B) and negative, per request.
+        encoded: dict[tuple[str, str], tuple[Embeds, Embeds]] = {}
+        conds, unconds = [], []
+        for x in rs:
+            key = (x.prompt, x.negative_prompt)
+            if key not in encoded:
+                encoded[key] = self._encode(pipe, x.prompt, x.negative_prompt, guided)
+            cond, uncond = encoded[key]
+            if x.blend > 0:
+                cond = cond.blend(self._encode(pipe, x.prompt_b, "", False)[0], x.blend)
+            conds.append(cond)
+            unconds.append(uncond)
+        cond, uncond = Embeds.stack(conds), Embeds.stack(unconds)
 
         # b. Timesteps: all of them, or the tail an init image enters at.
         scheduler.set_timesteps(r.steps, device=device)
@@ -263,33 +316,49 @@ class DiffusersEngine:
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(0)
 
-        # c. Latents: noise, or the init image noised to the first timestep; inpainting masks.
+        # c. Latents: noise, or the init image noised to the first timestep; inpainting masks. Each
+        #    request draws from its own generator in the single run's order.
         dtype = cond.tokens.dtype
         shape = (1, 4, r.height // pipe.vae_scale_factor, r.width // pipe.vae_scale_factor)
-        image_latents = (
-            self._encode_image(pipe, r.init_image, generator) if r.init_image is not None else None
-        )
-        noise = initial_noise(shape, generator, device, dtype, r.variation_seed, r.variation_strength)
+        posterior = self._encode_image(pipe, r.init_image) if r.init_image is not None else None
+        mask = latent_mask(r.mask.pixels, shape[-2:], device, dtype) if r.mask is not None else None
+        masked = None
+        if mask is not None and posterior is not None and model.inpaint_unet:
+            masked = self._encode_image(pipe, r.init_image, r.mask)
+        image_parts, noise_parts, extra_parts = [], [], []
+        for x, generator in zip(rs, generators, strict=True):
+            if posterior is not None:
+                image_parts.append(self._sample_latents(pipe, posterior, generator))
+            noise_parts.append(
+                initial_noise(shape, generator, device, dtype, x.variation_seed, x.variation_strength)
+            )
+            if masked is not None and mask is not None:
+                sampled = self._sample_latents(pipe, masked, generator).to(mask.dtype)
+                extra_parts.append(torch.cat([mask, sampled], dim=1))
+        image_latents = torch.cat(image_parts) if image_parts else None
+        noise = torch.cat(noise_parts)
         if image_latents is None or (r.strength >= 1.0 and r.mask is not None):
             latents = noise * scheduler.init_noise_sigma
         else:
             latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
-        mask = inpaint_extra = None
-        if r.mask is not None and image_latents is not None:
-            mask = latent_mask(r.mask.pixels, shape[-2:], device, dtype)
-            if model.inpaint_unet:
-                inpaint_extra = self._inpaint_channels(pipe, r, mask, generator, guided)
+        if image_latents is None:
+            mask = None
+        inpaint_extra = None
+        if extra_parts:  # 9-channel UNets: the mask and the latents of the image with the hole blanked
+            extra = torch.cat(extra_parts)
+            inpaint_extra = torch.cat([extra] * 2) if guided else extra
 
         # d. Per-step inputs that do not change: SDXL's size conditioning, LCM's guidance embedding.
-        added = self._added_conditioning(r, pipe.unet, guided, dtype)
+        added = self._added_conditioning(r, pipe.unet, len(rs) * (2 if guided else 1), dtype)
         timestep_cond = None
         if pipe.unet.config.time_cond_proj_dim is not None:
-            w = torch.tensor(r.guidance - 1).repeat(1)
+            w = torch.tensor([x.guidance - 1 for x in rs])
             timestep_cond = pipe.get_guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim)
             timestep_cond = timestep_cond.to(device=device, dtype=dtype)
         # e. Control images, made into what each ControlNet expects.
         controls = tuple(
-            self._prepare_control(pipe, r, c, net, guided) for c, net in zip(r.controls, nets, strict=True)
+            self._prepare_control(pipe, r, c, net, guided, len(rs))
+            for c, net in zip(r.controls, nets, strict=True)
         )
         return Prepared(
             timesteps,
@@ -328,7 +397,7 @@ class DiffusersEngine:
         return tuple(kept[c.model].net for c in r.controls)
 
     def _prepare_control(
-        self, pipe: Any, r: Request, control: Any, net: Any, guided: bool
+        self, pipe: Any, r: Request, control: Any, net: Any, guided: bool, copies: int = 1
     ) -> PreparedControl:
         from diffusers.image_processor import VaeImageProcessor
 
@@ -338,6 +407,8 @@ class DiffusersEngine:
         )
         image = control_map(control.kind, control.image, r.width, r.height)
         batch, guess = prepare_control(net, image, processor, r.width, r.height, guided, self.device)
+        if copies > 1:  # a batch of requests shares the control image: one copy per row of the UNet's input
+            batch = batch.repeat(copies, 1, 1, 1)
         return PreparedControl(net, batch, control.strength, control.start, control.end, guess)
 
     # --- steps of the loop -------------------------------------------------------------------------------
@@ -361,34 +432,27 @@ class DiffusersEngine:
     def _concept_direction(self, pipe: Any, positive: str, negative: str) -> Embeds:
         return self._encode(pipe, positive, "", False)[0].minus(self._encode(pipe, negative, "", False)[0])
 
-    def _encode_image(self, pipe: Any, picture: Any, generator: torch.Generator) -> torch.Tensor:
-        """Init image → scaled latents, sampled from the VAE's posterior with the run's generator."""
-        image = pipe.image_processor.preprocess(picture.to_pil()).to(self.device, pipe.vae.dtype)
+    def _encode_image(self, pipe: Any, picture: Any, hole: Any = None) -> Any:
+        """The VAE posterior of an init image (with the mask's hole blanked to mid-grey when given)."""
+        image = pipe.image_processor.preprocess(picture.to_pil())
+        if hole is not None:
+            image = image * torch.from_numpy(hole.pixels < 128)[None, None]  # 0 in [-1, 1] is mid-grey
         with torch.no_grad():
-            latents = retrieve_latents(pipe.vae.encode(image), generator=generator)
+            return pipe.vae.encode(image.to(self.device, pipe.vae.dtype))
+
+    def _sample_latents(self, pipe: Any, posterior: Any, generator: torch.Generator) -> torch.Tensor:
+        """Scaled latents sampled from a posterior with the run's generator, as the pipelines do."""
+        latents = retrieve_latents(posterior, generator=generator)
         return (pipe.vae.config.scaling_factor * latents).to(pipe.unet.dtype)
 
-    def _inpaint_channels(
-        self, pipe: Any, r: Request, mask: torch.Tensor, generator: torch.Generator, guided: bool
-    ) -> torch.Tensor:
-        """The 9-channel UNet's extra input: the mask and the latents of the image with the hole blanked."""
-        assert r.mask is not None and r.init_image is not None
-        keep = torch.from_numpy(r.mask.pixels < 128)[None, None]
-        image = pipe.image_processor.preprocess(r.init_image.to_pil())
-        masked = (image * keep).to(self.device, pipe.vae.dtype)  # the hole becomes mid-grey (0 in [-1, 1])
-        with torch.no_grad():
-            latents = retrieve_latents(pipe.vae.encode(masked), generator=generator)
-        extra = torch.cat([mask, pipe.vae.config.scaling_factor * latents.to(mask.dtype)], dim=1)
-        return torch.cat([extra] * 2) if guided else extra
-
     def _added_conditioning(
-        self, r: Request, unet: Any, guided: bool, dtype: torch.dtype
+        self, r: Request, unet: Any, rows: int, dtype: torch.dtype
     ) -> dict[str, Any] | None:
-        """SDXL's micro-conditioning (original size, crop, target size); None for SD 1/2."""
+        """SDXL's micro-conditioning (original size, crop, target size) for `rows` UNet inputs, or None."""
         if getattr(unet.config, "addition_embed_type", None) != "text_time":
             return None
         time_ids = sdxl_time_ids(r.height, r.width, dtype).to(self.device)
-        return {"time_ids": torch.cat([time_ids, time_ids]) if guided else time_ids}
+        return {"time_ids": time_ids.repeat(rows, 1)}
 
     def _decode(self, r: Request, latents: torch.Tensor) -> np.ndarray:
         """Final latents → float image in [0, 1]; an inpainting init's kept region restored exactly."""
@@ -404,6 +468,11 @@ class DiffusersEngine:
             keep = (r.mask.pixels < 128)[..., None]
             image = np.where(keep, r.init_image.pixels.astype(np.float32) / 255.0, image)
         return image
+
+    def _batch_limit(self, r: Request) -> int:
+        if self.max_batch is not None:
+            return self.max_batch
+        return batch_limit(self.device, r.width, r.height, self.dtype)
 
     def _tiled_modules(self, model: LoadedModel, r: Request) -> list[torch.nn.Module]:
         nets = [self._controlnets[c.model].net for c in r.controls if c.model in self._controlnets]
@@ -496,7 +565,7 @@ def _predict_noise(
     text: torch.Tensor,
     added: dict[str, Any] | None,
     guided: bool,
-    guidance: float,
+    guidance: float | torch.Tensor,
     timestep_cond: torch.Tensor | None,
     residuals: tuple[list[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:

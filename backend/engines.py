@@ -29,9 +29,14 @@ class Engines:
         return self._engines[name]
 
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
-        """Validate the request and run it on its engine."""
+        """Validate the request and run it on its engine (a grid: each of its cells, backend/grid_run.py)."""
         request.validate()
-        return self.get(request.engine).generate(request, cancel)
+        engine = self.get(request.engine)
+        if request.grid is not None:
+            from backend.grid_run import run_grid
+
+            return run_grid(engine, request, cancel)
+        return engine.generate(request, cancel)
 
 
 def _create(name: str, options: dict[str, Any]) -> Engine:

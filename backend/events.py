@@ -27,6 +27,8 @@ class Done:
 
     `extras` holds recipe additions that are results, not inputs: model name and file hash, the patch
     engine's reference shares. `attribution` is the patch engine's per-pixel (reference index, weight) map.
+    A grid's Done (backend/grid_run.py) holds each cell's own Done in `cells`; its image is the cells side
+    by side.
     """
 
     request_id: str
@@ -35,6 +37,7 @@ class Done:
     extras: dict[str, Any] = field(default_factory=dict)
     attribution: np.ndarray | None = None  # H×W×2 float32: [..., 0] reference index, [..., 1] its weight
     elapsed_s: float = 0.0
+    cells: tuple[Done, ...] = ()
 
 
 Event = StepEvent | Done

@@ -58,12 +58,26 @@ class Embeds:
         pooled = None if self.pooled is None or other.pooled is None else self.pooled - other.pooled
         return Embeds(self.tokens - other.tokens, pooled)
 
-    def plus(self, direction: Embeds, weight: float) -> Embeds:
-        """Move `weight` along `direction`."""
+    def plus(self, direction: Embeds, weight: float | torch.Tensor) -> Embeds:
+        """Move `weight` along `direction` (a tensor weight: one per row of a batch)."""
         pooled = self.pooled
         if pooled is not None and direction.pooled is not None:
-            pooled = pooled + weight * direction.pooled
-        return Embeds(self.tokens + weight * direction.tokens, pooled)
+            pooled = pooled + _rows(weight, 2) * direction.pooled
+        return Embeds(self.tokens + _rows(weight, 3) * direction.tokens, pooled)
+
+    @staticmethod
+    def stack(parts: list[Embeds]) -> Embeds:
+        """One batch of conditionings, in order (a single one as it is)."""
+        if len(parts) == 1:
+            return parts[0]
+        pooled = [p.pooled for p in parts]
+        stacked = torch.cat(pooled) if all(p is not None for p in pooled) else None  # type: ignore[misc]
+        return Embeds(torch.cat([p.tokens for p in parts]), stacked)
+
+
+def _rows(weight: float | torch.Tensor, ndim: int) -> float | torch.Tensor:
+    """A per-row weight shaped to broadcast over a batch tensor of `ndim` dimensions."""
+    return weight if isinstance(weight, float) else weight.view(-1, *([1] * (ndim - 1)))
 
 
 @dataclass(frozen=True)
@@ -71,7 +85,7 @@ class ConceptShift:
     """A weighted text-embedding direction that applies from step index `first_step` on."""
 
     direction: Embeds
-    weight: float
+    weight: float | torch.Tensor  # a tensor: one weight per request of a batch
     first_step: int
 
 
@@ -84,7 +98,7 @@ def conditioning_at(base: Embeds, shifts: Iterable[ConceptShift], step: int) -> 
     """The prompt conditioning at step index `step`: the base plus every concept already switched on."""
     out = base
     for shift in shifts:
-        if step >= shift.first_step and shift.weight != 0.0:
+        if step >= shift.first_step and (not isinstance(shift.weight, float) or shift.weight != 0.0):
             out = out.plus(shift.direction, shift.weight)
     return out
 

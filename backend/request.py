@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from backend.errors import RequestError
+from backend.grids import Grid
+from backend.grids import problems as grid_problems
 from backend.images import Picture
 
 ENGINES = ("patch", "diffusers")
@@ -94,6 +96,8 @@ class Request:
     reference_weights: tuple[tuple[str, float], ...] = ()  # (reference name or tag, log-prior)
     patch_mode: str = "els"
     exact: bool = False
+    # A variation grid: the cells are this request with each axis value put in (backend/grids.py).
+    grid: Grid | None = None
     # Not part of the recipe: identifies one submission so stale events can be dropped.
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
 
@@ -151,6 +155,7 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
             yield f"concept start must be between 0 and 1 (got {c.start})"
     yield from _control_problems(r)
     yield from _lora_problems(r)
+    yield from grid_problems(r)
     if r.preview not in PREVIEW_METHODS:
         yield f"unknown preview method {r.preview!r}; choose one of {', '.join(PREVIEW_METHODS)}"
     if r.init_image is not None:

@@ -12,7 +12,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from backend.errors import StudioError
+from backend.errors import RequestError, StudioError
+from backend.grids import grid_from_json, grid_to_json
 from backend.images import Picture
 from backend.request import Concept, Control, Lora, Request
 
@@ -39,6 +40,8 @@ def request_to_dict(request: Request, images: bool = True) -> dict[str, Any]:
             value = [dataclasses.asdict(c) for c in value]
         elif f.name == "controls":
             value = [{**_shallow_dict(c), "image": _picture_to_json(c.image, images)} for c in value]
+        elif f.name == "grid":
+            value = None if value is None else grid_to_json(value)
         elif f.name == "loras":
             value = [dataclasses.asdict(lora) for lora in value]
         elif isinstance(value, tuple):
@@ -124,6 +127,13 @@ def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) 
             )
         except (KeyError, TypeError, ValueError):
             raise bad("a list of concepts with positive, negative, weight and start") from None
+    if name == "grid":
+        if value is None:
+            return None
+        try:
+            return grid_from_json(value)
+        except RequestError as exc:
+            raise RecipeError(f"recipe field 'grid': {exc}") from None
     if name == "reference_weights":
         if not isinstance(value, list):
             raise bad("a list of [name, weight] pairs")

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.errors import RequestError
+from backend.grids import Axis, Grid, canonical_axis, parse_values, values_text
 from backend.prompt_syntax import lora_tag, split_lora_tags
 from backend.request import Concept, Lora, Request
 from studio.recipe import RecipeError
@@ -157,6 +159,11 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
         p["Reference weights"] = json.dumps([[n, w] for n, w in request.reference_weights])
     p["Patch mode"] = request.patch_mode if request.patch_mode != d.patch_mode else None
     p["Exact"] = "True" if request.exact else None
+    if request.grid is not None:  # as A1111's X/Y/Z plot writes its grid image's parameters
+        p["Script"] = "X/Y/Z plot"
+        for letter, axis in zip("XY", request.grid.axes(), strict=False):
+            p[f"{letter} Type"] = axis.label
+            p[f"{letter} Values"] = values_text(axis)
     p["Version"] = "Studio"
     pairs = ", ".join(f"{k}: {_quote(v)}" for k, v in p.items() if v is not None and v != "")
     negative = f"\n{_NEGATIVE} {request.negative_prompt}" if request.negative_prompt else ""
@@ -196,6 +203,26 @@ def _control_fields(request: Request, extras: Mapping[str, Any]) -> dict[str, st
             f"Guidance Start: {_num(c.start)}, Guidance End: {_num(c.end)}"
         )
     return out
+
+
+def _grid(f: Mapping[str, str]) -> Grid | None:
+    """The X/Y plot's axes, when the text names them (A1111 also has a Z axis: not read)."""
+    axes = []
+    for letter in "XY":
+        label, values = f.get(f"{letter} Type", "").strip(), f.get(f"{letter} Values", "")
+        if not label or label.lower() == "nothing":
+            continue
+        try:
+            name = canonical_axis(label)
+            parsed = parse_values(name, values)
+        except RequestError as exc:
+            raise RecipeError(f"A1111 parameters: {exc}") from None
+        if name == "scheduler":
+            parsed = tuple(scheduler_from_a1111(str(v)) for v in parsed)
+        axes.append(Axis(name, parsed))
+    if not axes:
+        return None
+    return Grid(axes[0], axes[1] if len(axes) > 1 else None)
 
 
 @dataclass(frozen=True)
@@ -304,6 +331,7 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         reference_weights=weights,
         patch_mode=f.get("Patch mode", d.patch_mode).strip(),
         exact=flag("Exact"),
+        grid=_grid(f),
     )
     extras: dict[str, Any] = {}
     if f.get("Model hash"):

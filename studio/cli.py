@@ -24,6 +24,7 @@ from PIL import Image
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
 from backend.request import DEFAULT_SIZE, MAX_SEED, Request
+from studio import cli_grid
 from studio.a1111 import to_a1111
 from studio.pngmeta import PngMetadata, read_png_metadata, save_png
 from studio.prompts import clean_prompt
@@ -88,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
         "--attribution", metavar="PNG", help="patch engine: save the map of which reference fed each pixel"
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    cli_grid.add_arguments(g)
     g.set_defaults(run=_generate)
 
     i = sub.add_parser("info", help="print an image's recipe, provenance and lineage chain")
@@ -152,6 +154,11 @@ def _generate(args: argparse.Namespace) -> int:
     request, init_meta = build_request(args, base, recipe_given=bool(recipe_meta and recipe_meta.request))
     if args.attribution and request.engine != "patch":
         raise UsageError("--attribution needs the patch engine")
+    try:
+        request = cli_grid.grid_for(args, request)
+    except cli_grid.GridUsageError as exc:
+        raise UsageError(str(exc)) from None
+    request.validate()  # a bad grid value is named before torch loads
     out = Path(args.out) if args.out else _free_name(Path(f"studio-{request.seed}.png"))
     if args.preview_dir:
         Path(args.preview_dir).mkdir(parents=True, exist_ok=True)
@@ -195,6 +202,19 @@ def _generate(args: argparse.Namespace) -> int:
     if done is None:
         raise StudioError("the engine stopped without an image")
 
+    if done.request.grid is not None:
+        # The cells when a batch asked for them, --out names where, or nothing else would be written;
+        # the labelled grid with --grid-out.
+        cells = bool(args.out or args.batch or args.variations or not args.grid_out)
+        for path in cli_grid.write_grid(
+            args,
+            out if cells else None,
+            done,
+            lambda image, request: lineage_for(image, request, recipe_meta, init_meta),
+            cells,
+        ):
+            print(str(path), file=sys.stderr if args.events else sys.stdout)
+        return 0
     provenance = lineage_for(Picture(done.image), done.request, recipe_meta, init_meta)
     save_png(out, done.image, done.request, done.extras, provenance)
     if args.attribution and done.attribution is not None:

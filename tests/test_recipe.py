@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from backend.errors import RequestError
+from backend.grids import Axis, Grid
 from backend.images import Picture
 from backend.request import Concept, Control, Lora, Request
 from studio.a1111 import (
@@ -64,6 +65,7 @@ EVERYTHING = Request(
     reference_weights=(("brick wall", 2.0), ("sky", -1.5)),
     patch_mode="ls",
     exact=True,
+    grid=Grid(Axis("prompt", ("castle", "tower, old")), Axis("concept:2", (-2.0, 1.0))),
 )
 
 COMBOS = [
