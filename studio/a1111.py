@@ -141,7 +141,7 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
         p["Model path"] = request.model
     p.update(_lora_fields(request, extras))
     p.update(_control_fields(request, extras))
-    if request.init_image is not None or request.strength != d.strength:
+    if request.init_image is not None:  # text to image denoises from noise: a strength would mislead
         p["Denoising strength"] = _num(request.strength)
     if request.variation_seed is not None or request.variation_strength != d.variation_strength:
         p["Variation seed"] = None if request.variation_seed is None else str(request.variation_seed)

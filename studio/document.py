@@ -297,6 +297,51 @@ class PaintMask(Command):
         doc.mask[self.y : self.y + h, self.x : self.x + w] = self.before
 
 
+def merge_pixels(
+    upper: np.ndarray, upper_opacity: float, lower: np.ndarray, lower_opacity: float
+) -> np.ndarray:
+    """`upper` over `lower` (straight-alpha RGBA, each with its layer opacity) as one layer of opacity 1.
+
+    Over any background the merged layer composites to what the two layers gave (to rounding).
+    """
+    up = upper.astype(np.float32) / 255.0
+    lo = lower.astype(np.float32) / 255.0
+    a_up = up[..., 3:4] * upper_opacity
+    a_lo = lo[..., 3:4] * lower_opacity
+    alpha = a_up + a_lo * (1.0 - a_up)
+    rgb = (up[..., :3] * a_up + lo[..., :3] * a_lo * (1.0 - a_up)) / np.maximum(alpha, 1e-6)
+    out = np.concatenate([rgb, alpha], axis=2) * 255.0
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass
+class MergeDown(Command):
+    """Blend a layer into the one below it and remove it: one undo step."""
+
+    upper: Layer
+    index: int  # the upper layer's index; the lower one is at index - 1
+    lower_before: np.ndarray
+    lower_after: np.ndarray
+    lower_old: dict[str, Any]  # opacity and painted of the lower layer before the merge
+    label: str = "Merge down"
+
+    def apply(self, doc: Document) -> None:
+        lower = doc.layers[self.index - 1]
+        lower.pixels = self.lower_after.copy()
+        lower.opacity = 1.0  # the upper layer's opacity and the lower's are in the merged pixels
+        lower.painted = lower.source is not None  # a generated layer changed by the person
+        doc.layers.pop(self.index)
+        doc.active_id = lower.id
+
+    def revert(self, doc: Document) -> None:
+        lower = doc.layers[self.index - 1]
+        lower.pixels = self.lower_before.copy()
+        lower.opacity = self.lower_old["opacity"]
+        lower.painted = self.lower_old["painted"]
+        doc.layers.insert(self.index, self.upper)
+        doc.active_id = self.upper.id
+
+
 class Document(QObject):
     """Layers (bottom first), the inpainting mask and the undo stack of one canvas.
 
@@ -461,6 +506,18 @@ class Document(QObject):
         copy = src.copy(id=new_id(), name=f"{src.name} copy")
         self.push(AddLayer(copy, self.index_of(layer_id) + 1, label="Duplicate layer"))
         return copy
+
+    def merge_down(self, layer_id: str) -> None:
+        """Merge a visible layer into the visible layer below it (undoable); ValueError says why not."""
+        index = self.index_of(layer_id)
+        if index == 0:
+            raise ValueError("the bottom layer has nothing below it to merge into")
+        upper, lower = self.layers[index], self.layers[index - 1]
+        if not (upper.visible and lower.visible):
+            raise ValueError("show both layers first: a hidden layer would vanish or appear in the merge")
+        after = merge_pixels(upper.pixels, upper.opacity, lower.pixels, lower.opacity)
+        old = {"opacity": lower.opacity, "painted": lower.painted}
+        self.push(MergeDown(upper, index, lower.pixels.copy(), after, old))
 
     def move_layer(self, layer_id: str, new_index: int) -> None:
         """Move a layer to a new position (0 = bottom)."""

@@ -160,3 +160,179 @@ def test_escape_cancels_only_when_no_popup_or_text_field_takes_it(make_window, q
     with qtbot.waitSignal(runs.run_ended, timeout=5000) as ended:
         qtbot.keyClick(window.canvas, Qt.Key.Key_Escape)
     assert ended.args == ["cancelled"]
+
+
+def test_selected_thumbnails_show_their_true_colours(make_window, qtbot):
+    from PySide6.QtCore import QSize
+    from PySide6.QtGui import QIcon
+
+    window = make_window(FakeEngine(steps=1))
+    doc = window.document
+    ink = doc.add_layer("ink")
+    doc.fill(ink.id, (200, 120, 40, 255))
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=5000):
+        window.generate_action.trigger()
+    gallery = window.gallery_panel.list
+    gallery.setCurrentRow(0)
+    layers = window.layers_panel.list
+    layers.setCurrentRow(1)  # the ink layer (top first: the result, then ink)
+    for item, size in ((layers.currentItem(), 40), (gallery.currentItem(), 96)):
+        assert item.isSelected()
+        icon = item.icon()
+        normal = icon.pixmap(QSize(size, size), QIcon.Mode.Normal).toImage()
+        for mode in (QIcon.Mode.Selected, QIcon.Mode.Active):
+            assert icon.pixmap(QSize(size, size), mode).toImage() == normal
+    ink_colour = (
+        layers.currentItem().icon().pixmap(QSize(40, 40), QIcon.Mode.Selected).toImage().pixelColor(20, 20)
+    )
+    assert (ink_colour.red(), ink_colour.green(), ink_colour.blue()) == (200, 120, 40)
+
+
+def test_a_text_to_image_png_records_no_denoising_strength(make_window, qtbot, tmp_path):
+    from studio.pngmeta import read_png_metadata
+    from ui.exports import export_png
+
+    window = make_window(FakeEngine(steps=1))
+    session = window.session
+    session.model.set(strength=0.5, prompt="a felt hat")  # a strength set earlier, for image to image
+    for mode, expected in (("txt2img", False), ("img2img", True)):
+        session.model.set_mode(mode)
+        with qtbot.waitSignal(session.runs.result_added, timeout=5000):
+            window.generate_action.trigger()
+        out = tmp_path / f"{mode}.png"
+        export_png(str(out), session)
+        meta = read_png_metadata(out)
+        assert ("Denoising strength" in meta.parameters) is expected, meta.parameters
+        assert meta.request.strength == 0.5  # the exact recipe keeps the panel's value either way
+
+
+def test_the_mask_overlay_toggles_and_hides_after_an_inpaint(make_window, qtbot):
+    import numpy as np
+    from test_window import centre_colour
+
+    window = make_window(FakeEngine(steps=1))
+    doc, session, toggle = window.document, window.session, window.show_mask_action
+    window.canvas.actual_size()
+    doc.paint_mask(16, 16, np.full((32, 32), 255, np.uint8))  # the middle of the 64² canvas
+    white = (255, 255, 255)
+
+    def shown() -> tuple[int, int, int]:
+        colour = centre_colour(window)
+        return colour.red(), colour.green(), colour.blue()
+
+    assert toggle.isChecked() and shown() != white  # red over white
+    toggle.trigger()
+    assert not toggle.isChecked() and shown() == white  # hidden: the canvas as it is
+    toggle.trigger()
+    assert shown() != white
+    session.model.set_mode("inpaint")
+    with qtbot.waitSignal(session.runs.result_added, timeout=5000) as blocker:
+        window.generate_action.trigger()
+    assert not toggle.isChecked()  # hidden after the inpaint: the repainted area shows
+    expected = blocker.args[0].image[32, 32]
+    assert np.abs(np.array(shown()) - expected).max() <= 1
+    assert doc.mask.any()  # hidden, not cleared: Generate again repaints the same area
+    window.brush_bar.tool_actions["mask"].trigger()  # back to the mask brush: it shows again
+    assert toggle.isChecked() and shown() != tuple(expected)
+
+
+def test_help_lists_every_shortcut_from_the_actions_themselves(make_window, qtbot):
+    from PySide6.QtGui import QAction, QKeySequence
+
+    from ui.shortcuts import action_name, keys_text
+
+    window = make_window(FakeEngine(steps=1))
+    help_menu = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Help")
+    assert window.shortcuts_action in help_menu.actions()
+    window.shortcuts_action.trigger()
+    dialog = window.shortcuts_dialog
+    assert dialog is not None and dialog.isVisible()
+    listed = {(name, keys) for _menu, name, keys in dialog.rows()}
+    actions = [a for a in window.findChildren(QAction) if a.shortcuts()]
+    assert len(actions) >= 25
+    for action in actions:
+        assert (action_name(action), keys_text(action)) in listed, action.text()
+    assert ("Cancel", "Esc") in listed and ("Undo", "Ctrl+Z") in listed and ("Mask", "M") in listed
+    # Qt runs neither of two actions that share a key: every key does one thing.
+    keys = [k.toString() for a in actions for k in a.shortcuts()]
+    assert len(keys) == len(set(keys)), sorted(k for k in keys if keys.count(k) > 1)
+    # Generated, not kept by hand: a new action shows up the next time the list opens.
+    extra = QAction("Flip canvas", window)
+    extra.setShortcut(QKeySequence("Ctrl+Shift+H"))
+    window.addAction(extra)
+    window.shortcuts_action.trigger()
+    assert ("Other", "Flip canvas", "Ctrl+Shift+H") in window.shortcuts_dialog.rows()
+
+
+def test_the_layers_context_menu_renames_duplicates_deletes_and_merges_down(make_window, qtbot):
+    import numpy as np
+
+    window = make_window(FakeEngine(steps=1))
+    doc, panel = window.document, window.layers_panel
+    ink = doc.add_layer("ink")
+    half = np.zeros((64, 64, 4), np.uint8)
+    half[:, :32] = (200, 20, 20, 255)
+    doc.paint(ink.id, 0, 0, half)
+    doc.set_layer(ink.id, opacity=0.5)
+    before = doc.composite()
+
+    def menu(row: int) -> dict:
+        return {a.text(): a for a in panel.menu_for(panel.list.item(row)).actions() if a.text()}
+
+    background = menu(1)  # the bottom row: nothing below it
+    assert not background["Merge down"].isEnabled() and "bottom" in background["Merge down"].toolTip()
+    menu(0)["Duplicate"].trigger()
+    assert [la.name for la in doc.layers] == ["Background", "ink", "ink copy"]
+    menu(0)["Delete"].trigger()
+    assert [la.name for la in doc.layers] == ["Background", "ink"]
+    menu(0)["Rename"].trigger()  # opens the row's editor, as a double-click does
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QLineEdit
+
+    editor = next(e for e in panel.list.findChildren(QLineEdit) if e.isVisible())
+    editor.selectAll()
+    qtbot.keyClicks(editor, "red half")
+    qtbot.keyClick(editor, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: doc.layers[1].name == "red half")  # the view commits on its next turn
+
+    undo_depth = len(doc._done)
+    menu(0)["Merge down"].trigger()
+    assert [la.name for la in doc.layers] == ["Background"] and len(doc._done) == undo_depth + 1
+    assert doc.undo_label == "Merge down"
+    assert np.abs(doc.composite().astype(int) - before.astype(int)).max() <= 1  # looks the same
+    window.undo_action.trigger()  # one step brings both layers back as they were
+    assert [la.name for la in doc.layers] == ["Background", "red half"]
+    assert doc.layers[1].opacity == 0.5 and np.array_equal(doc.layers[1].pixels, half)
+    assert np.array_equal(doc.composite(), before)
+    doc.set_layer(doc.layers[1].id, visible=False)
+    hidden = menu(0)["Merge down"]
+    assert not hidden.isEnabled() and "Show" in hidden.toolTip()
+
+
+def test_merge_down_keeps_the_picture_for_any_alpha_and_opacity_and_survives_a_crash(tmp_path, qtbot):
+    import numpy as np
+
+    from studio.document import Document
+    from studio.gallery import Gallery
+    from studio.journal import Journal, find_recovery, recover
+
+    rng = np.random.default_rng(3)
+    doc = Document(24, 16)
+    journal = Journal(doc, Gallery(), tmp_path, history=lambda: [])
+    journal.start()
+    for opacity in (1.0, 0.7, 0.25):
+        layer = doc.add_layer(f"{opacity}")
+        doc.paint(layer.id, 0, 0, rng.integers(0, 256, (16, 24, 4), dtype=np.uint8))
+        doc.set_layer(layer.id, opacity=opacity)
+    before = doc.composite()
+    doc.merge_down(doc.layers[3].id)
+    doc.merge_down(doc.layers[2].id)
+    assert len(doc.layers) == 2 and doc.layers[1].opacity == 1.0
+    assert np.abs(doc.composite().astype(int) - before.astype(int)).max() <= 2
+    journal.abandon()  # as a crash leaves it
+    found = find_recovery(tmp_path)
+    assert found is not None
+    recovered = recover(found)
+    assert [la.name for la in recovered.layers] == [la.name for la in doc.layers]
+    assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(recovered.layers, doc.layers, strict=True))
+    journal.close()

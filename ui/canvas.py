@@ -74,6 +74,7 @@ class CanvasView(QWidget):
         self._image = QImage()
         self._mask_image: QImage | None = None
         self._mask_rgba: np.ndarray | None = None  # made on the first masked pixel: a canvas-size array
+        self.mask_visible = True  # the red mask overlay (View → Show mask); the mask itself stays
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -228,6 +229,12 @@ class CanvasView(QWidget):
             self.fit()
         super().resizeEvent(event)
 
+    def set_mask_visible(self, on: bool) -> None:
+        """Show or hide the red mask overlay; the mask and what inpaint repaints do not change."""
+        if bool(on) != self.mask_visible:
+            self.mask_visible = bool(on)
+            self.update()
+
     # -- painting the widget --------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
         """Draw the composite, the mask and preview overlays, and the brush outline."""
@@ -254,7 +261,7 @@ class CanvasView(QWidget):
                 self._preview = None
                 self.update()
         # The mask is what the person is editing, so it stays above the preview too.
-        if self._mask_image is not None:
+        if self._mask_image is not None and self.mask_visible:
             painter.drawImage(target, self._mask_image)
         painter.setPen(QPen(QColor(30, 30, 30), 1))
         painter.drawRect(target.adjusted(-1, -1, 0, 0))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import html
 
 from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QIcon, QPixmap
+from PySide6.QtGui import QPixmap
 from PySide6.QtWidgets import (
     QListView,
     QListWidget,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 from studio.gallery import Result
 from studio.session import Session
 from ui.canvas import array_to_qimage
+from ui.layers_panel import untinted_icon
 
 THUMB = 96
 
@@ -92,7 +93,7 @@ class GalleryPanel(QWidget):
         pixmap = QPixmap.fromImage(array_to_qimage(result.image)).scaled(
             THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
         )
-        item = QListWidgetItem(QIcon(pixmap), f"seed {result.request.seed}")
+        item = QListWidgetItem(untinted_icon(pixmap), f"seed {result.request.seed}")
         item.setData(Qt.ItemDataRole.UserRole, result.id)
         item.setToolTip(recipe_text(result))
         self.list.insertItem(0, item)

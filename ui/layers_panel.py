@@ -1,4 +1,5 @@
-"""The layers dock: list (top layer first) with visibility, rename, opacity, and add/delete/duplicate/reorder.
+"""The layers dock: list (top layer first) with visibility, rename, opacity, and add/delete/duplicate/reorder;
+a right-click menu renames, duplicates, deletes or merges down.
 
 Every change is a Document operation, so it lands on the one undo stack.
 """
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
+    QMenu,
     QSlider,
     QToolButton,
     QVBoxLayout,
@@ -26,6 +28,14 @@ from ui.prompt_panel import tool_button
 THUMB = 40
 
 
+def untinted_icon(pixmap: QPixmap) -> QIcon:
+    """An icon that looks the same selected: Qt tints a selected icon, and colours must stay judgeable."""
+    icon = QIcon()
+    for mode in (QIcon.Mode.Normal, QIcon.Mode.Selected, QIcon.Mode.Active):
+        icon.addPixmap(pixmap, mode)
+    return icon
+
+
 def layer_icon(layer: Layer) -> QIcon:
     """A small thumbnail of a layer over a checkerboard-free white (what it adds to the picture)."""
     px = layer.pixels
@@ -33,7 +43,7 @@ def layer_icon(layer: Layer) -> QIcon:
     small = px[::step, ::step].astype(np.float32)
     alpha = small[..., 3:4] / 255.0
     rgb = (small[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
-    return QIcon(QPixmap.fromImage(array_to_qimage(rgb)))
+    return untinted_icon(QPixmap.fromImage(array_to_qimage(rgb)))
 
 
 class LayersPanel(QWidget):
@@ -76,6 +86,8 @@ class LayersPanel(QWidget):
         self.buttons["up"].clicked.connect(lambda: self._move(+1))
         self.buttons["down"].clicked.connect(lambda: self._move(-1))
         self.buttons["delete"].clicked.connect(self._delete)
+        self.list.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.list.customContextMenuRequested.connect(self._show_menu)
         self.list.currentItemChanged.connect(self._selected)
         self.list.itemChanged.connect(self._item_edited)
         self.opacity.valueChanged.connect(lambda v: self.opacity_label.setText(f"{v} %"))
@@ -141,6 +153,35 @@ class LayersPanel(QWidget):
             # The action comes before the value moves: commit once it has.
             QTimer.singleShot(0, self._commit_opacity)
 
+    def menu_for(self, item: QListWidgetItem) -> QMenu:
+        """The right-click menu of a layer's row (the layer becomes the selected one)."""
+        self.list.setCurrentItem(item)
+        doc = self.document
+        layer_id = item.data(Qt.ItemDataRole.UserRole)
+        menu = QMenu(self)
+        menu.setToolTipsVisible(True)
+        menu.addAction("Rename", lambda: self.list.editItem(item))
+        menu.addAction("Duplicate", lambda: doc.duplicate_layer(layer_id))
+        delete = menu.addAction("Delete", lambda: doc.delete_layer(layer_id))
+        delete.setEnabled(len(doc.layers) > 1)
+        if not delete.isEnabled():
+            delete.setToolTip("A canvas keeps at least one layer")
+        menu.addSeparator()
+        merge = menu.addAction("Merge down", lambda: self._merge_down(layer_id))
+        why_not = _why_no_merge(doc, layer_id)
+        merge.setEnabled(why_not is None)
+        merge.setToolTip(why_not or "Blend this layer into the one below (one undo step)")
+        return menu
+
+    def _show_menu(self, pos) -> None:  # noqa: ANN001 - a QPoint in the list's viewport
+        item = self.list.itemAt(pos)
+        if item is not None:
+            self.menu_for(item).exec(self.list.viewport().mapToGlobal(pos))
+
+    def _merge_down(self, layer_id: str) -> None:
+        if _why_no_merge(self.document, layer_id) is None:
+            self.document.merge_down(layer_id)
+
     def _duplicate(self) -> None:
         if self.document.active_id:
             self.document.duplicate_layer(self.document.active_id)
@@ -153,3 +194,13 @@ class LayersPanel(QWidget):
         layer_id = self.document.active_id
         if layer_id:
             self.document.move_layer(layer_id, self.document.index_of(layer_id) + delta)
+
+
+def _why_no_merge(doc: Document, layer_id: str) -> str | None:
+    """Why a layer cannot be merged down, or None when it can."""
+    index = doc.index_of(layer_id)
+    if index == 0:
+        return "The bottom layer has nothing below it"
+    if not (doc.layers[index].visible and doc.layers[index - 1].visible):
+        return "Show this layer and the one below first"
+    return None

@@ -40,6 +40,7 @@ from ui.gallery_panel import GalleryPanel
 from ui.layers_panel import LayersPanel
 from ui.project_actions import ProjectActions
 from ui.prompt_panel import PromptPanel
+from ui.shortcuts import ShortcutsDialog
 from ui.slider_panel import SliderPanel
 from ui.status import StatusBar
 
@@ -66,6 +67,7 @@ class MainWindow(QMainWindow):
         self.document = session.document
         self.document.history.limit_bytes = self.settings.undo_limit_bytes
         self.error_box: QMessageBox | None = None
+        self.shortcuts_dialog: ShortcutsDialog | None = None
         self.ask_before_closing = True  # False for `studio --demo`, whose work is its own and unattended
         self.setObjectName("studio-window")
         self.setWindowTitle("Studio")
@@ -103,6 +105,9 @@ class MainWindow(QMainWindow):
         self.status.show_zoom(self.canvas.zoom)
         self.setStatusBar(self.status)
         self._make_menus()
+        # Working on the mask shows it again: choosing the mask brush, or any mask stroke or undo.
+        self.brush_bar.tool_actions["mask"].triggered.connect(lambda: self.show_mask_action.setChecked(True))
+        self.document.operation.connect(self._document_operation)
         self._connect_session()
         self.document.changed.connect(self._document_changed)
         self._document_changed()
@@ -157,6 +162,12 @@ class MainWindow(QMainWindow):
         self.fill_action = self._action("Fill layer with colour", self.fill_layer, "Shift+F5")
         self.clear_action = self._action("Clear layer", self.clear_layer, "Delete")
         self.clear_mask_action = self._action("Clear mask", self.document.clear_mask, "Ctrl+Shift+M")
+        self.shortcuts_action = self._action("Keyboard shortcuts", self.show_shortcuts, "F1")
+        self.show_mask_action = QAction("Show mask", self, checkable=True, checked=True)
+        self.show_mask_action.setShortcut(QKeySequence("Shift+M"))
+        self.show_mask_action.setToolTip("Show the inpainting mask in red over the canvas (Shift+M)")
+        self.show_mask_action.toggled.connect(self.canvas.set_mask_visible)
+        self.addAction(self.show_mask_action)
 
     def _dock(
         self, title: str, widget: QWidget, area: Qt.DockWidgetArea, scroll: bool = False
@@ -202,12 +213,15 @@ class MainWindow(QMainWindow):
         view = bar.addMenu("&View")
         for action in (self.fit_action, self.actual_action, self.zoom_in_action, self.zoom_out_action):
             view.addAction(action)
+        view.addAction(self.show_mask_action)
         view.addSeparator()
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
         generate = bar.addMenu("&Generate")
         for action in (self.generate_action, self.cancel_action, self.live_action):
             generate.addAction(action)
+        self.help_menu = bar.addMenu("&Help")
+        self.help_menu.addAction(self.shortcuts_action)
 
     def _connect_session(self) -> None:
         runs, model = self.session.runs, self.session.model
@@ -263,6 +277,12 @@ class MainWindow(QMainWindow):
     def _result_added(self, result) -> None:  # noqa: ANN001
         self.canvas.clear_preview()
         self.status.show_done(result)
+        if result.request.mask is not None and not self.session.runs.live_enabled:
+            self.show_mask_action.setChecked(False)  # the red would cover the repainted area
+
+    def _document_operation(self, _what: str, command) -> None:  # noqa: ANN001 - a document Command
+        if command.kind == "mask":
+            self.show_mask_action.setChecked(True)
 
     def _run_ended(self, how: str) -> None:
         self.canvas.clear_preview()
@@ -276,6 +296,14 @@ class MainWindow(QMainWindow):
         if self.error_box is not None:
             self.error_box.close()
         self.error_box = show_error(self, "Studio", message)
+
+    def show_shortcuts(self) -> ShortcutsDialog:
+        """Help → Keyboard shortcuts: every action's keys, read from the actions themselves."""
+        if self.shortcuts_dialog is not None:
+            self.shortcuts_dialog.close()
+        self.shortcuts_dialog = ShortcutsDialog(self)
+        self.shortcuts_dialog.show()
+        return self.shortcuts_dialog
 
     # -- canvas and files ---------------------------------------------------------------------
     def _document_changed(self, *_: object) -> None:
