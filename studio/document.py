@@ -316,30 +316,34 @@ def merge_pixels(
 
 @dataclass
 class MergeDown(Command):
-    """Blend a layer into the one below it and remove it: one undo step."""
+    """Blend a layer into the one below it and remove it: one undo step.
+
+    The lower layer's before and after states are whole (pixels, x, y, opacity, painted) values, so apply
+    and revert only swap them; the arrays are shared read-only, never written.
+    """
 
     upper: Layer
     index: int  # the upper layer's index; the lower one is at index - 1
-    lower_before: np.ndarray
-    lower_after: np.ndarray
-    lower_old: dict[str, Any]  # opacity and painted of the lower layer before the merge
+    before: dict[str, Any]
+    after: dict[str, Any]
     label: str = "Merge down"
 
     def apply(self, doc: Document) -> None:
         lower = doc.layers[self.index - 1]
-        lower.pixels = self.lower_after.copy()
-        lower.opacity = 1.0  # the upper layer's opacity and the lower's are in the merged pixels
-        lower.painted = lower.source is not None  # a generated layer changed by the person
+        _set_state(lower, self.after)
         doc.layers.pop(self.index)
         doc.active_id = lower.id
 
     def revert(self, doc: Document) -> None:
-        lower = doc.layers[self.index - 1]
-        lower.pixels = self.lower_before.copy()
-        lower.opacity = self.lower_old["opacity"]
-        lower.painted = self.lower_old["painted"]
+        _set_state(doc.layers[self.index - 1], self.before)
         doc.layers.insert(self.index, self.upper)
         doc.active_id = self.upper.id
+
+
+def _set_state(layer: Layer, state: dict[str, Any]) -> None:
+    for key, value in state.items():
+        setattr(layer, key, value)
+    layer.rev = next(_revisions)
 
 
 class Document(QObject):
@@ -515,9 +519,23 @@ class Document(QObject):
         upper, lower = self.layers[index], self.layers[index - 1]
         if not (upper.visible and lower.visible):
             raise ValueError("show both layers first: a hidden layer would vanish or appear in the merge")
-        after = merge_pixels(upper.pixels, upper.opacity, lower.pixels, lower.opacity)
-        old = {"opacity": lower.opacity, "painted": lower.painted}
-        self.push(MergeDown(upper, index, lower.pixels.copy(), after, old))
+        # The merged layer covers both layers' rectangles (each may lie anywhere, at its own size).
+        x0, y0 = min(upper.x, lower.x), min(upper.y, lower.y)
+        x1 = max(upper.x + upper.pixels.shape[1], lower.x + lower.pixels.shape[1])
+        y1 = max(upper.y + upper.pixels.shape[0], lower.y + lower.pixels.shape[0])
+        box = (x0, y0, x1 - x0, y1 - y0)
+        merged = merge_pixels(upper.region(*box), upper.opacity, lower.region(*box), lower.opacity)
+        keys = ("pixels", "x", "y", "opacity", "painted")
+        before = {key: getattr(lower, key) for key in keys} | {"pixels": shared(lower.pixels)}
+        # Opacities are in the merged pixels; a generated layer the person changed counts as painted.
+        after = {
+            "pixels": shared(merged),
+            "x": x0,
+            "y": y0,
+            "opacity": 1.0,
+            "painted": lower.source is not None,
+        }
+        self.push(MergeDown(upper, index, before, after))
 
     def move_layer(self, layer_id: str, new_index: int) -> None:
         """Move a layer to a new position (0 = bottom)."""

@@ -324,7 +324,10 @@ def test_merge_down_keeps_the_picture_for_any_alpha_and_opacity_and_survives_a_c
         layer = doc.add_layer(f"{opacity}")
         doc.paint(layer.id, 0, 0, rng.integers(0, 256, (16, 24, 4), dtype=np.uint8))
         doc.set_layer(layer.id, opacity=opacity)
+    corner = doc.add_layer("corner")  # a small layer at its own offset
+    doc.paint(corner.id, 17, 9, rng.integers(0, 256, (5, 6, 4), dtype=np.uint8))
     before = doc.composite()
+    doc.merge_down(corner.id)
     doc.merge_down(doc.layers[3].id)
     doc.merge_down(doc.layers[2].id)
     assert len(doc.layers) == 2 and doc.layers[1].opacity == 1.0
