@@ -49,6 +49,15 @@ MAX_JOURNAL_BYTES = 256 * 1024 * 1024
 TIMER_MIN_BYTES = 16 * 1024 * 1024
 
 
+@dataclass(frozen=True)
+class SaveMark:
+    """Where a save began in the journal: the id the file will carry and the journal's length then."""
+
+    save_id: str
+    generation: int
+    offset: int | None
+
+
 def journal_path(project: str | Path | None, data_dir: str | Path) -> Path:
     """Where the journal of a project (or of a new unsaved document) lives."""
     if project is not None:
@@ -87,6 +96,7 @@ class Journal(QObject):
         self.project: Path | None = None
         self._fd: int | None = None
         self._records = 0
+        self._generation = 0  # counts starts: a save mark from before a restart no longer applies
         self._paused = 0
         self._timer = QTimer(self)
         self._timer.setInterval(snapshot_every_ms)
@@ -101,14 +111,19 @@ class Journal(QObject):
 
     # -- lifecycle -------------------------------------------------------------------------------------
     def start(
-        self, project: str | Path | None = None, save_id: str | None = None, unsaved_work: bool = False
+        self,
+        project: str | Path | None = None,
+        save_id: str | None = None,
+        unsaved_work: bool = False,
+        tail: bytes = b"",
     ) -> None:
         """Begin journalling the document as it is now.
 
         With the `save_id` of the project file the document was just opened from or saved to, the
         journal builds on that file; otherwise it first writes a snapshot of the current state.
         `unsaved_work` says that state is worth offering after a crash even if nothing else happens
-        (a restored or compacted document; not a fresh blank canvas).
+        (a restored or compacted document; not a fresh blank canvas). `tail` holds records of operations
+        done since that file was written (a save that ran in the background), replayed on top of it.
         """
         old = self.path
         self._close_fd()
@@ -136,22 +151,61 @@ class Journal(QObject):
                 "started": time.time(),
             }
             # Replacing the journal atomically switches from the old base to the new one in one step.
-            atomic_write(self.path, encode(header))
+            atomic_write(self.path, encode(header) + tail)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
             _lock(self._fd)
         except (OSError, StudioError) as exc:
             self._fail(exc)
             return
-        self._records = 0
+        self._records = len(decode_all(tail)[0]) if tail else 0
+        self._generation += 1
         if kind == "project":
             _remove(snap)
         if old is not None and old != self.path:
             _remove(old, snapshot_path(old))
         self._timer.start()
 
-    def note_saved(self, project: str | Path, save_id: str) -> None:
-        """The document was just saved to `project`: rebase the journal on that file (compacts it)."""
-        self.start(project, save_id)
+    def begin_save(self) -> SaveMark:
+        """A save is starting: note it in the journal (with the id the file will carry) and return the
+        mark `note_saved` needs. Operations after the mark are not in that file; should the process die
+        after the file is written but before `note_saved`, recovery replays them from this record."""
+        mark = SaveMark(uuid.uuid4().hex, self._generation, None)
+        self._append({"op": "saving", "save_id": mark.save_id}, [])
+        if self._fd is None:
+            return mark
+        try:
+            return SaveMark(mark.save_id, self._generation, os.fstat(self._fd).st_size)
+        except OSError:
+            return mark
+
+    def note_saved(self, project: str | Path, save_id: str, since: SaveMark | None = None) -> None:
+        """The document was saved to `project`: rebase the journal on that file (compacts it).
+
+        `since` is the mark of a save that ran while the person kept working: the operations journalled
+        after it carry over to the new journal, on top of the file."""
+        if since is None:
+            self.start(project, save_id)
+            return
+        tail = self._tail(since)
+        if tail is None:  # the journal restarted during the save: take a snapshot of what is there now
+            self.start(project, None, unsaved_work=True)
+        else:
+            self.start(project, save_id, tail=tail)
+
+    def _tail(self, mark: SaveMark) -> bytes | None:
+        if (
+            self._fd is None
+            or self.path is None
+            or mark.offset is None
+            or mark.generation != self._generation
+        ):
+            return None
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(mark.offset)
+                return handle.read()
+        except OSError:
+            return None
 
     def compact(self) -> None:
         """Write a snapshot of the current state and start an empty journal on it."""
@@ -317,8 +371,8 @@ def find_recovery(data_dir: str | Path, projects: Sequence[str | Path] = ()) -> 
         if not records or records[0][0].get("op") != "base":
             continue
         base = records[0][0]
-        # Choosing another layer alone is no work worth offering to restore.
-        operations = sum(1 for header, _ in records[1:] if header.get("op") != "active")
+        # Choosing another layer (or starting a save) alone is no work worth offering to restore.
+        operations = sum(1 for header, _ in records[1:] if header.get("op") not in ("active", "saving"))
         if operations or base.get("unsaved_work"):
             project = base.get("project")
             found.append(Recovery(path, Path(project) if project else None, modified, operations))
@@ -337,7 +391,16 @@ def recover(recovery: Recovery | str | Path) -> ProjectData:
     base = records[0][0]
     data = load_project(_base_file(path, base))
     if data.save_id != base.get("save_id"):
-        return data  # the base was rewritten after this journal began, so it already holds every record
+        # The base file was rewritten after this journal began: by a save this journal saw start (replay
+        # what came after it), or by a compaction that already holds every record.
+        began = [
+            i
+            for i, (header, _) in enumerate(records)
+            if header.get("op") == "saving" and header.get("save_id") == data.save_id
+        ]
+        if not began:
+            return data
+        records = records[began[0] :]
     doc = Document(data.width, data.height, [layer.copy() for layer in data.layers])
     doc.mask = data.mask.copy()
     doc.active_id = data.active_id or doc.active_id

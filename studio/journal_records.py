@@ -187,6 +187,8 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
             history[:] = [str(p) for p in header["items"]]
         elif op == "active":
             pass  # the layer the person chose: set below, like every record's "active"
+        elif op == "saving":
+            pass  # a save began here (see `studio.journal.recover`); it changes nothing by itself
         else:
             raise ProjectError(f"the recovery journal holds an unknown operation {op!r}")
     except (KeyError, IndexError, TypeError, ValueError) as exc:

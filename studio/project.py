@@ -104,13 +104,15 @@ def save_project(
     document: Document | ProjectData,
     gallery: Gallery | None = None,
     prompt_history: Sequence[str] = (),
+    save_id: str | None = None,
 ) -> str:
     """Write a project file atomically; returns the new save id (recorded in the manifest).
 
-    The document is not marked clean here: the caller does that once the save has succeeded.
+    The document is not marked clean here: the caller does that once the save has succeeded. A caller
+    that must know the id before writing (the recovery journal notes a save as it starts) passes it.
     """
     data = document if isinstance(document, ProjectData) else project_data(document, gallery, prompt_history)
-    save_id = uuid.uuid4().hex
+    save_id = save_id or uuid.uuid4().hex
     try:
         atomic_write(path, lambda handle: _write_archive(handle, data, save_id))
     except StudioError:

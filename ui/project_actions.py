@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 from PySide6.QtCore import QObject, QStandardPaths, QTimer, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QMenu, QMessageBox, QWidget
 
 from backend.errors import StudioError
+from studio.background_save import BackgroundSaver, SaveJob
 from studio.journal import Journal, Recovery, discard_recovery, find_recovery, recover
 from studio.ora import import_ora
-from studio.project import FORMAT_VERSION, ProjectData, keep_original, load_project, save_project
+from studio.project import FORMAT_VERSION, ProjectData, load_project, project_data
 from studio.settings import Settings
 
 PROJECT_FILTER = "Studio projects (*.studio)"
@@ -46,7 +48,12 @@ class ProjectActions(QObject):
         self.path: Path | None = None
         self._migrated: tuple[Path, int] | None = None  # an older-format file not yet saved over
         self._unsaved_extra = False  # changes the document's undo stack does not see (gallery, recovery)
+        self._extra_changes = 0  # counts those changes: a save clears the flag only if none came after it
+        self._epoch = 0  # counts documents (new canvas, open, restore): a save of an older one is stale
+        self._save_again: Path | None = None  # asked to save while a save was running
         self._loading = False
+        self.saver = BackgroundSaver(self)
+        self.saver.finished.connect(self._save_finished)
         self.data_dir = _data_dir(self.settings)
         self.journal = Journal(self.document, self.gallery, self.data_dir, history=self._history)
         self.journal.failed.connect(self._journal_failed)
@@ -129,6 +136,8 @@ class ProjectActions(QObject):
 
     @Slot(str)
     def _document_changed(self, kind: str) -> None:
+        if kind == "reset":
+            self._epoch += 1
         if kind == "reset" and not self._loading:  # the window's New canvas: a new, untitled document
             self.path = None
             self._unsaved_extra = False
@@ -139,6 +148,7 @@ class ProjectActions(QObject):
     @Slot(object)
     def _gallery_changed(self, *_: object) -> None:
         if not self._loading:
+            self._extra_changes += 1
             self._unsaved_extra = True
             self._update_title()
 
@@ -164,6 +174,7 @@ class ProjectActions(QObject):
     def open_path(self, path: str | Path) -> bool:
         """Open a .studio project or an .ora file; on any error show it and change nothing."""
         path = Path(path)
+        self.wait_for_save()
         try:
             limit = self.settings.max_canvas_pixels
             if path.suffix.lower() == ".ora":
@@ -203,47 +214,102 @@ class ProjectActions(QObject):
     # -- save ------------------------------------------------------------------------------------------
     @Slot()
     def save(self) -> bool:
-        """Save to the current project file (asks for one the first time); True when saved."""
+        """Save to the current project file in the background (asks for one the first time).
+
+        True when a save started; the title loses its `*` when it has finished.
+        """
         if self.path is None:
             return self.save_as()
-        return self.save_to(self.path)
+        return self.start_save(self.path)
 
     @Slot()
     def save_as(self) -> bool:
-        """Ask for a file name and save there; True when saved."""
+        """Ask for a file name and save there in the background; True when a save started."""
+        path = self._ask_save_path()
+        return path is not None and self.start_save(path)
+
+    def _ask_save_path(self) -> Path | None:
         start = str(self.path) if self.path else "untitled.studio"
         path, _ = QFileDialog.getSaveFileName(self.window, "Save project as", start, PROJECT_FILTER)
         if not path:
-            return False
-        if not path.lower().endswith(".studio"):
-            path += ".studio"
-        return self.save_to(path)
+            return None
+        return Path(path if path.lower().endswith(".studio") else path + ".studio")
+
+    def start_save(self, path: str | Path) -> bool:
+        """Save atomically to `path` on a worker thread; the window stays usable meanwhile.
+
+        The snapshot is taken now; what the person does while it is written stays unsaved (and is
+        carried over by the recovery journal). A save asked for while one runs follows it.
+        """
+        path = Path(path)
+        if self.saver.running:
+            self._save_again = path
+            return True
+        self.saver.start(self._snapshot(path))
+        self._status(f"Saving {path.name}…")
+        return True
 
     def save_to(self, path: str | Path) -> bool:
-        """Save the project atomically to `path`; on failure show why (the old file is untouched)."""
-        path = Path(path)
-        try:
-            if self._migrated is not None and self._migrated[0] == path.absolute():
-                kept = keep_original(path, self._migrated[1])
-                if kept is not None:
-                    self._status(f"Kept the original (an older format) as {kept.name}")
-            save_id = save_project(path, self.document, self.gallery, self._history())
-        except StudioError as exc:
-            self._error(str(exc))
+        """Save atomically to `path` and wait for it (closing the window); on failure show why (the old
+        file is untouched). True when saved."""
+        self.wait_for_save()
+        job = self._snapshot(Path(path))
+        job.run()
+        return self._finish_save(job)
+
+    def wait_for_save(self) -> bool:
+        """Finish a save that is running (before closing, opening or restoring); False if it failed."""
+        job = self.saver.join()
+        if job is None or job.handled:
+            return True
+        return self._finish_save(job)
+
+    def _snapshot(self, path: Path) -> SaveJob:
+        migrated = self._migrated if self._migrated and self._migrated[0] == path.absolute() else None
+        return SaveJob(
+            path,
+            project_data(self.document, self.gallery, self._history()),
+            self.document.save_point(),
+            self.journal.begin_save(),
+            keep_format=migrated[1] if migrated else None,
+            tag=(self._epoch, self._extra_changes),
+        )
+
+    @Slot(object)
+    def _save_finished(self, job: SaveJob) -> None:
+        if job.handled:  # already finished by wait_for_save
+            return
+        self._finish_save(job)
+        again, self._save_again = self._save_again, None
+        if again is not None and (self.modified or again != self.path):
+            self.start_save(again)
+
+    def _finish_save(self, job: SaveJob) -> bool:
+        job.handled = True
+        if job.error is not None or job.save_id is None:
+            self._error(job.error or f"{job.path.name}: could not save")
             return False
-        self.path = path
+        if job.kept is not None:
+            self._status(f"Kept the original (an older format) as {job.kept.name}")
+        epoch, extra_changes = cast(tuple[int, int], job.tag)
+        if epoch != self._epoch:  # another document replaced the one that was saved meanwhile
+            self._remember(job.path)
+            self._status(f"Saved {job.path.name}")
+            return True
+        self.path = job.path
         self._migrated = None
-        self._unsaved_extra = False
-        self.document.set_clean()
-        self.journal.note_saved(path, save_id)
-        self._remember(path)
+        self._unsaved_extra = self._extra_changes != extra_changes
+        self.document.set_clean(job.point)
+        self.journal.note_saved(job.path, job.save_id, since=job.mark)
+        self._remember(job.path)
         self._update_title()
-        self._status(f"Saved {path.name}")
+        self._status(f"Saved {job.path.name}")
         return True
 
     # -- closing ---------------------------------------------------------------------------------------
     def confirm_close(self) -> bool:
         """Ask Save/Discard/Cancel when there is unsaved work; True when the window may close."""
+        self.wait_for_save()
         if not self._may_discard():
             return False
         self.journal.close()  # a clean close: nothing left to recover
@@ -251,6 +317,7 @@ class ProjectActions(QObject):
 
     @Slot()
     def _quitting(self) -> None:
+        self.wait_for_save()
         # A window told not to ask (`studio --demo`) holds work of its own: nothing to offer next time.
         if not getattr(self.window, "ask_before_closing", True):
             self.journal.close()
@@ -259,8 +326,9 @@ class ProjectActions(QObject):
         if not self.modified or not _attended():
             return True
         answer = self.ask_save()
-        if answer == "save":
-            return self.save()
+        if answer == "save":  # the window is closing (or replacing its document): save and wait
+            path = self.path or self._ask_save_path()
+            return path is not None and self.save_to(path)
         return answer == "discard"
 
     def ask_save(self) -> str:
@@ -289,6 +357,7 @@ class ProjectActions(QObject):
 
     def restore(self, found: Recovery) -> bool:
         """Rebuild the document from a crash journal; it stays unsaved until the person saves it."""
+        self.wait_for_save()
         try:
             data = recover(found)
         except StudioError as exc:
