@@ -132,6 +132,8 @@ class PatchEngine:
         prior = torch.tensor(
             [math.log(s) + wt for s, wt in zip(selection.shares, weights, strict=True)], device=self.device
         )
+        # Tiling wraps the references' patches only when the references tile themselves.
+        borders = els.borders_for(request.tiling, all(els.tiles(image) for image in images))
 
         # 2. Starting noise and the times to visit.
         eps = initial_noise(request.seed, (3, h, w), request.variation_seed, request.variation_strength)
@@ -160,7 +162,9 @@ class PatchEngine:
                 try:
                     shares = None if estimate is None else estimate.shares
                     last = t_next <= 0  # only the final estimate needs per-pixel weights (attribution)
-                    estimate = self._estimate(x, images, t, request, prior, keys, shares, last, cancel)
+                    estimate = self._estimate(
+                        x, images, t, request, borders, prior, keys, shares, last, cancel
+                    )
                 except els.Cancelled:
                     return
                 x = els.ddim_step(x, estimate.x0, t, t_next)
@@ -191,6 +195,7 @@ class PatchEngine:
                 "unmatched_words": list(selection.unmatched),
                 "model": refs.folder.name,
                 "model_hash": refs.digest,
+                "borders": borders,
             },
             attribution=attribution_map(estimate.ref_weights),
             elapsed_s=time.perf_counter() - start,
@@ -202,6 +207,7 @@ class PatchEngine:
         images: torch.Tensor,
         t: float,
         request: Request,
+        borders: els.Borders,
         prior: torch.Tensor,
         keys: torch.Generator,
         shares: torch.Tensor | None,
@@ -212,16 +218,16 @@ class PatchEngine:
         a, b = els.alpha_sigma(t)
         k = els.patch_size(t, request.locality, min(request.width, request.height))
         if k is None:
-            return els.whole_image(x, images, a, b, request.tiling, prior)
+            return els.whole_image(x, images, a, b, borders == "wrap", prior)
         if request.patch_mode == "ls":
             return els.local_score(x, images, a, b, k, request.tiling, prior)
         if request.exact:
             return els.patch_attention(
-                x, images, a, b, k, request.tiling, prior,
+                x, images, a, b, k, borders, prior,
                 low_precision=self.low_precision, should_stop=cancel.is_set,
             )  # fmt: skip
         return els.fast_patch_attention(
-            x, images, a, b, k, request.tiling, prior, keys,
+            x, images, a, b, k, borders, prior, keys,
             shares=shares, max_keys=self.max_keys, pixel_weights=last, low_precision=self.low_precision,
             should_stop=cancel.is_set,
         )  # fmt: skip

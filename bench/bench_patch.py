@@ -82,14 +82,14 @@ def trajectory_errors(engine: PatchEngine, request: Request, rows: int, device: 
         a, b = els.alpha_sigma(t)
         k = els.patch_size(t, request.locality, min(h, w))
         fast = els.fast_patch_attention(
-            x, images, a, b, k, False, prior, gen, shares=shares, max_keys=engine.max_keys,
+            x, images, a, b, k, "paper", prior, gen, shares=shares, max_keys=engine.max_keys,
             low_precision=engine.low_precision,
         )  # fmt: skip
         y0 = (step * 37) % (h - rows + 1)  # a different band each step
         sync(device)
         start = time.perf_counter()
         exact = els.patch_attention(
-            x, images, a, b, k, False, prior, rows=(y0, y0 + rows), low_precision=engine.low_precision
+            x, images, a, b, k, "paper", prior, rows=(y0, y0 + rows), low_precision=engine.low_precision
         )
         sync(device)
         exact_s = (time.perf_counter() - start) * h / rows

@@ -11,59 +11,117 @@ import torch
 from backend import els
 
 
-def direct_els(x, refs, a, b, k, circular, prior, ls=False):
-    """x̂0 straight from the formula, in float64 with explicit loops over patch positions."""
+def allowed(p, length, k):
+    """Key coordinates a query at coordinate p may use along one axis (Kamb & Ganguli's border rule).
+
+    Their machine (LocalEquivBordersScoreModule) matches a pixel whose patch crosses an edge only with
+    reference patches at the same distance from that edge; otherwise with every patch wholly inside.
+    """
+    half = k // 2
+    if p < half or p >= length - half:
+        return [p]
+    return list(range(half, length - half))
+
+
+def direct_els(x, refs, a, b, k, borders, prior):
+    """x̂0 straight from the formula, in float64 with explicit loops over pixels and allowed keys.
+
+    borders: "paper" (zero padding, the rule above), "wrap" (tiling: every circular position of every
+    reference) or "inside" (tiling: circular query patches, keys only patches wholly inside).
+    """
     x, refs = x.double().numpy(), refs.double().numpy()
     n, c, h, w = refs.shape
-    pad = (k - 1) // 2
-    mode = {"mode": "wrap"} if circular else {"mode": "constant"}
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), **mode)
-    rp = np.pad(refs, ((0, 0), (0, 0), (pad, pad), (pad, pad)), **mode)
-    # All key patches at once: n × h × w × (c·k·k).
-    keys = (
-        np.stack([rp[:, :, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)], axis=-1)
-        .transpose(0, 2, 3, 1, 4)
-        .reshape(n, h, w, -1)
+    pad = k // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="constant" if borders == "paper" else "wrap")
+    rp = np.pad(
+        refs, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="wrap" if borders == "wrap" else "constant"
     )
     out = np.zeros((c, h, w))
     for py in range(h):
         for px in range(w):
-            q = xp[:, py : py + k, px : px + k].reshape(c, -1).reshape(-1)
-            q = np.stack([xp[:, py + dy, px + dx] for dy in range(k) for dx in range(k)], -1).reshape(-1)
-            if ls:
-                d = ((q[None] - a * keys[:, py, px]) ** 2).sum(-1)
-                logits = -d / (2 * b * b) + prior
-                wts = np.exp(logits - logits.max())
-                out[:, py, px] = (wts / wts.sum()) @ refs[:, :, py, px]
-                continue
-            d = ((q[None, None, None] - a * keys) ** 2).sum(-1)
-            logits = -d / (2 * b * b) + prior[:, None, None]
+            q = xp[:, py : py + k, px : px + k]
+            if borders == "paper":
+                ky, kx = allowed(py, h, k), allowed(px, w, k)
+            elif borders == "wrap":
+                ky, kx = range(h), range(w)
+            else:
+                ky, kx = range(pad, h - pad), range(pad, w - pad)
+            logits, values = [], []
+            for i in range(n):
+                for qy in ky:
+                    for qx in kx:
+                        key = rp[i, :, qy : qy + k, qx : qx + k]
+                        logits.append(-((q - a * key) ** 2).sum() / (2 * b * b) + prior[i])
+                        values.append(refs[i, :, qy, qx])
+            logits = np.array(logits)
             wts = np.exp(logits - logits.max())
-            out[:, py, px] = np.einsum("nhw,nchw->c", wts / wts.sum(), refs)
+            out[:, py, px] = (wts / wts.sum()) @ np.array(values)
+    return out
+
+
+def direct_ls(x, refs, a, b, k, circular, prior):
+    """The LS machine from its formula: each pixel against the same position of every reference."""
+    x, refs = x.double().numpy(), refs.double().numpy()
+    n, c, h, w = refs.shape
+    pad = k // 2
+    mode = "wrap" if circular else "constant"
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode=mode)
+    rp = np.pad(refs, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode=mode)
+    out = np.zeros((c, h, w))
+    for py in range(h):
+        for px in range(w):
+            d = ((xp[None, :, py : py + k, px : px + k] - a * rp[:, :, py : py + k, px : px + k]) ** 2).sum(
+                (1, 2, 3)
+            )
+            logits = -d / (2 * b * b) + prior
+            wts = np.exp(logits - logits.max())
+            out[:, py, px] = (wts / wts.sum()) @ refs[:, :, py, px]
     return out
 
 
 @pytest.fixture
 def problem():
     g = torch.Generator().manual_seed(0)
-    refs = torch.rand(3, 3, 7, 9, generator=g) * 2 - 1
-    noise = torch.randn(3, 7, 9, generator=g)
+    refs = torch.rand(3, 3, 11, 13, generator=g) * 2 - 1
+    noise = torch.randn(3, 11, 13, generator=g)
     prior = torch.tensor([0.0, 0.7, -1.2])
     return refs, noise, prior
 
 
 @pytest.mark.parametrize("k", [3, 5, 9])
 @pytest.mark.parametrize("t", [0.15, 0.5, 0.9])
-@pytest.mark.parametrize("circular", [False, True])
-def test_chunked_attention_matches_float64_formula(problem, k, t, circular):
+@pytest.mark.parametrize("borders", els.BORDERS)
+def test_chunked_attention_matches_float64_formula(problem, k, t, borders):
     refs, noise, prior = problem
     a, b = els.alpha_sigma(t)
     x_t = a * refs[1].roll(2, dims=-1) + b * noise
     # A tiny logit budget forces many query bands and key blocks through the streaming log-sum-exp.
-    est = els.patch_attention(x_t, refs, a, b, k, circular, prior, key_rows=2, logit_budget=64)
-    expected = direct_els(x_t, refs, a, b, k, circular, prior.numpy())
+    est = els.patch_attention(x_t, refs, a, b, k, borders, prior, key_rows=2, logit_budget=64)
+    expected = direct_els(x_t, refs, a, b, k, borders, prior.numpy())
     assert np.abs(est.x0.double().numpy() - expected).max() < 1e-4
-    assert torch.allclose(est.ref_weights.sum(0), torch.ones(7, 9), atol=1e-5)
+    assert torch.allclose(est.ref_weights.sum(0), torch.ones(11, 13), atol=1e-5)
+
+
+@pytest.mark.parametrize("borders", els.BORDERS)
+@pytest.mark.parametrize(("h", "w", "k"), [(11, 13, 3), (11, 13, 9), (8, 20, 7), (16, 16, 15)])
+def test_regions_cover_every_pixel_once(borders, h, w, k):
+    seen = np.zeros((h, w), int)
+    for r in els.regions(h, w, k, borders):
+        seen[r.ys.start : r.ys.stop, r.xs.start : r.xs.stop] += 1
+        # Own rows (columns) only where a patch crosses the top or bottom (left or right) edge.
+        assert (r.key_ys is None) == (borders == "paper" and (r.ys.start < k // 2 or r.ys.stop > h - k // 2))
+        assert (r.key_xs is None) == (borders == "paper" and (r.xs.start < k // 2 or r.xs.stop > w - k // 2))
+    assert (seen == 1).all()
+
+
+def test_references_that_tile_are_told_from_those_that_do_not():
+    g = torch.Generator().manual_seed(2)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 40, 40, generator=g), 5, 1)[0]  # 36×36
+    assert not els.tiles(smooth)  # its opposite edges are unrelated
+    periodic = torch.stack([torch.sin(torch.arange(32) * 2 * math.pi / 16)[None].expand(32, 32)] * 3)
+    assert els.tiles(periodic) and els.tiles(periodic.transpose(1, 2))
+    assert els.borders_for(False, True) == "paper"
+    assert els.borders_for(True, True) == "wrap" and els.borders_for(True, False) == "inside"
 
 
 @pytest.mark.parametrize("circular", [False, True])
@@ -72,7 +130,7 @@ def test_local_score_variant_matches_formula(problem, circular):
     a, b = els.alpha_sigma(0.4)
     x_t = a * refs[0] + b * noise
     est = els.local_score(x_t, refs, a, b, 5, circular, prior)
-    expected = direct_els(x_t, refs, a, b, 5, circular, prior.numpy(), ls=True)
+    expected = direct_ls(x_t, refs, a, b, 5, circular, prior.numpy())
     assert np.abs(est.x0.double().numpy() - expected).max() < 1e-4
 
 
@@ -81,7 +139,7 @@ def test_whole_image_with_tiling_mixes_every_circular_shift(problem):
     a, b = els.alpha_sigma(0.6)
     x_t = a * refs[2].roll((3, 4), dims=(-2, -1)) + b * noise
     est = els.whole_image(x_t, refs, a, b, True, prior)
-    shifts = [(i, dy, dx) for i in range(3) for dy in range(7) for dx in range(9)]
+    shifts = [(i, dy, dx) for i in range(3) for dy in range(11) for dx in range(13)]
     rolled = torch.stack([refs[i].roll((dy, dx), dims=(-2, -1)) for i, dy, dx in shifts]).double()
     logits = (
         -((x_t.double() - a * rolled) ** 2).flatten(1).sum(1) / (2 * b * b)
@@ -129,20 +187,22 @@ def test_slerp_keeps_the_ends_and_the_norm():
     assert abs(mid.norm() / u.norm() - 1) < 0.05
 
 
-@pytest.mark.parametrize("circular", [False, True])
-def test_fast_path_with_every_key_and_frequency_is_exact(problem, circular):
+@pytest.mark.parametrize("borders", els.BORDERS)
+def test_fast_path_with_every_key_and_frequency_is_exact(problem, borders):
     refs, noise, prior = problem
     a, b = els.alpha_sigma(0.5)
     x_t = a * refs[0] + b * noise
-    exact = els.patch_attention(x_t, refs, a, b, 5, circular, prior)
+    exact = els.patch_attention(x_t, refs, a, b, 5, borders, prior)
     gen = torch.Generator().manual_seed(0)
     fast = els.fast_patch_attention(
-        x_t, refs, a, b, 5, circular, prior, gen, max_keys=3 * 63, freqs=5, chroma_freqs=5
+        x_t, refs, a, b, 5, borders, prior, gen, max_keys=3 * 11 * 13, freqs=5, chroma_freqs=5
     )
     assert (fast.x0 - exact.x0).abs().max() < 1e-4
+    assert (fast.ref_weights - exact.ref_weights).abs().max() < 1e-4
+    assert (fast.shares - exact.shares).abs().max() < 1e-5
     # Fewer frequencies and keys: an approximation, still a mix of the same references' pixels.
     fast = els.fast_patch_attention(
-        x_t, refs, a, b, 5, circular, prior, gen, max_keys=60, freqs=2, chroma_freqs=1
+        x_t, refs, a, b, 5, borders, prior, gen, max_keys=60, freqs=2, chroma_freqs=1
     )
     assert fast.x0.min() >= refs.min() - 1e-5 and fast.x0.max() <= refs.max() + 1e-5
 
@@ -164,8 +224,8 @@ def test_low_precision_path_stays_close_to_fp32(t):
     a, b = els.alpha_sigma(t)
     x_t = a * refs[2].roll(3, -1) + b * torch.randn(3, 20, 20, generator=g)
     k = 7
-    full = els.patch_attention(x_t, refs, a, b, k, False, torch.zeros(4))
-    half = els.patch_attention(x_t, refs, a, b, k, False, torch.zeros(4), low_precision=True)
+    full = els.patch_attention(x_t, refs, a, b, k, "paper", torch.zeros(4))
+    half = els.patch_attention(x_t, refs, a, b, k, "paper", torch.zeros(4), low_precision=True)
     assert (half.x0 - full.x0).abs().mean() < 0.01
 
 
@@ -179,6 +239,6 @@ def test_a_cancel_inside_a_step_stops_between_chunks(problem):
 
     with pytest.raises(els.Cancelled):
         els.patch_attention(
-            noise, refs, 0.5, 0.8, 3, False, prior, key_rows=2, should_stop=stop_on_third_check
+            noise, refs, 0.5, 0.8, 3, "paper", prior, key_rows=2, should_stop=stop_on_third_check
         )
     assert len(calls) == 3

@@ -22,17 +22,17 @@ def problem():
 PIXELS = [(0, 0), (4, 5), (8, 10), (2, 9)]
 
 
-def estimate(kind, x, refs, prior, t=0.4, k=5, key_mask=None):
+def estimate(kind, x, refs, prior, t=0.4, k=5, key_mask=None, borders="paper"):
     a, b = els.alpha_sigma(t)
     if kind == "exact":
-        return els.patch_attention(x, refs, a, b, k, False, prior, key_mask=key_mask)
+        return els.patch_attention(x, refs, a, b, k, borders, prior, key_mask=key_mask)
     if kind == "fast":
         g = torch.Generator().manual_seed(0)  # the same keys for every call
-        return els.fast_patch_attention(x, refs, a, b, k, False, prior, g, max_keys=60, key_mask=key_mask)
+        return els.fast_patch_attention(x, refs, a, b, k, borders, prior, g, max_keys=60, key_mask=key_mask)
     if kind == "fast_shares":  # the fast path's shares-only mode (no per-pixel weights)
         g = torch.Generator().manual_seed(0)
-        return els.fast_patch_attention(x, refs, a, b, k, False, prior, g, max_keys=60, pixel_weights=False)
-    return els.local_score(x, refs, a, b, k, False, prior)
+        return els.fast_patch_attention(x, refs, a, b, k, borders, prior, g, max_keys=60, pixel_weights=False)
+    return els.local_score(x, refs, a, b, k, borders == "wrap", prior)
 
 
 @pytest.mark.parametrize("kind", ["exact", "fast", "local"])
@@ -68,11 +68,12 @@ def test_an_excluded_reference_gives_nothing_to_that_pixel(problem, kind):
 def test_masked_key_positions_never_vote(problem, kind):
     refs, x, _ = problem
     # One reference whose allowed positions hold -1 and whose masked positions hold +1: an estimate
-    # drawn only from allowed keys is -1 everywhere, whatever the noise.
+    # drawn only from allowed keys is -1 everywhere, whatever the noise. With tiling, so that every
+    # pixel has allowed keys (under the border rule a corner pixel's only key is its own position).
     mask = torch.rand(1, H, W, generator=torch.Generator().manual_seed(1)) > 0.5
     marked = torch.where(mask, -1.0, 1.0)[:, None].expand(1, 3, H, W).contiguous()
     for t in (0.2, 0.7):
-        est = estimate(kind, x, marked, torch.zeros(1), t=t, key_mask=mask)
+        est = estimate(kind, x, marked, torch.zeros(1), t=t, key_mask=mask, borders="wrap")
         assert torch.allclose(est.x0, torch.full_like(est.x0, -1.0), atol=1e-5)
 
 
