@@ -319,6 +319,7 @@ def _edge_band(
                 region.xs,
                 queries[:, offset],
             )
+            excluded = None if key_mask is None else ~key_mask[owner, line, pos]
         else:
             values, ys, xs, q = (
                 refs[owner, :, pos, line],
@@ -326,7 +327,8 @@ def _edge_band(
                 range(line, line + 1),
                 queries[:, :, offset],
             )
-        run(ys, xs, q, _block(keys[offset], a, values, owner, counts, len(along)))
+            excluded = None if key_mask is None else ~key_mask[owner, pos, line]
+        run(ys, xs, q, _block(keys[offset], a, values, owner, counts, [len(along)] * n, excluded))
 
 
 def strip_features(strip: torch.Tensor, space: FeatureSpace, transposed: bool = False) -> torch.Tensor:

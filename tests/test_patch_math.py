@@ -200,6 +200,13 @@ def test_fast_path_with_every_key_and_frequency_is_exact(problem, borders):
     assert (fast.x0 - exact.x0).abs().max() < 1e-4
     assert (fast.ref_weights - exact.ref_weights).abs().max() < 1e-4
     assert (fast.shares - exact.shares).abs().max() < 1e-5
+    # With a key mask too: the interior samples only allowed positions, the edge bands shut out the rest.
+    mask = torch.rand(3, 11, 13, generator=torch.Generator().manual_seed(4)) > 0.4
+    exact = els.patch_attention(x_t, refs, a, b, 5, borders, prior, key_mask=mask)
+    fast = els.fast_patch_attention(
+        x_t, refs, a, b, 5, borders, prior, gen, max_keys=3 * 11 * 13, freqs=5, chroma_freqs=5, key_mask=mask
+    )
+    assert (fast.x0 - exact.x0).abs().max() < 1e-4
     # Fewer frequencies and keys: an approximation, still a mix of the same references' pixels.
     fast = els.fast_patch_attention(
         x_t, refs, a, b, 5, borders, prior, gen, max_keys=60, freqs=2, chroma_freqs=1
