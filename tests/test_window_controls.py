@@ -295,9 +295,9 @@ def test_the_layers_context_menu_renames_duplicates_deletes_and_merges_down(make
     qtbot.keyClick(editor, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: doc.layers[1].name == "red half")  # the view commits on its next turn
 
-    undo_depth = len(doc._done)
+    undo_depth = len(doc.history.done)
     menu(0)["Merge down"].trigger()
-    assert [la.name for la in doc.layers] == ["Background"] and len(doc._done) == undo_depth + 1
+    assert [la.name for la in doc.layers] == ["Background"] and len(doc.history.done) == undo_depth + 1
     assert doc.undo_label == "Merge down"
     assert np.abs(doc.composite().astype(int) - before.astype(int)).max() <= 1  # looks the same
     window.undo_action.trigger()  # one step brings both layers back as they were
