@@ -328,6 +328,10 @@ class MergeDown(Command):
     after: dict[str, Any]
     label: str = "Merge down"
 
+    @property
+    def nbytes(self) -> int:
+        return int(self.upper.pixels.nbytes + self.before["pixels"].nbytes + self.after["pixels"].nbytes)
+
     def apply(self, doc: Document) -> None:
         lower = doc.layers[self.index - 1]
         _set_state(lower, self.after)
