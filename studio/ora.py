@@ -21,6 +21,7 @@ from backend.errors import StudioError
 from studio.archive import (
     DecodeBudget,
     ProjectError,
+    loading,
     new_archive,
     open_archive,
     read_member,
@@ -87,7 +88,7 @@ def import_ora(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> tuple[i
     is refused before any image is decoded.
     """
     label = Path(path).name
-    with open_archive(path, "OpenRaster image") as archive:
+    with loading(label), open_archive(path, "OpenRaster image") as archive:
         text = read_member(archive, "stack.xml", MAX_STACK_BYTES)
         if b"<!DOCTYPE" in text or b"<!ENTITY" in text:  # entity expansion is how XML bombs work
             raise ProjectError(f"{label}: stack.xml declares entities; refusing it")

@@ -30,8 +30,10 @@ from backend.request import Request
 from studio.archive import (
     DecodeBudget,
     ProjectError,
+    loading,
     new_archive,
     open_archive,
+    png_size,
     read_member,
     read_png,
     write_png,
@@ -49,6 +51,11 @@ FORMAT_VERSION = 1
 MIMETYPE = "application/x-studio-project"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # recipes embed init images as base64, so allow a roomy manifest
+# Embedded images keep a real manifest from compressing much (base64 PNG: about 1.3:1); a manifest that
+# inflates far beyond its stored size is filler (a history of a million repeated prompts).
+FREE_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_RATIO = 20
+MAX_HISTORY = 1000  # prompts kept from a file's history (the session keeps 50)
 MAX_SIDE = 16384
 MAX_LAYERS = 2000  # far beyond any painting; bounds the work a hostile manifest can ask for
 MAX_RESULTS = 20000
@@ -191,14 +198,8 @@ def load_project(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> Proje
     A canvas of more than `max_pixels` is refused before any image is decoded.
     """
     label = Path(path).name
-    with open_archive(path, "studio project") as archive:
-        raw = read_member(archive, MANIFEST, MAX_MANIFEST_BYTES)
-        try:
-            manifest = json.loads(raw.decode("utf-8"))
-        except RecursionError:
-            raise ProjectError(f"{label}: the manifest is nested too deeply to be a project") from None
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ProjectError(f"{label}: the manifest is not valid JSON ({exc})") from None
+    with loading(label), open_archive(path, "studio project") as archive:
+        manifest = _read_manifest(archive, label)
         source_version = manifest.get("version", 0) if isinstance(manifest, dict) else 0
         manifest, notes = migrate(manifest, label)
         try:
@@ -210,6 +211,25 @@ def load_project(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> Proje
     data.notes = notes + data.notes
     data.source_version = source_version
     return data
+
+
+def _read_manifest(archive: Any, label: str) -> Any:
+    try:
+        info = archive.getinfo(MANIFEST)
+    except KeyError:
+        raise ProjectError(f"{label}: the entry {MANIFEST!r} is missing; the file is incomplete") from None
+    if info.file_size > max(FREE_MANIFEST_BYTES, MAX_MANIFEST_RATIO * info.compress_size):
+        raise ProjectError(
+            f"{label}: the manifest inflates from {info.compress_size} to {info.file_size} bytes; "
+            "a project's manifest never compresses that well, refusing it"
+        )
+    raw = read_member(archive, MANIFEST, MAX_MANIFEST_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise ProjectError(f"{label}: the manifest is nested too deeply to be a project") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProjectError(f"{label}: the manifest is not valid JSON ({exc})") from None
 
 
 def keep_original(path: str | Path, version: int) -> Path | None:
@@ -312,6 +332,11 @@ def _read(archive: Any, m: dict[str, Any], label: str, max_pixels: int = MAX_CAN
         raise ProjectError(
             f"{label}: lists {len(layer_list)} layers and {len(gallery)} results; too many to open"
         )
+    # Every image is charged from its PNG header before any is decoded: a refusal costs nothing.
+    images = {e["image"]: 4 for e in layer_list if isinstance(e, dict) and isinstance(e.get("image"), str)}
+    images.update((e["image"], 3) for e in gallery if isinstance(e, dict) and isinstance(e.get("image"), str))
+    for image_name, channels in images.items():
+        budget.spend(*png_size(archive, image_name), channels)
     layers: list[Layer] = []
     seen: set[str] = set()
     # Layers that name the same image share one decoded, read-only array (copy-on-write): a small file
@@ -330,7 +355,7 @@ def _read(archive: Any, m: dict[str, Any], label: str, max_pixels: int = MAX_CAN
             _want(source, str, f"{what}'s source", label)
         image = _want(entry.get("image"), str, f"{what}'s image", label)
         if image not in decoded:
-            decoded[image] = shared(read_png(archive, image, "RGBA", None, budget, within=size))
+            decoded[image] = shared(read_png(archive, image, "RGBA", None, within=size))
         pixels = decoded[image]
         x = _want(entry.get("x", 0), int, f"{what}'s x", label)
         y = _want(entry.get("y", 0), int, f"{what}'s y", label)
@@ -353,12 +378,16 @@ def _read(archive: Any, m: dict[str, Any], label: str, max_pixels: int = MAX_CAN
     mask_name = _want(m.get("mask", "mask.png"), str, "the mask", label)
     mask = read_png(archive, mask_name, "L", size, budget)
     active = m.get("active_layer")
-    if active is not None and active not in seen:
-        active = None  # a dangling active layer is harmless: fall back to the top one
-    results = [_read_result(archive, e, i, label, budget) for i, e in enumerate(gallery)]
+    if not isinstance(active, str) or active not in seen:
+        active = None  # a dangling (or mistyped) active layer is harmless: fall back to the top one
+    results = [_read_result(archive, e, i, label) for i, e in enumerate(gallery)]
     history = _want(m.get("prompt_history", []), list, "the prompt history", label)
     if not all(isinstance(p, str) for p in history):
         raise ProjectError(f"{label}: the prompt history should be a list of texts")
+    notes = []
+    if len(history) > MAX_HISTORY:  # newest first: keep the newest
+        notes.append(f"kept the {MAX_HISTORY} newest of the {len(history)} prompts in its history")
+        history = history[:MAX_HISTORY]
     save_id = m.get("save_id", "")
     return ProjectData(
         width,
@@ -369,10 +398,11 @@ def _read(archive: Any, m: dict[str, Any], label: str, max_pixels: int = MAX_CAN
         results,
         list(history),
         save_id if isinstance(save_id, str) else "",
+        notes,
     )
 
 
-def _read_result(archive: Any, entry: Any, i: int, label: str, budget: DecodeBudget) -> Result:
+def _read_result(archive: Any, entry: Any, i: int, label: str) -> Result:
     what = f"gallery entry {i + 1}"
     _want(entry, dict, what, label)
     result_id = _want(entry.get("id"), str, f"{what}'s id", label)
@@ -380,11 +410,12 @@ def _read_result(archive: Any, entry: Any, i: int, label: str, budget: DecodeBud
     parents = _want(entry.get("parents", []), list, f"{what}'s parents", label)
     if not all(isinstance(p, str) for p in parents):
         raise ProjectError(f"{label}: {what}'s parents should be a list of ids")
-    image = read_png(archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGB", None, budget)
+    image = read_png(archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGB")
     attribution = None
     attr_name = entry.get("attribution")
     if attr_name is not None:
-        attribution = _read_array(archive, _want(attr_name, str, f"{what}'s attribution", label), label)
+        attr_name = _want(attr_name, str, f"{what}'s attribution", label)
+        attribution = _read_array(archive, attr_name, label, image.shape[:2])
     return Result(
         image=image,
         request=recipe.request if isinstance(recipe.request, Request) else Request(),
@@ -397,13 +428,36 @@ def _read_result(archive: Any, entry: Any, i: int, label: str, budget: DecodeBud
     )
 
 
-def _read_array(archive: Any, name: str, label: str) -> np.ndarray:
+def _read_array(archive: Any, name: str, label: str, image_size: tuple[int, ...]) -> np.ndarray:
+    """An attribution map (H×W or H×W×C numbers, one row per image row) from an .npy member.
+
+    The header is read and checked first: an .npy header may declare any shape, and numpy allocates what
+    it declares before reading a byte of data (8 TiB from a 1 kB entry).
+    """
+
+    def refuse(why: str) -> ProjectError:
+        return ProjectError(f"{label}: entry {name!r} {why}")
+
     data = read_member(archive, name)
+    stream = io.BytesIO(data)
     try:
-        # allow_pickle=False: an .npy member can never run code, only describe numbers.
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ProjectError(f"{label}: entry {name!r} is not a readable array ({exc})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf" or array.ndim > 3:
-        raise ProjectError(f"{label}: entry {name!r} is not a numeric image-shaped array")
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as exc:
+        raise refuse(f"is not a readable array ({exc})") from None
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8 or not 2 <= len(shape) <= 3:
+        raise refuse("is not a numeric image-shaped array")
+    if tuple(shape[:2]) != tuple(image_size) or (len(shape) == 3 and not 1 <= shape[2] <= 4):
+        raise refuse(f"has shape {shape}; its image is {image_size[1]}×{image_size[0]}")
+    body = memoryview(data)[stream.tell() :]
+    if len(body) != int(np.prod(shape)) * dtype.itemsize:
+        raise refuse("holds a different amount of data than its header says")
+    array = np.frombuffer(body, dtype).reshape(shape, order="F" if fortran else "C").copy()
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise refuse("holds numbers that are not finite")
     return array

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 import zipfile
 from pathlib import Path
@@ -15,8 +16,8 @@ from pathlib import Path
 import faults
 import numpy as np
 import pytest
-from hostile_child import Prober
-from hostile_files import bomb_png, good_project, rewrite, setter
+from hostile_child import REFUSAL_BUDGET, REFUSAL_CPU_S, Prober, declared_bytes, opening_budget
+from hostile_files import COSTLY, bomb_png, good_project, rewrite, setter
 from PIL import Image
 
 from backend.errors import ImageError, ModelError, StudioError
@@ -24,6 +25,7 @@ from backend.images import load_picture
 from backend.request import MAX_PROMPT_CHARS, Request
 from studio.archive import png_bytes
 from studio.document import Document, Layer
+from studio.gallery import Gallery, Result
 from studio.project import FORMAT_VERSION, ProjectError, load_project, save_project
 from studio.prompts import clean_prompt
 
@@ -330,6 +332,89 @@ def test_a_project_with_odd_paths_round_trips(tmp_path):
     lost = faults.bytes_lost(faults.snapshot(doc), faults.snapshot(data))
     assert [la.name for la in data.layers] == ["Background"] and data.prompt_history == ["p"]
     faults.record("project file", "unicode and spaces in folder and file name", "saved and opened", lost)
+
+
+# ------------------------------------------------------------------- files that cost more than they hold
+
+
+def _open_in_process(path: Path, kind: str) -> str:
+    """Open like the window does, in this process; returns what opened, or raises ProjectError."""
+    from hostile_child import open_as_window
+
+    return open_as_window(str(path), kind)
+
+
+@pytest.mark.parametrize("case", COSTLY, ids=[c.label for c in COSTLY])
+def test_small_files_that_cost_far_more_than_they_hold(tmp_path, case, prober):
+    """Each file is refused (or opened) here and in a child under the issue's limits: a refusal within
+    1 GiB and 10 CPU seconds, an opening within max(1 GiB, 1.5x the pixels the file declares)."""
+    path = case.make(tmp_path)
+    doc = Document(24, 16)
+    doc.paint(doc.layers[0].id, 0, 0, np.full((4, 4, 4), 9, np.uint8))
+    before = faults.snapshot(doc, files=[path])
+    if case.expect == "refused":
+        budget = REFUSAL_BUDGET
+        with pytest.raises(ProjectError, match=re.escape(case.match)) as err:
+            _open_in_process(path, case.kind)
+        assert path.name in str(err.value) and err.value.__cause__ is None, err.value
+        outcome = "refused: " + str(err.value).replace(f"{path.name}: ", "")
+    else:
+        budget = opening_budget(declared_bytes(path))
+        data = load_project(path) if case.kind == "studio" else None
+        opened = _open_in_process(path, case.kind)
+        said = "; ".join(data.notes) if data is not None else ""
+        assert case.match in f"{opened} {said}", (opened, said)
+        outcome = f"opened: {opened}" + (f"; {said}" if said else "")
+    lost = faults.bytes_lost(before, faults.snapshot(doc, files=[path]))
+    cost = prober.open(path, case.kind, budget=budget, cpu_s=REFUSAL_CPU_S)
+    assert cost.outcome == case.expect, cost
+    assert cost.cpu_s <= REFUSAL_CPU_S and cost.vm_peak <= budget, cost
+    faults.record(
+        "project file" if case.kind == "studio" else "OpenRaster file", case.label, outcome, lost, cost
+    )
+
+
+def test_the_cost_limits_let_honest_files_through(tmp_path):
+    """Incompressible noise, 16-bit and palette layers and a long honest manifest all open exactly."""
+    from hostile_files import ora
+
+    from studio.ora import import_ora
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (200, 300, 4), dtype=np.uint8)
+    deep = Image.fromarray(rng.integers(0, 65536, (200, 300), dtype=np.uint16))
+    palette = Image.fromarray(noise[..., :3]).quantize(256)
+    layers = [("data/noise.png", png_bytes(noise, compress_level=9))]
+    layers += [(f"data/{image.mode}.png", _image_bytes(image, "PNG")) for image in (deep, palette)]
+    width, height, read = import_ora(ora(tmp_path / "honest.ora", 300, 200, layers))
+    assert np.array_equal(read[-1].pixels, noise) and len(read) == 3
+    doc = Document(300, 200, [Layer("noise", noise, id="n")])
+    gallery = Gallery()
+    request = Request(prompt="p " * 900, width=304, height=200)  # a long prompt in every recipe
+    for i in range(100):
+        gallery.add(Result(noise[..., :3], request, id=f"r{i}", created=float(i)))
+    save_project(tmp_path / "honest.studio", doc, gallery, [f"prompt {i}" for i in range(50)])
+    data = load_project(tmp_path / "honest.studio")
+    assert len(data.results) == 100 and np.array_equal(data.layers[0].pixels, noise)
+
+
+def test_the_window_survives_every_hostile_file(make_window, qtbot, tmp_path):
+    """The window's own open path (drop or File → Open) shows each refusal and changes nothing."""
+    from fake_engine import FakeEngine
+
+    window = make_window(FakeEngine(steps=1))
+    doc = window.document
+    doc.paint(doc.layers[0].id, 0, 0, np.full((4, 4, 4), 9, np.uint8))
+    paths = [case.make(tmp_path / str(i)) for i, case in enumerate(COSTLY) if case.expect == "refused"]
+    (tmp_path / "more").mkdir()
+    paths += list(_hostile_projects(tmp_path / "more").values())
+    for path in paths:
+        before = faults.snapshot(doc)
+        assert window.open_path(str(path)) is False, path
+        assert path.name in window.status.message.text() and window.error_box is not None
+        assert faults.bytes_lost(before, faults.snapshot(doc)) == 0
+    good = good_project(tmp_path / "good after all.studio")
+    assert window.open_path(str(good)) and [la.name for la in window.document.layers] == ["Background", "ink"]
 
 
 # --------------------------------------------------------------------------------------------- prompts
