@@ -24,6 +24,7 @@ from studio.archive import (
     loading,
     new_archive,
     open_archive,
+    png_size,
     read_member,
     read_png,
     write_png,
@@ -104,11 +105,11 @@ def import_ora(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> tuple[i
         problem = canvas_problem(width, height, max_pixels)
         if problem:
             raise ProjectError(f"{label}: {problem}")
-        budget = DecodeBudget(label)  # each layer's PNG is charged at its declared size before decoding
+        budget = DecodeBudget(label)  # every layer's PNG is charged from its header before any is decoded
+        for src in {el.get("src") for el in root.iter("layer")} - {None, ""}:
+            budget.spend(*png_size(archive, str(src)), 4)
         decoded: dict[str, np.ndarray] = {}
-        layers = [
-            _layer(archive, element, width, height, label, budget, decoded) for element in root.iter("layer")
-        ]
+        layers = [_layer(archive, element, width, height, label, decoded) for element in root.iter("layer")]
     if not layers:
         raise ProjectError(f"{label}: holds no layers")
     return width, height, list(reversed(layers))
@@ -130,7 +131,6 @@ def _layer(
     width: int,
     height: int,
     label: str,
-    budget: DecodeBudget,
     decoded: dict[str, np.ndarray],
 ) -> Layer:
     src = element.get("src")
@@ -138,7 +138,7 @@ def _layer(
         raise ProjectError(f"{label}: a layer in stack.xml names no image")
     if src not in decoded:  # layers naming one image share it, read-only, until one is painted
         try:
-            decoded[src] = shared(read_png(archive, src, "RGBA", budget=budget))
+            decoded[src] = shared(read_png(archive, src, "RGBA"))
         except StudioError as exc:
             raise ProjectError(str(exc)) from None
     pixels = decoded[src]

@@ -173,7 +173,8 @@ def open_as_window(path: str, kind: str) -> str:
         document = Document(8, 8)
         data.apply_to(document)
         document.composite()
-        return f"{data.width}×{data.height}, {len(data.layers)} layers"
+        notes = "".join(f"; {note}" for note in data.notes)
+        return f"{data.width}×{data.height}, {len(data.layers)} layers{notes}"
     if kind == "image":
         from backend.images import load_picture
 

@@ -42,6 +42,7 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     )
 
 
+@functools.cache
 def blank_png(width: int, height: int) -> bytes:
     """A fully transparent RGBA PNG of any size, compressed in one pass without the pixels in memory."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
@@ -236,6 +237,7 @@ class Case:
 
 
 _MANY = [{"id": f"l{i}", "name": f"l{i}", "image": f"layers/{i}.png"} for i in range(7)]
+_BIG = [{"id": f"b{i}", "name": f"b{i}", "image": f"layers/big{i}.png"} for i in range(30)]
 _WHITE = png_bytes(np.full((16, 24, 4), 255, np.uint8))
 
 # Issue 9's small files that cost far more than they hold, and files that lie to get past the checks.
@@ -300,6 +302,24 @@ COSTLY = [
         "refused",
         "two entries named 'layers/bg.png'",
         lambda p, good: write_zip(p, [*members_of(good).items(), ("layers/bg.png", blank_png(24, 16))]),
+    ),
+    Case(
+        "30 different layer images of 8000² in a few MB (decoded-size bomb)",
+        "refused",
+        "GiB of memory once decoded",
+        lambda p, good: rewrite(
+            good,
+            p,
+            lambda m: m.update(canvas={"width": 8000, "height": 8000}, layers=_BIG),
+            extra=[(e["image"], blank_png(8000, 8000)) for e in _BIG],
+        ),
+    ),
+    Case(
+        "OpenRaster: 30 different layer images of 8000² in a few MB",
+        "refused",
+        "GiB of memory once decoded",
+        lambda p, good: ora(p, 8000, 8000, [(f"data/{i}.png", blank_png(8000, 8000)) for i in range(30)]),
+        "ora",
     ),
     Case(
         "OpenRaster: two entries named data/a.png",

@@ -360,14 +360,13 @@ def test_small_files_that_cost_far_more_than_they_hold(tmp_path, case, prober):
         outcome = "refused: " + str(err.value).replace(f"{path.name}: ", "")
     else:
         budget = opening_budget(declared_bytes(path))
-        data = load_project(path) if case.kind == "studio" else None
         opened = _open_in_process(path, case.kind)
-        said = "; ".join(data.notes) if data is not None else ""
-        assert case.match in f"{opened} {said}", (opened, said)
-        outcome = f"opened: {opened}" + (f"; {said}" if said else "")
+        assert case.match in opened, opened
+        outcome = f"opened: {opened}"
     lost = faults.bytes_lost(before, faults.snapshot(doc, files=[path]))
     cost = prober.open(path, case.kind, budget=budget, cpu_s=REFUSAL_CPU_S)
-    assert cost.outcome == case.expect, cost
+    # The same answer for the same reason: a refusal for want of memory would mean the limit was hit.
+    assert cost.outcome == case.expect and case.match in cost.message, cost
     assert cost.cpu_s <= REFUSAL_CPU_S and cost.vm_peak <= budget, cost
     faults.record(
         "project file" if case.kind == "studio" else "OpenRaster file", case.label, outcome, lost, cost
