@@ -339,3 +339,42 @@ def test_merge_down_keeps_the_picture_for_any_alpha_and_opacity_and_survives_a_c
     assert [la.name for la in recovered.layers] == [la.name for la in doc.layers]
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(recovered.layers, doc.layers, strict=True))
     journal.close()
+
+
+def test_after_opening_or_restoring_the_window_says_plainly_that_history_starts_there(
+    make_window, qtbot, tmp_path
+):
+    import numpy as np
+    from test_window import drop_file
+
+    from studio.document import Document
+    from studio.gallery import Gallery
+    from studio.journal import Journal, find_recovery
+    from studio.project import save_project
+
+    saved = Document(48, 32)
+    saved.add_layer("ink", np.full((32, 48, 3), 40, dtype=np.uint8))
+    path = tmp_path / "fox.studio"
+    save_project(path, saved)
+    window = make_window(FakeEngine(steps=1))
+    doc, undo = window.document, window.undo_action
+    drop_file(window, path)
+    assert not undo.isEnabled() and "history starts" in undo.text() and "fox.studio" in undo.text()
+    assert "cannot be undone" in undo.toolTip()
+    assert "undo history starts here" in window.status.message.text()
+    doc.paint(doc.active_id, 0, 0, np.full((4, 4, 4), 255, np.uint8))
+    assert undo.isEnabled() and undo.text() == "Undo Paint"
+    undo.trigger()
+    assert not undo.isEnabled() and "history starts" in undo.text()
+
+    crashed = Document(40, 24)  # work a crash interrupted
+    journal = Journal(crashed, Gallery(), tmp_path / "data", history=lambda: [])
+    journal.start()
+    crashed.add_layer("lost and found")
+    journal.abandon()
+    found = find_recovery(tmp_path / "data")
+    assert found is not None and window.project_actions.restore(found)
+    journal.close()
+    assert [la.name for la in doc.layers] == ["Background", "lost and found"]
+    assert not undo.isEnabled() and "history starts at the restored work" in undo.text()
+    assert "undo history starts here" in window.status.message.text()

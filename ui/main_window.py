@@ -68,6 +68,7 @@ class MainWindow(QMainWindow):
         self.document.history.limit_bytes = self.settings.undo_limit_bytes
         self.error_box: QMessageBox | None = None
         self.shortcuts_dialog: ShortcutsDialog | None = None
+        self._history_origin: str | None = None  # an opened or restored file: undo cannot reach before it
         self.ask_before_closing = True  # False for `studio --demo`, whose work is its own and unattended
         self.setObjectName("studio-window")
         self.setWindowTitle("Studio")
@@ -112,6 +113,7 @@ class MainWindow(QMainWindow):
         self.document.changed.connect(self._document_changed)
         self._document_changed()
         self.project_actions = ProjectActions(self, session, self.file_menu)
+        self.project_actions.history_started.connect(self._history_started)
         self._restore_layout()
         # Listing models scans folders and the hub cache (seconds on a busy disk): only when the list opens.
         self.engine_picker.discover = self._discover_models
@@ -310,8 +312,20 @@ class MainWindow(QMainWindow):
         doc = self.document
         self.undo_action.setEnabled(doc.can_undo)
         self.redo_action.setEnabled(doc.can_redo)
-        self.undo_action.setText(f"Undo {doc.undo_label}".strip())
+        if doc.can_undo or self._history_origin is None:
+            self.undo_action.setText(f"Undo {doc.undo_label}".strip())
+            self.undo_action.setToolTip(self.undo_action.text())
+        else:  # greyed out: say why, rather than leave the person guessing
+            self.undo_action.setText(f"Undo (history starts at {self._history_origin})")
+            self.undo_action.setToolTip(
+                "Project and recovery files keep the picture, not its undo steps: changes made before "
+                "it was opened cannot be undone"
+            )
         self.redo_action.setText(f"Redo {doc.redo_label}".strip())
+
+    def _history_started(self, origin: str) -> None:
+        self._history_origin = origin
+        self._document_changed()
 
     def new_canvas(self, size: tuple[int, int] | None = None) -> None:
         """Start an empty canvas (asks for the size when none is given)."""
@@ -323,6 +337,7 @@ class MainWindow(QMainWindow):
             self, "New canvas", "Clear the canvas? Its undo history goes too."
         ):
             return
+        self._history_origin = None  # a new canvas: nothing before it to undo, nothing to explain
         doc.reset(*size)  # the run controller gives the request model the new size
 
     def request_size(self, width: int, height: int) -> None:

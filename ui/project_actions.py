@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import cast
 
-from PySide6.QtCore import QObject, QStandardPaths, QTimer, Slot
+from PySide6.QtCore import QObject, QStandardPaths, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QMenu, QMessageBox, QWidget
 
@@ -36,7 +36,13 @@ APP_TITLE = "Studio"
 
 
 class ProjectActions(QObject):
-    """Open/Save/Save As/recent projects for one window, its title's unsaved marker, and crash recovery."""
+    """Open/Save/Save As/recent projects for one window, its title's unsaved marker, and crash recovery.
+
+    Signal `history_started(str)`: the document was replaced from a file (opened, or restored after a
+    crash), whose undo steps are not kept; the text names the starting point, e.g. "the opened fox.studio".
+    """
+
+    history_started = Signal(str)
 
     def __init__(self, window: QWidget, session, file_menu: QMenu) -> None:  # noqa: ANN001 - a Session
         super().__init__(window)
@@ -192,8 +198,8 @@ class ProjectActions(QObject):
         self.journal.start(self.path, data.save_id if is_project else None)
         if is_project:
             self._remember(path)
-        if data.notes:
-            self._status("; ".join(data.notes))
+        self.history_started.emit(f"the opened {path.name}")
+        self._status("; ".join([f"Opened {path.name}: undo history starts here", *data.notes]))
         return True
 
     def _apply(self, data: ProjectData, path: Path | None, unsaved: bool = False) -> None:
@@ -367,7 +373,11 @@ class ProjectActions(QObject):
         self.journal.start(found.project, None, unsaved_work=True)  # the restored work is journalled first
         if found.journal != self.journal.path:
             discard_recovery(found)
-        self._status(f"Restored {_what(found)} as it was before the crash; save it to keep it")
+        self.history_started.emit("the restored work")
+        self._status(
+            f"Restored {_what(found)} as it was before the crash (undo history starts here); "
+            "save it to keep it"
+        )
         return True
 
     def ask_restore(self, found: Recovery) -> bool:
