@@ -29,6 +29,7 @@ from backend.models import (
     pickle_to_safetensors,
     read_safetensors_keys,
     short_error,
+    text_width_label,
     weight_files,
 )
 
@@ -38,8 +39,6 @@ CONTROLNET_SUBFOLDERS = (
     "models/controlnet",
     "extensions/sd-webui-controlnet/models",
 )
-# Text-encoder width → family, for messages (tiny test models have other widths and get the number).
-_FAMILY_BY_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
 _CONTEXT_KEY = re.compile(r"attn2\.to_k\.weight$")
 
 
@@ -170,8 +169,7 @@ def check_family(name: str, context_width: int, text_time: bool, unet_config: An
     want = int(unet_config.cross_attention_dim)
     want_text_time = getattr(unet_config, "addition_embed_type", None) == "text_time"
     if context_width != want or text_time != want_text_time:
-        theirs = _FAMILY_BY_WIDTH.get(context_width, f"text width {context_width}")
-        ours = _FAMILY_BY_WIDTH.get(want, f"text width {want}")
+        theirs, ours = text_width_label(context_width), text_width_label(want)
         raise ModelError(f"ControlNet {name}: is made for {theirs} models, but the loaded model is {ours}")
 
 

@@ -35,6 +35,7 @@ from backend.devices import describe, pick_device, pick_dtype
 from backend.errors import ModelError, RequestError, StudioError
 from backend.events import Done, Event, StepEvent
 from backend.latent_controls import ConceptShift, Embeds, Tiling, conditioning_at, first_step
+from backend.loras import LoraSet, resolve_lora
 from backend.models import LoadedModel, ModelInfo, discover, family_of, load_model, model_hash
 from backend.previews import Previewer, load_taesd
 from backend.request import Request
@@ -83,18 +84,22 @@ class DiffusersEngine:
         model_folders: tuple[str, ...] = (),
         allow_pickle: bool = False,
         max_batch: int | None = None,
+        lora_folders: tuple[str, ...] = (),
         **_: Any,
     ) -> None:
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)
         self.taesd_folder = taesd
         self.model_folders = tuple(model_folders)
+        self.lora_folders = tuple(lora_folders)
         self.allow_pickle = allow_pickle
         self.max_batch = max_batch  # images per UNet pass in a grid; None: as many as memory seems to allow
         self.model: LoadedModel | None = None
         self._taesd: dict[str, torch.nn.Module] = {}
         self._cache: RunCache | None = None
         self._controlnets: dict[str, LoadedControlNet] = {}  # those the last request used, by name
+        self._loras: LoraSet | None = None  # the adapters loaded into the current model
+        self._lora_files: list[tuple[str, Path, float]] = []  # the last request's (name, file, strength)
 
     # --- models ------------------------------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class DiffusersEngine:
 
     def _unload(self) -> None:
         self._cache = None
+        self._loras, self._lora_files = None, []
         if self.model is not None:
             self.model = None
             _free_memory()
@@ -195,6 +201,7 @@ class DiffusersEngine:
         model = self.load(r.model)
         pipe = model.pipe
         nets = self._controlnets_for(r, model)
+        self._apply_loras(r, model)
         generators = [torch.Generator("cpu").manual_seed(x.seed) for x in rs]
         guided = uses_guidance(r.guidance, pipe.unet.config)
         tiling = Tiling()
@@ -396,6 +403,19 @@ class DiffusersEngine:
         self._controlnets = kept
         return tuple(kept[c.model].net for c in r.controls)
 
+    def _apply_loras(self, r: Request, model: LoadedModel) -> None:
+        """Activate the request's LoRAs at their strengths; files are loaded once, strengths set each time."""
+        files = [
+            (lora.name, resolve_lora(lora.name, self.model_folders, self.lora_folders), lora.strength)
+            for lora in r.loras
+        ]
+        if self._loras is None or self._loras.pipe is not model.pipe:
+            if not files:
+                return
+            self._loras = LoraSet(model.pipe, self.allow_pickle)
+        self._loras.apply([(path, strength) for _, path, strength in files])
+        self._lora_files = files
+
     def _prepare_control(
         self, pipe: Any, r: Request, control: Any, net: Any, guided: bool, copies: int = 1
     ) -> PreparedControl:
@@ -514,6 +534,7 @@ class DiffusersEngine:
             "device": describe(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             **({"controls": self._control_extras()} if self._controlnets else {}),
+            **({"loras": self._loras.extras(self._lora_files)} if self._loras and self._lora_files else {}),
         }
 
     def _control_extras(self) -> list[dict[str, str]]:

@@ -29,6 +29,29 @@ PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
 # Where A1111 and ComfyUI keep checkpoints below the folder a person adds.
 CHECKPOINT_SUBFOLDERS = ("models/Stable-diffusion", "models/checkpoints")
+# Folders of an A1111/ComfyUI install that hold other kinds of weights: never listed as checkpoints.
+NOT_CHECKPOINT_FOLDERS = {
+    "lora",
+    "loras",
+    "lycoris",
+    "controlnet",
+    "vae",
+    "vae_approx",
+    "embeddings",
+    "hypernetworks",
+    "upscale_models",
+    "esrgan",
+    "realesrgan",
+    "clip",
+    "clip_vision",
+}
+# Text-encoder width (a UNet's cross-attention width) → the family it belongs to, for messages.
+FAMILY_BY_TEXT_WIDTH = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+
+
+def text_width_label(width: int) -> str:
+    """The family a text width belongs to ("SD 1.x"), or "text width N" for others (tiny test models)."""
+    return FAMILY_BY_TEXT_WIDTH.get(width, f"text width {width}")
 
 
 @dataclass
@@ -442,7 +465,12 @@ def _scan_folder(place: Path, depth: int = 2) -> list[ModelInfo]:
             out.append(
                 ModelInfo(entry.stem, str(entry), "file", pickle=entry.suffix.lower() != ".safetensors")
             )
-        elif entry.is_dir() and depth > 0 and not entry.name.startswith("."):
+        elif (
+            entry.is_dir()
+            and depth > 0
+            and not entry.name.startswith(".")
+            and entry.name.lower() not in NOT_CHECKPOINT_FOLDERS
+        ):
             out.extend(_scan_folder(entry, depth - 1))
     return out
 

@@ -48,6 +48,15 @@ class Settings:
         self._set_json("models/folders", list(dict.fromkeys(str(f) for f in folders)))
 
     @property
+    def lora_folders(self) -> list[str]:
+        """Folders of LoRA files the person added (besides models/Lora and models/loras in model folders)."""
+        return self._json("models/lora_folders", [])
+
+    @lora_folders.setter
+    def lora_folders(self, folders: list[str]) -> None:
+        self._set_json("models/lora_folders", list(dict.fromkeys(str(f) for f in folders)))
+
+    @property
     def taesd_folder(self) -> str:
         """A local TAESD folder for nicer previews ("" = the linear latent→RGB preview)."""
         return str(self.qsettings.value("models/taesd", "") or "")
@@ -74,6 +83,8 @@ class Settings:
             options["taesd"] = self.taesd_folder
         if self.model_folders:
             options["model_folders"] = tuple(self.model_folders)
+        if self.lora_folders:
+            options["lora_folders"] = tuple(self.lora_folders)
         return options
 
     @property

@@ -242,3 +242,47 @@ def build_tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlN
         for param in net.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     return net.eval()
+
+
+def save_tiny_lora(
+    pipe: StableDiffusionPipeline | StableDiffusionXLPipeline,
+    path: str | Path,
+    seed: int = 0,
+    kohya: bool = False,
+) -> Path:
+    """A random LoRA for `pipe`'s UNet and text encoder(s), made with peft, saved as one .safetensors file.
+
+    `kohya` writes kohya-ss keys (`lora_unet_…`, `lora_te_…` with `.alpha`), as A1111 LoRAs have them;
+    otherwise diffusers' own `unet.…`/`text_encoder.…` keys. The pipeline itself is left without adapters.
+    """
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    parts = {"unet": (pipe.unet, ["to_q", "to_k", "to_v", "to_out.0"])}
+    encoders = ["text_encoder", "text_encoder_2"] if hasattr(pipe, "text_encoder_2") else ["text_encoder"]
+    for name in encoders:
+        parts[name] = (getattr(pipe, name), ["q_proj", "k_proj", "v_proj", "out_proj"])
+    state: dict[str, torch.Tensor] = {}
+    for prefix, (module, targets) in parts.items():
+        # On a copy: the pipeline keeps no adapter. (peft's own injection: transformers' add_adapter wants a
+        # newer peft than PyPI has.)
+        copy = inject_adapter_in_model(
+            LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=targets),
+            __import__("copy").deepcopy(module),
+        )
+        with torch.no_grad():  # peft's random init is large for a tiny model; keep the LoRA a nudge
+            for key, value in get_peft_model_state_dict(copy).items():
+                # Files in the wild name CLIP's layers as older transformers did: text_model.encoder....
+                if prefix != "unet" and not key.startswith("text_model."):
+                    key = f"text_model.{key}"
+                state[f"{prefix}.{key}"] = value * 0.6
+    if kohya:
+        state = convert_state_dict_to_kohya(state)
+        if len(encoders) == 1:  # SD 1.x kohya files name their one text encoder lora_te
+            state = {k.replace("lora_te1_", "lora_te_"): v for k, v in state.items()}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
