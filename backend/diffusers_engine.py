@@ -21,21 +21,13 @@ import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import retrieve_latents
 
+from backend.adapters import Adapters
 from backend.batching import batch_groups, batch_key, batch_limit, is_out_of_memory, per_request
-from backend.control_images import control_map
-from backend.controlnets import (
-    LoadedControlNet,
-    PreparedControl,
-    check_family,
-    control_residuals,
-    load_controlnet,
-    prepare_control,
-)
+from backend.controlnets import PreparedControl, control_residuals
 from backend.devices import describe, pick_device, pick_dtype
 from backend.errors import ModelError, RequestError, StudioError
 from backend.events import Done, Event, StepEvent
 from backend.latent_controls import ConceptShift, Embeds, Tiling, conditioning_at, first_step
-from backend.loras import LoraSet, resolve_lora
 from backend.models import LoadedModel, ModelInfo, discover, family_of, load_model, model_hash
 from backend.previews import Previewer, load_taesd
 from backend.request import Request
@@ -97,9 +89,7 @@ class DiffusersEngine:
         self.model: LoadedModel | None = None
         self._taesd: dict[str, torch.nn.Module] = {}
         self._cache: RunCache | None = None
-        self._controlnets: dict[str, LoadedControlNet] = {}  # those the last request used, by name
-        self._loras: LoraSet | None = None  # the adapters loaded into the current model
-        self._lora_files: list[tuple[str, Path, float]] = []  # the last request's (name, file, strength)
+        self.adapters = Adapters(self.device, self.dtype, allow_pickle)  # ControlNets and LoRAs
 
     # --- models ------------------------------------------------------------------------------------------
 
@@ -125,7 +115,7 @@ class DiffusersEngine:
 
     def _unload(self) -> None:
         self._cache = None
-        self._loras, self._lora_files = None, []
+        self.adapters.reset()
         if self.model is not None:
             self.model = None
             _free_memory()
@@ -156,7 +146,7 @@ class DiffusersEngine:
             if latents is None or cancel.is_set():
                 return  # a cancelled run decodes nothing
             images = [self._decode(r, latents[k : k + 1]) for k, r in enumerate(rs)]
-            extras = self._extras()
+            extras = self._extras(rs[0])
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -200,8 +190,7 @@ class DiffusersEngine:
         #    of an init image, then the starting noise, then ancestral steps.
         model = self.load(r.model)
         pipe = model.pipe
-        nets = self._controlnets_for(r, model)
-        self._apply_loras(r, model)
+        nets = self.adapters.attach(r, model, self.model_folders, self.lora_folders)
         generators = [torch.Generator("cpu").manual_seed(x.seed) for x in rs]
         guided = uses_guidance(r.guidance, pipe.unet.config)
         tiling = Tiling()
@@ -363,10 +352,7 @@ class DiffusersEngine:
             timestep_cond = pipe.get_guidance_scale_embedding(w, pipe.unet.config.time_cond_proj_dim)
             timestep_cond = timestep_cond.to(device=device, dtype=dtype)
         # e. Control images, made into what each ControlNet expects.
-        controls = tuple(
-            self._prepare_control(pipe, r, c, net, guided, len(rs))
-            for c, net in zip(r.controls, nets, strict=True)
-        )
+        controls = self.adapters.prepare_controls(pipe, r, nets, guided, len(rs))
         return Prepared(
             timesteps,
             cond,
@@ -380,56 +366,6 @@ class DiffusersEngine:
             timestep_cond,
             controls,
         )
-
-    def _controlnets_for(self, r: Request, model: LoadedModel) -> tuple[Any, ...]:
-        """The request's ControlNets, loaded once and kept while requests use them, checked for the model."""
-        unet_config = model.pipe.unet.config
-        names = {c.model for c in r.controls}
-        if set(self._controlnets) - names:  # free the ones this request does not use before loading others
-            self._controlnets = {k: v for k, v in self._controlnets.items() if k in names}
-            _free_memory()
-        kept: dict[str, LoadedControlNet] = {}
-        for c in r.controls:
-            loaded = kept.get(c.model) or self._controlnets.get(c.model)
-            if loaded is None:
-                loaded = load_controlnet(
-                    c.model, unet_config, self.device, self.dtype, self.allow_pickle, self.model_folders
-                )
-            else:  # the model may have changed since it was loaded
-                config = loaded.net.config
-                text_time = getattr(config, "addition_embed_type", None) == "text_time"
-                check_family(c.model, int(config.cross_attention_dim), text_time, unet_config)
-            kept[c.model] = loaded
-        self._controlnets = kept
-        return tuple(kept[c.model].net for c in r.controls)
-
-    def _apply_loras(self, r: Request, model: LoadedModel) -> None:
-        """Activate the request's LoRAs at their strengths; files are loaded once, strengths set each time."""
-        files = [
-            (lora.name, resolve_lora(lora.name, self.model_folders, self.lora_folders), lora.strength)
-            for lora in r.loras
-        ]
-        if self._loras is None or self._loras.pipe is not model.pipe:
-            if not files:
-                return
-            self._loras = LoraSet(model.pipe, self.allow_pickle)
-        self._loras.apply([(path, strength) for _, path, strength in files])
-        self._lora_files = files
-
-    def _prepare_control(
-        self, pipe: Any, r: Request, control: Any, net: Any, guided: bool, copies: int = 1
-    ) -> PreparedControl:
-        from diffusers.image_processor import VaeImageProcessor
-
-        # The processor diffusers' ControlNet pipelines make: resize to the request, no [-1, 1] scaling.
-        processor = VaeImageProcessor(
-            vae_scale_factor=pipe.vae_scale_factor, do_convert_rgb=True, do_normalize=False
-        )
-        image = control_map(control.kind, control.image, r.width, r.height)
-        batch, guess = prepare_control(net, image, processor, r.width, r.height, guided, self.device)
-        if copies > 1:  # a batch of requests shares the control image: one copy per row of the UNet's input
-            batch = batch.repeat(copies, 1, 1, 1)
-        return PreparedControl(net, batch, control.strength, control.start, control.end, guess)
 
     # --- steps of the loop -------------------------------------------------------------------------------
 
@@ -495,8 +431,7 @@ class DiffusersEngine:
         return batch_limit(self.device, r.width, r.height, self.dtype)
 
     def _tiled_modules(self, model: LoadedModel, r: Request) -> list[torch.nn.Module]:
-        nets = [self._controlnets[c.model].net for c in r.controls if c.model in self._controlnets]
-        modules = [model.pipe.unet, model.pipe.vae, *nets]
+        modules = [model.pipe.unet, model.pipe.vae, *self.adapters.modules(r)]
         taesd = self._taesd.get(model.family)
         return [*modules, taesd] if taesd is not None else modules
 
@@ -524,7 +459,7 @@ class DiffusersEngine:
             self._taesd[family] = load_taesd(sub if sub.is_dir() else root, self.device, self.dtype)
         return self._taesd[family]
 
-    def _extras(self) -> dict[str, Any]:
+    def _extras(self, r: Request) -> dict[str, Any]:
         model = self.model
         assert model is not None
         return {
@@ -533,24 +468,8 @@ class DiffusersEngine:
             "model_family": model.family,
             "device": describe(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
-            **({"controls": self._control_extras()} if self._controlnets else {}),
-            **({"loras": self._loras.extras(self._lora_files)} if self._loras and self._lora_files else {}),
+            **self.adapters.extras(r),
         }
-
-    def _control_extras(self) -> list[dict[str, str]]:
-        """Each ControlNet's name, file and SHA-256 (A1111's ControlNet field shows the hash's start)."""
-        out = []
-        for loaded in self._controlnets.values():
-            source = Path(loaded.source)
-            sha = model_hash(source) if source.exists() else ""
-            out.append(
-                {
-                    "name": source.stem if source.exists() else loaded.name,
-                    "path": loaded.source,
-                    "sha256": sha,
-                }
-            )
-        return out
 
     def _out_of_memory(self, r: Request) -> StudioError:
         _free_memory()

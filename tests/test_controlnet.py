@@ -169,7 +169,7 @@ def test_controls_keep_previews_cancel_and_the_loaded_networks(sd_nets) -> None:
         done.extras["controls"][0]["path"] == str(sd_nets[0])
         and len(done.extras["controls"][0]["sha256"]) == 64
     )
-    net = engine._controlnets[str(sd_nets[0])].net
+    net = engine.adapters.controlnets[str(sd_nets[0])].net
     cancel = threading.Event()
     run = engine.generate(
         r.replace(controls=(r.controls[0].__class__(str(sd_nets[0]), "raw", IMAGE_A, 0.5),)), cancel
@@ -177,9 +177,9 @@ def test_controls_keep_previews_cancel_and_the_loaded_networks(sd_nets) -> None:
     next(run)
     cancel.set()
     assert not any(isinstance(e, Done) for e in run)  # a cancelled run decodes nothing
-    assert engine._controlnets[str(sd_nets[0])].net is net  # a strength change does not reload it
+    assert engine.adapters.controlnets[str(sd_nets[0])].net is net  # a strength change does not reload it
     list(engine.generate(r.replace(controls=()), threading.Event()))
-    assert engine._controlnets == {}  # a request without controls frees them
+    assert engine.adapters.controlnets == {}  # a request without controls frees them
 
 
 def test_tiling_wraps_the_controlnet_too(sd_nets) -> None:
@@ -187,7 +187,7 @@ def test_tiling_wraps_the_controlnet_too(sd_nets) -> None:
     r = _request(Control(str(sd_nets[0]), "raw", IMAGE_A), tiling=True)
     run = engine.generate(r, threading.Event())
     next(run)
-    net = engine._controlnets[str(sd_nets[0])].net
+    net = engine.adapters.controlnets[str(sd_nets[0])].net
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.padding != (0, 0)]
     assert convs and all(c.padding_mode == "circular" for c in convs)
     run.close()
