@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from PIL import Image
 
+from backend.engine import Engine
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
 from backend.request import DEFAULT_SIZE, MAX_SEED, Request
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--variation-strength", type=float, help="0 = the seed's image, 1 = the variation seed's")
     g.add_argument("--locality", type=float, help="patch engine: 0 makes new images, 1 reproduces references")
     g.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
+    g.add_argument(
+        "--remote", metavar="URL", help="run on a studio server (studio-serve), e.g. http://gpu-box:8188"
+    )
+    g.add_argument("--token", help="the server's access token (default: $STUDIO_SERVER_TOKEN)")
     g.add_argument(
         "--model-folder", action="append", default=[], metavar="DIR", help="also look for models here"
     )
@@ -163,22 +168,16 @@ def _generate(args: argparse.Namespace) -> int:
     if args.preview_dir:
         Path(args.preview_dir).mkdir(parents=True, exist_ok=True)
 
-    from backend.engines import Engines  # torch loads here, after the arguments are known to be good
     from backend.events import Done, StepEvent
 
-    if request.engine == "patch":
+    if request.engine == "patch" and not args.remote:  # a server's references are on the server
         request.validate()  # a bad value is the one line to print, not what the references would be
         _say_references(request, quiet=args.quiet)
 
-    options: dict[str, Any] = {}
-    if request.engine == "diffusers":  # only it looks models up by name
-        options["model_folders"] = _model_folders(args)
-    if args.device:
-        options["device"] = args.device
     cancel = threading.Event()
     bar = Progress(sys.stderr, enabled=not args.quiet)
     done = None
-    events = Engines(**options).generate(request, cancel)
+    events = _engine(args, request).generate(request, cancel)
     try:
         for event in events:
             if isinstance(event, StepEvent):
@@ -223,6 +222,27 @@ def _generate(args: argparse.Namespace) -> int:
         Image.fromarray(attribution_to_rgb(done.attribution)).save(args.attribution)
     print(str(out), file=sys.stderr if args.events else sys.stdout)
     return 0
+
+
+def _engine(args: argparse.Namespace, request: Request) -> Engine:
+    """The engine the options name: a studio server's, or the local engines."""
+    if args.remote:
+        from backend.remote import RemoteEngine
+
+        if args.device:
+            raise UsageError("--device is for local runs; the server picks its own device")
+        token = args.token or os.environ.get("STUDIO_SERVER_TOKEN", "")
+        if not token:
+            raise UsageError("--remote needs the server's token: --token or $STUDIO_SERVER_TOKEN")
+        return RemoteEngine(args.remote, token)
+    from backend.engines import Engines  # torch loads here, after the arguments are known to be good
+
+    options: dict[str, Any] = {}
+    if request.engine == "diffusers":  # only it looks models up by name
+        options["model_folders"] = _model_folders(args)
+    if args.device:
+        options["device"] = args.device
+    return Engines(**options)
 
 
 def _say_references(request: Request, quiet: bool) -> None:
@@ -306,12 +326,16 @@ def _engine_and_model(args: argparse.Namespace, base: Request) -> dict[str, Any]
         raise UsageError("--references is for the patch engine; the diffusers engine takes --model")
     if args.references and args.model:
         raise UsageError("give --references (patch engine) or --model (diffusers), not both")
+    if args.references and getattr(args, "remote", None):  # a reference set the server lists, by name
+        return {"engine": "patch", "model": args.references}
     if args.references:
         folder = Path(args.references).expanduser()
         if not folder.is_dir():
             raise StudioError(f"reference folder {args.references}: no such folder")
         return {"engine": "patch", "model": str(folder)}
     engine = args.engine or ("diffusers" if args.model else None)
+    if args.model and getattr(args, "remote", None):  # a model the server lists, by name
+        return {"engine": engine, "model": args.model}
     if args.model:
         path = Path(args.model).expanduser()
         if path.exists():
