@@ -87,7 +87,8 @@ def test_a_slider_tick_redraws_only_the_widgets_of_its_own_field(make_window, qt
     model = window.session.model
     model.set(model=str(make_references(tmp_path / "references", count=6)))
     sliders = window.slider_panel
-    assert len(sliders.reference_sliders) == 6 and sliders.patch_box.isVisible()
+    qtbot.waitUntil(lambda: len(sliders.reference_sliders) == 6)  # read on a worker thread
+    assert sliders.patch_box.isVisible()
     seen = watch_every_field(model)
 
     locality = sliders.locality.slider

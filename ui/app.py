@@ -12,7 +12,7 @@ import threading
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Qt, QTimer, Slot
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
@@ -62,13 +62,45 @@ class StallMeter(QObject):
         return round(max(self.max_gap_s, 0.0) * 1000)
 
 
+class AfterFirstPaint(QObject):
+    """Starts the window's background work once the person can see the window: the engine import (torch
+    holds the GIL for long stretches while it loads) and model discovery (walks folders and the hub cache).
+
+    Started before the window was built, the import delayed the first paint by about 2 s under load.
+    `painted` is emitted after the first paint, with the work started; `painted_at` is its perf_counter.
+    """
+
+    painted = Signal()
+
+    def __init__(self, window: MainWindow) -> None:
+        super().__init__(window)
+        self.window = window
+        self.warm: threading.Thread | None = None
+        self.painted_at: float | None = None
+        window.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        """Notice the window's first paint; start the work once that paint is on the screen."""
+        if event.type() == QEvent.Type.Paint and self.painted_at is None:
+            self.painted_at = time.perf_counter()
+            QTimer.singleShot(0, self._start)
+        return False
+
+    @Slot()
+    def _start(self) -> None:
+        self.window.removeEventFilter(self)
+        self.warm = warm_up_engine()
+        self.window.engine_picker.start_discovery()
+        self.painted.emit()
+
+
 class Demo(QObject):
     """Runs one generation in the real window, then saves a screenshot and prints the numbers."""
 
-    def __init__(self, window: MainWindow, out: str, warm: threading.Thread | None = None) -> None:
+    def __init__(self, window: MainWindow, out: str, launch: AfterFirstPaint | None = None) -> None:
         super().__init__()
         self.window = window
-        self.warm = warm
+        self.launch = launch
         self.out = out
         self.steps = 0
         self.exit_code = 1
@@ -81,7 +113,8 @@ class Demo(QObject):
 
     def start(self) -> None:
         """Generate with the window's default settings, once the engine warm-up import has finished."""
-        if self.warm is not None and self.warm.is_alive():
+        warm = self.launch.warm if self.launch is not None else None
+        if self.launch is not None and (warm is None or warm.is_alive()):
             QTimer.singleShot(50, self.start)  # as a person would: the window is up, typing takes longer
             return
         self.meter.start()
@@ -178,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     limit_torch_threads()
     if args.demo and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # a headless machine: the demo still runs
-    warm = warm_up_engine()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setOrganizationName("Studio")
     app.setApplicationName("Studio")
@@ -191,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings()
     size = (args.size, args.size) if args.size else DEFAULT_CANVAS
     window = build_window(settings, size, args.steps)
+    launch = AfterFirstPaint(window)
     window.show()
     if args.file:
         window.open_path(args.file)
     if args.demo:
-        demo = Demo(window, args.demo, warm)
+        demo = Demo(window, args.demo, launch)
         QTimer.singleShot(0, demo.start)
         code = app.exec()
         return code if code else demo.exit_code

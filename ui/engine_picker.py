@@ -8,15 +8,17 @@ import importlib.util
 import logging
 from collections.abc import Callable
 
-from PySide6.QtCore import QSignalBlocker
+from PySide6.QtCore import QSignalBlocker, Slot
 from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from backend.request import Request
 from studio.session import Session
+from ui.workers import Call
 
 log = logging.getLogger(__name__)
 BUILTIN = "patch|"  # item data: "engine|model" (a str: QVariant round-trips it exactly)
 CHOOSE_FOLDER, CHOOSE_FILE, CHOOSE_REFERENCES = "folder", "file", "references"
+SEARCHING = "searching"  # the placeholder shown while discovery runs
 
 
 def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -43,16 +45,37 @@ class EnginePicker(QComboBox):
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.models: list[tuple[str, str]] = []
         self.discover: Callable[[], list[tuple[str, str]]] | None = None
+        self._discovery: Call | None = None  # the look-up running on a worker thread
         self.activated.connect(self._chosen)
         session.model.group("engine", "model").connect(self.show_request)
         self.rebuild()
 
     def showPopup(self) -> None:  # noqa: N802 - Qt override
-        """List the models found on this machine the first time the list opens (scanning takes a while)."""
-        if self.discover is not None:
-            discover, self.discover = self.discover, None
-            self.rebuild(discover())
+        """Open the list; models found on this machine join it when discovery has finished."""
+        self.start_discovery()
         super().showPopup()
+
+    def start_discovery(self) -> None:
+        """Look for models on a worker thread (once; scanning folders and the hub cache takes a while)."""
+        if self.discover is None:
+            return
+        discover, self.discover = self.discover, None
+        self._discovery = Call("discover", discover)
+        self._discovery.finished.connect(self._discovered)
+        self.rebuild()
+        self._discovery.start()
+
+    @property
+    def searching(self) -> bool:
+        """True while discovery runs."""
+        return self._discovery is not None
+
+    @Slot(object, object)
+    def _discovered(self, models: list[tuple[str, str]] | None, error: Exception | None) -> None:
+        self._discovery = None
+        if error is not None:
+            log.warning("model discovery failed: %s", error)
+        self.rebuild(models or [])
 
     def rebuild(self, models: list[tuple[str, str]] | None = None) -> None:
         """List the engines (and `models`, when given: discovery is slow, so the window runs it later)."""
@@ -63,6 +86,9 @@ class EnginePicker(QComboBox):
             self.addItem("Patch engine (built-in, no download)", BUILTIN)
             for label, path in self.models:
                 self.addItem(f"Diffusers: {label}", f"diffusers|{path}")
+            if self.searching:
+                self.addItem("Looking for models on this machine…", SEARCHING)
+                self.model().item(self.count() - 1).setEnabled(False)  # type: ignore[attr-defined]
             self.insertSeparator(self.count())
             self.addItem("Diffusers model folder…", CHOOSE_FOLDER)
             self.addItem("Diffusers model file (.safetensors)…", CHOOSE_FILE)
@@ -94,7 +120,7 @@ class EnginePicker(QComboBox):
         elif data == CHOOSE_REFERENCES:
             path = QFileDialog.getExistingDirectory(self, "Choose a folder of reference images")
             data = f"patch|{path}" if path else None
-        if data is None:  # the person cancelled the file dialog: show what is still in use
+        if data is None or data == SEARCHING:  # a cancelled dialog (or the placeholder): show what is in use
             self.show_request(self.session.model.request)
             return
         engine, model = data.split("|", 1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from PySide6.QtCore import QSignalBlocker, Qt, Signal
+from PySide6.QtCore import QSignalBlocker, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QFormLayout,
     QGroupBox,
@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from backend.request import Concept, Request
 from studio.session import Session
 from ui.prompt_panel import set_text, tool_button
+from ui.workers import Call
 
 TICKS = 1000  # slider positions across a range: fine enough for a smooth drag
 
@@ -181,6 +182,7 @@ class SliderPanel(QWidget):
         model.group("engine", "model").connect(self._show_patch_engine)
         model.field("reference_weights").connect(self._show_weights)
         self._references_for: str | None = None
+        self._listing: Call | None = None  # reading a reference folder on a worker thread
         self.show_request(model.request)
 
     def _prompt_b_edited(self, text: str) -> None:
@@ -263,15 +265,24 @@ class SliderPanel(QWidget):
             slider.show_value(by_name.get(name, 0.0))
 
     def _list_references(self, folder: str) -> None:
+        # Listing decodes every image of the folder: on a worker thread, so the window stays responsive.
         while self.references_form.rowCount():
             self.references_form.removeRow(0)
         self.reference_sliders.clear()
-        try:
-            from backend.references import DEFAULT_FOLDER, load_references
+        self.references_form.addRow(QLabel("Reading the reference images…"))
+        self._listing = Call("references", _reference_names, folder)
+        self._listing.finished.connect(self._references_listed)
+        self._listing.start()
 
-            names = load_references(folder or DEFAULT_FOLDER).names
-        except Exception as exc:  # a missing or broken folder: the engine reports it on Generate
-            self.references_form.addRow(QLabel(f"References: {exc}"))
+    @Slot(object, object)
+    def _references_listed(self, listed: tuple[str, list[str], str], _error: object) -> None:
+        folder, names, problem = listed
+        if folder != self._references_for:
+            return  # a folder chosen since then is being read
+        self._listing = None
+        self.references_form.removeRow(0)
+        if problem:  # a missing or broken folder: the engine reports it on Generate
+            self.references_form.addRow(QLabel(f"References: {problem}"))
             return
         heading = QLabel("Reference weights: how much each reference feeds the picture")
         heading.setWordWrap(True)
@@ -282,6 +293,7 @@ class SliderPanel(QWidget):
             slider.moved.connect(self._reference_setter(name))
             self.reference_sliders[name] = slider
             self.references_form.addRow(name, slider)
+        self._show_weights(self.model.request.reference_weights)
 
     def _reference_setter(self, name: str) -> Callable[[float], None]:
         def set_weight(value: float) -> None:
@@ -292,3 +304,16 @@ class SliderPanel(QWidget):
             self.model.set(reference_weights=kept)
 
         return set_weight
+
+
+def _reference_names(folder: str) -> tuple[str, list[str], str]:
+    """The folder, the names of its references (the default set for "") and what went wrong, if anything.
+
+    Runs on a worker thread.
+    """
+    from backend.references import DEFAULT_FOLDER, load_references
+
+    try:
+        return folder, load_references(folder or DEFAULT_FOLDER).names, ""
+    except Exception as exc:  # noqa: BLE001 - shown in the panel; the engine reports it on Generate
+        return folder, [], str(exc)

@@ -1,0 +1,95 @@
+"""Slow work stays off the GUI thread: model discovery, reference listing, the engine warm-up (after the
+first paint), and the composite (once per paint however many changes came in between)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from fake_engine import FakeEngine, make_references
+from PySide6.QtWidgets import QLabel
+
+from studio.document import Document
+from studio.session import Session
+from studio.settings import Settings
+from ui.canvas import CanvasView
+from ui.main_window import MainWindow
+
+
+def test_model_discovery_runs_on_a_worker_and_fills_the_list_when_done(make_window, qtbot):
+    window = make_window(FakeEngine(steps=1))
+    picker = window.engine_picker
+    release = threading.Event()
+    ran_on: list[str] = []
+
+    def slow_discovery() -> list[tuple[str, str]]:
+        ran_on.append(threading.current_thread().name)
+        release.wait(10)  # a scan of a slow disk: the window must not wait for it
+        return [("tiny (SD 1.x)", "/models/tiny")]
+
+    picker.discover = slow_discovery
+    picker.start_discovery()
+    assert picker.searching and picker.findText("Looking for models on this machine…") >= 0
+    picker.setCurrentIndex(0)  # the window still responds while the scan runs
+    release.set()
+    qtbot.waitUntil(lambda: picker.findData("diffusers|/models/tiny") >= 0)
+    assert ran_on == ["studio-discover"] and not picker.searching
+    assert picker.findText("Looking for models on this machine…") < 0
+
+
+def test_the_reference_folder_is_read_on_a_worker(make_window, qtbot, tmp_path):
+    window = make_window(FakeEngine(steps=1))
+    sliders = window.slider_panel
+    folder = make_references(tmp_path / "refs", count=4)
+    window.session.model.set(engine="patch", model=str(folder), reference_weights=(("texture2", 1.5),))
+    labels = [w.text() for w in sliders.patch_box.findChildren(QLabel)]
+    assert "Reading the reference images…" in labels and not sliders.reference_sliders
+    qtbot.waitUntil(lambda: len(sliders.reference_sliders) == 4)
+    assert sliders.reference_sliders["texture2"].value() == 1.5  # the weight shows once the row exists
+
+
+def test_a_folder_chosen_while_another_is_read_wins(make_window, qtbot, tmp_path):
+    window = make_window(FakeEngine(steps=1))
+    sliders = window.slider_panel
+    first = make_references(tmp_path / "first", count=5)
+    second = make_references(tmp_path / "second", count=2)
+    window.session.model.set(engine="patch", model=str(first))
+    window.session.model.set(model=str(second))
+    qtbot.waitUntil(lambda: len(sliders.reference_sliders) == 2)
+    # The first folder's answer arriving late must not replace the second folder's rows.
+    sliders._references_listed((str(first), [f"texture{i}" for i in range(5)], ""), None)
+    assert list(sliders.reference_sliders) == ["texture0", "texture1"]
+
+
+def test_the_warm_up_and_discovery_start_after_the_first_paint(qtbot, tmp_path):
+    from ui.app import AfterFirstPaint
+
+    settings = Settings(str(tmp_path / "settings.ini"))
+    session = Session(engine=FakeEngine(steps=1), document=Document(64, 64), settings=settings)
+    window = MainWindow(session, settings)
+    qtbot.addWidget(window)
+    window.engine_picker.discover = list
+    launch = AfterFirstPaint(window)
+    assert launch.warm is None and launch.painted_at is None  # nothing started while building
+    with qtbot.waitSignal(launch.painted, timeout=10_000):
+        window.show()
+    assert launch.painted_at is not None and launch.warm is not None
+    assert window.engine_picker.discover is None  # discovery was started
+    launch.warm.join(60)
+    window.close()
+
+
+def test_many_layer_changes_between_two_paints_cost_one_composite(qtbot):
+    doc = Document(128, 128)
+    canvas = CanvasView(doc)
+    qtbot.addWidget(canvas)
+    canvas.show()
+    qtbot.waitExposed(canvas)
+    canvas.composite_image()
+    before = canvas._compositor.blends
+    for i in range(5):  # a live result: undo the old layer, add the new one, select the old layer back...
+        doc.add_layer(f"l{i}", np.full((128, 128, 3), 40 * i, np.uint8))
+    doc.set_layer(doc.layers[2].id, opacity=0.5)
+    image = canvas.composite_image()
+    assert canvas._compositor.blends - before <= len(doc.layers)  # one pass over the layers, not six
+    assert image.pixelColor(5, 5).red() == int(doc.composite()[5, 5, 0])
