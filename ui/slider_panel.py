@@ -274,6 +274,11 @@ class SliderPanel(QWidget):
         self._listing.finished.connect(self._references_listed)
         self._listing.start()
 
+    @property
+    def reading_references(self) -> bool:
+        """True while a reference folder is being read on a worker thread."""
+        return self._listing is not None
+
     @Slot(object, object)
     def _references_listed(self, listed: tuple[str, list[str], str], _error: object) -> None:
         folder, names, problem = listed
