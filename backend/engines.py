@@ -21,6 +21,7 @@ class Engines:
     def __init__(self, **options: Any) -> None:
         self.options = options  # device, dtype, taesd folder, model folders: passed to each engine
         self._engines: dict[str, Engine] = {}
+        self.remote: Engine | None = None  # a studio server's engine (backend/remote.py) that runs everything
 
     def get(self, name: str) -> Engine:
         """The engine called `name`, created on first use."""
@@ -28,10 +29,15 @@ class Engines:
             self._engines[name] = _create(name, self.options)
         return self._engines[name]
 
+    def use_remote(self, engine: Engine | None) -> None:
+        """Run every request from the next one on with `engine` (a RemoteEngine); None: on this machine."""
+        self.remote = engine
+
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         """Validate the request and run it on its engine (a grid: each of its cells, backend/grid_run.py)."""
         request.validate()
-        engine = self.get(request.engine)
+        remote = self.remote  # read once: the window may switch servers while this run goes on
+        engine = remote if remote is not None else self.get(request.engine)
         if request.grid is not None:
             from backend.grid_run import run_grid
 

@@ -95,6 +95,13 @@ class RemoteEngine:
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         """Run `request` on the server, yielding its StepEvents and, unless cancelled, its Done."""
         request.validate()  # the same checks as a local engine, before anything is sent
+        if request.grid is not None:  # a grid runs here cell by cell, each cell a run on the server
+            from backend.grid_run import run_grid
+
+            return run_grid(self, request, cancel)
+        return self._run(request, cancel)
+
+    def _run(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         query = f"?client={quote(self.client)}&id={quote(request.request_id)}"
         conn = self._connection(timeout=CONNECT_TIMEOUT)
         over = threading.Event()

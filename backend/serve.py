@@ -117,6 +117,8 @@ class ServeOptions:
         # ControlNets and LoRAs name weight files; until the server lists them, a client cannot name any.
         if getattr(request, "controls", ()) or getattr(request, "loras", ()):
             raise StudioError("this server does not serve ControlNets or LoRAs; run those on a local engine")
+        if request.grid is not None:
+            raise StudioError("a grid runs cell by cell: send each cell as its own request")
         return self.find(request.engine, request.model)
 
     def find(self, engine: str, name: str) -> ServedModel:

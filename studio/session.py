@@ -6,6 +6,7 @@
     session.document  Document: layers, mask, undo
     session.gallery   Gallery: results with recipes and lineage
     session.host      EngineHost: the engine thread
+    session.remote    RemoteLink: runs on a studio server instead (studio/remote_link.py), when connected
 
 Panels edit `session.model` and listen to its field signals; actions call `session.runs`; nothing else
 connects the two. The session only builds them, restores the last settings and saves them on shutdown.
@@ -14,10 +15,12 @@ connects the two. The session only builds them, restores the last settings and s
 from __future__ import annotations
 
 from backend.engine import Engine
+from backend.engines import Engines
 from backend.request import Request
 from studio.document import Document
 from studio.engine_host import EngineHost
 from studio.gallery import Gallery
+from studio.remote_link import RemoteLink
 from studio.request_model import HISTORY_SIZE, RequestModel
 from studio.run_controller import RunController
 from studio.settings import Settings
@@ -38,8 +41,6 @@ class Session:
     ) -> None:
         self.settings = settings
         if engine is None:
-            from backend.engines import Engines
-
             engine = Engines(**(settings.engine_options() if settings else {}))
         self.document = document if document is not None else Document()
         self.gallery = gallery if gallery is not None else Gallery()
@@ -51,10 +52,14 @@ class Session:
             history=settings.prompt_history[:HISTORY_SIZE] if settings else (),
         )
         self.runs = RunController(self.model, self.document, self.gallery, self.host)
+        # Runs go to a studio server when the person connects one (the engine picker's "Remote server…").
+        self.remote = RemoteLink(engine, settings) if isinstance(engine, Engines) else None
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop the engine thread (cancelling a run) and save preferences; True when it stopped in time."""
         self.runs.close()
+        if self.remote is not None:
+            self.remote.wait()
         if self.settings is not None:
             self.settings.last_request = self.model.request
             self.settings.prompt_history = self.model.prompt_history

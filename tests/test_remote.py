@@ -251,6 +251,51 @@ def test_cli_remote_gives_the_same_pixels_as_a_local_run(server: ServerProcess, 
     assert local.request == remote.request and remote.extras == local.extras
 
 
+def test_window_runs_on_the_server_chosen_in_the_engine_picker(
+    server: ServerProcess, make_window, qtbot, monkeypatch
+) -> None:
+    from PySide6.QtWidgets import QLineEdit
+
+    from backend.engines import Engines
+    from ui.engine_picker import CHOOSE_REMOTE, USE_LOCAL
+    from ui.remote_dialog import RemoteDialog
+
+    window = make_window(Engines(device="cpu"), size=64)
+    picker, link = window.engine_picker, window.session.remote
+    typed = {}
+
+    def connect(dialog: RemoteDialog) -> int:  # the person types the address and token, then Connect
+        typed["echo"] = dialog.token.echoMode()
+        dialog.url.setText(server.url)
+        dialog.token.setText(TOKEN)
+        return RemoteDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(RemoteDialog, "exec", connect)
+    with qtbot.waitSignal(link.connected, timeout=60_000):
+        picker.activated.emit(picker.findData(CHOOSE_REMOTE))
+    assert typed["echo"] == QLineEdit.EchoMode.Password
+    assert picker.findData("diffusers|tiny-sd") >= 0 and picker.findData("patch|") >= 0
+    assert f"on 127.0.0.1:{server.port} · device: cpu" in window.status.device.text()
+    shown = [picker.itemText(i) for i in range(picker.count())] + [window.status.message.text()]
+    assert not any(TOKEN in text for text in shown)
+
+    window.session.model.set(engine="patch", model="", prompt="brick", steps=4, seed=2)
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=120_000) as added:
+        window.generate()
+    result = added.args[0]
+    assert window.canvas.frames_painted >= 1  # the server's previews reached the canvas
+    assert np.array_equal(result.image, local_patch(result.request).image)
+    window.session.runs.set_live(True)  # Live: an edit re-renders on the server
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=120_000) as live:
+        window.session.model.set(seed=3)
+    assert live.args[0].request.seed == 3
+
+    with qtbot.waitSignal(link.disconnected):
+        picker.activated.emit(picker.findData(USE_LOCAL))
+    assert "127.0.0.1" not in window.status.device.text() and picker.findData(CHOOSE_REMOTE) >= 0
+    assert link.saved == (server.url, TOKEN)  # remembered for the next time the dialog opens
+
+
 def test_window_session_on_a_killed_server_reports_it_and_adds_no_layer(
     server: ServerProcess, make_session, qtbot
 ) -> None:

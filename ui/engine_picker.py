@@ -1,5 +1,6 @@
-"""The model/engine picker: the built-in patch engine, diffusers models found on this machine, or a
-folder or file the person chooses. Choosing one is `model.set(engine=..., model=...)`.
+"""The model/engine picker: the built-in patch engine, diffusers models found on this machine, a folder
+or file the person chooses, or a studio server's models ("Remote server…"). Choosing a model is
+`model.set(engine=..., model=...)`; choosing a server is `session.remote.connect_to(url, token)`.
 """
 
 from __future__ import annotations
@@ -7,18 +8,21 @@ from __future__ import annotations
 import importlib.util
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from PySide6.QtCore import QSignalBlocker, Slot
 from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from backend.request import Request
 from studio.session import Session
+from ui.remote_dialog import RemoteDialog
 from ui.workers import Call
 
 log = logging.getLogger(__name__)
 BUILTIN = "patch|"  # item data: "engine|model" (a str: QVariant round-trips it exactly)
 CHOOSE_FOLDER, CHOOSE_FILE, CHOOSE_REFERENCES = "folder", "file", "references"
 SEARCHING = "searching"  # the placeholder shown while discovery runs
+CHOOSE_REMOTE, USE_LOCAL = "remote", "local"
 
 
 def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, str]]:
@@ -48,6 +52,10 @@ class EnginePicker(QComboBox):
         self._discovery: Call | None = None  # the look-up running on a worker thread
         self.activated.connect(self._chosen)
         session.model.group("engine", "model").connect(self.show_request)
+        if session.remote is not None:
+            session.remote.connected.connect(self._remote_changed)
+            session.remote.disconnected.connect(self._remote_changed)
+            session.remote.failed.connect(self._remote_failed)
         self.rebuild()
 
     def showPopup(self) -> None:  # noqa: N802 - Qt override
@@ -81,19 +89,37 @@ class EnginePicker(QComboBox):
         """List the engines (and `models`, when given: discovery is slow, so the window runs it later)."""
         if models is not None:
             self.models = models
+        remote = self.session.remote
         with QSignalBlocker(self):
             self.clear()
-            self.addItem("Patch engine (built-in, no download)", BUILTIN)
-            for label, path in self.models:
-                self.addItem(f"Diffusers: {label}", f"diffusers|{path}")
-            if self.searching:
-                self.addItem("Looking for models on this machine…", SEARCHING)
-                self.model().item(self.count() - 1).setEnabled(False)  # type: ignore[attr-defined]
-            self.insertSeparator(self.count())
-            self.addItem("Diffusers model folder…", CHOOSE_FOLDER)
-            self.addItem("Diffusers model file (.safetensors)…", CHOOSE_FILE)
-            self.addItem("Patch engine with my reference images…", CHOOSE_REFERENCES)
+            if remote is not None and remote.info is not None and remote.engine is not None:
+                self._add_server_models(remote.engine.label, remote.info.models)
+                self.insertSeparator(self.count())
+                self.addItem("Remote server…", CHOOSE_REMOTE)
+                self.addItem("Use this computer's engines", USE_LOCAL)
+            else:
+                self.addItem("Patch engine (built-in, no download)", BUILTIN)
+                for label, path in self.models:
+                    self.addItem(f"Diffusers: {label}", f"diffusers|{path}")
+                if self.searching:
+                    self.addItem("Looking for models on this machine…", SEARCHING)
+                    self.model().item(self.count() - 1).setEnabled(False)  # type: ignore[attr-defined]
+                self.insertSeparator(self.count())
+                self.addItem("Diffusers model folder…", CHOOSE_FOLDER)
+                self.addItem("Diffusers model file (.safetensors)…", CHOOSE_FILE)
+                self.addItem("Patch engine with my reference images…", CHOOSE_REFERENCES)
+                if remote is not None:
+                    self.addItem("Remote server…", CHOOSE_REMOTE)
         self.show_request(self.session.model.request)
+
+    def _add_server_models(self, server: str, models: tuple[dict[str, str], ...]) -> None:
+        for m in models:
+            if m["engine"] == "patch":
+                what = f"Patch engine: {m['name']}" if m["name"] else "Patch engine (built-in)"
+            else:
+                what = f"Diffusers: {m['name']}"
+            self.addItem(f"{server} · {what}", f"{m['engine']}|{m['name']}")
+        self.setToolTip(f"Runs go to the studio server at {server}")
 
     def show_request(self, request: Request) -> None:
         """Select the entry of the session's engine and model (adding it when it is not listed)."""
@@ -120,8 +146,43 @@ class EnginePicker(QComboBox):
         elif data == CHOOSE_REFERENCES:
             path = QFileDialog.getExistingDirectory(self, "Choose a folder of reference images")
             data = f"patch|{path}" if path else None
+        elif data in (CHOOSE_REMOTE, USE_LOCAL):
+            self.show_request(self.session.model.request)  # until the server answers, nothing changes
+            self._remote(data)
+            return
         if data is None or data == SEARCHING:  # a cancelled dialog (or the placeholder): show what is in use
             self.show_request(self.session.model.request)
             return
         engine, model = data.split("|", 1)
         self.session.model.set(engine=engine, model=model)
+
+    # -- a studio server ---------------------------------------------------------------------------------
+    def _remote(self, choice: str) -> None:
+        link = self.session.remote
+        if link is None:
+            return
+        if choice == USE_LOCAL:
+            link.disconnect_server()
+            return
+        url, token = link.saved
+        if link.engine is not None:
+            url, token = link.engine.url, link.engine.token
+        dialog = RemoteDialog(url, token, self)
+        if dialog.exec() == RemoteDialog.DialogCode.Accepted:
+            link.connect_to(*dialog.values())
+
+    def _remote_changed(self, _info: object = None) -> None:
+        """Connected or back on this machine: list what now runs, and keep a request it can run."""
+        link = self.session.remote
+        request = self.session.model.request
+        if link is not None and link.info is not None:
+            served = {(m["engine"], m["name"]) for m in link.info.models}
+            if (request.engine, request.model) not in served:
+                self.session.model.set(engine="patch", model="")  # the server's built-in references
+        elif request.model and not Path(request.model).expanduser().exists():
+            self.session.model.set(engine="patch", model="")  # a server's model name means nothing here
+        self.setToolTip("Which engine and model generate: the built-in patch engine needs no download")
+        self.rebuild()
+
+    def _remote_failed(self, _message: str) -> None:
+        self.show_request(self.session.model.request)

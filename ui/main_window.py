@@ -239,6 +239,25 @@ class MainWindow(QMainWindow):
         model.notice.connect(self.status.show_message)
         model.field("engine").connect(self.status.show_engine)
         self.status.show_engine(model.request.engine)
+        remote = self.session.remote
+        if remote is not None:
+            remote.connecting.connect(self._remote_connecting)
+            remote.connected.connect(self._remote_connected)
+            remote.disconnected.connect(self._remote_disconnected)
+            remote.failed.connect(self.show_error)
+
+    def _remote_connecting(self, url: str) -> None:
+        self.status.show_message(f"Connecting to the studio server at {url}…")
+
+    def _remote_connected(self, info) -> None:  # noqa: ANN001 - a backend.remote.ServerInfo
+        link = self.session.remote
+        server = link.engine.label if link is not None and link.engine is not None else info.url
+        self.status.show_server(server, info.device)
+        self.status.show_message(f"Connected: runs go to the studio server at {server} ({info.device})")
+
+    def _remote_disconnected(self) -> None:
+        self.status.show_server()
+        self.status.show_message("Runs go to this computer's engines again")
 
     def _restore_layout(self) -> None:
         geometry = self.settings.value("window/geometry")

@@ -1,4 +1,4 @@
-"""The status bar: messages and errors, step progress, time per step and the device in use."""
+"""The status bar: messages and errors, step progress, time per step, the server and device in use."""
 
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ class StatusBar(QStatusBar):
         self.zoom = QLabel()
         self.device = QLabel()
         self.device_override = device
+        self.server = ""  # "host:port" of the studio server that runs everything, when one does
+        self.server_device = ""
+        self._engine = "patch"
         self.addWidget(self.message, 1)
         self.addPermanentWidget(self.progress)
         self.addPermanentWidget(self.timing)
@@ -70,7 +73,7 @@ class StatusBar(QStatusBar):
             f"Done: new layer “{_short(result.request.prompt or 'Result')}” and a gallery entry"
         )
         device = result.extras.get("device")
-        if device:
+        if device and not self.server:
             self.device.setText(f"{result.request.engine} engine · device: {device}")
 
     def show_zoom(self, zoom: float) -> None:
@@ -79,8 +82,17 @@ class StatusBar(QStatusBar):
 
     def show_engine(self, engine: str) -> None:
         """The device a run of `engine` uses, before any run said so itself."""
+        self._engine = engine
+        if self.server:
+            self.device.setText(f"{engine} engine on {self.server} · device: {self.server_device}")
+            return
         device = self.device_override or ("cpu" if engine == "patch" else "auto")
         self.device.setText(f"{engine} engine · device: {device}")
+
+    def show_server(self, server: str = "", device: str = "") -> None:
+        """Runs go to the studio server `server` (host:port) on `device`; "" when they run here."""
+        self.server, self.server_device = server, device
+        self.show_engine(self._engine)
 
 
 def _short(text: str, limit: int = 40) -> str:
