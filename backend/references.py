@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from backend import strict_json
 from backend.errors import ImageError, ReferencesError
 from backend.images import open_image, pil_to_array
 
@@ -134,7 +134,7 @@ def _read_sidecar(folder: Path) -> dict[str, frozenset[str]]:
         return [value] if isinstance(value, str) else [str(v) for v in value]
 
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = strict_json.loads(path.read_text(encoding="utf-8"))
         return {
             str(e["file"]): frozenset(
                 _stem(w) for tag in listed(e, "tags") + listed(e, "synonyms") for w in words(tag)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import socket
 import threading
 import uuid
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from backend import wire
+from backend import strict_json, wire
 from backend.errors import RequestError
 from backend.events import Done, Event, StepEvent
 from backend.request import Request
@@ -193,7 +192,7 @@ class RemoteEngine:
             if response.status != 200:
                 raise self._refused(response, body)
             try:
-                data = json.loads(body)
+                data = strict_json.loads(body)
             except ValueError:
                 raise RemoteError(f"{self.url} did not answer like a studio server") from None
             if not isinstance(data, dict):
@@ -212,7 +211,7 @@ class RemoteEngine:
         if body is None:
             body = response.read(64 * 1024)
         try:
-            detail = str(json.loads(body).get("detail", ""))
+            detail = str(strict_json.loads(body).get("detail", ""))
         except (ValueError, AttributeError):
             detail = ""
         if response.status == 401:

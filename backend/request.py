@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -114,7 +115,27 @@ class Request:
         return self
 
 
+def non_finite(value: object, name: str = "") -> list[str]:
+    """The names of the numbers in a request (or any of its parts) that are NaN or infinite.
+
+    `NaN < 0` and `NaN > 50` are both false, so range checks alone let NaN through into files.
+    """
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [name]
+    if isinstance(value, tuple | list):
+        return [bad for item in value for bad in non_finite(item, name)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type | Picture):
+        found = []
+        for f in dataclasses.fields(value):
+            part = f.name.replace("_", " ")
+            found += non_finite(getattr(value, f.name), f"{name} {part}".strip())
+        return found
+    return []
+
+
 def _problems(r: Request):  # noqa: ANN202 - a generator of messages
+    for name in non_finite(r):
+        yield f"{name} must be a finite number"
     if r.engine not in ENGINES:
         yield f"unknown engine {r.engine!r}; choose one of {', '.join(ENGINES)}"
     low, high = SIZE_LIMITS.get(r.engine, (64, 2048))

@@ -15,7 +15,7 @@ from typing import Any
 from backend.errors import RequestError, StudioError
 from backend.grids import grid_from_json, grid_to_json
 from backend.images import Picture
-from backend.request import Concept, Control, Lora, Request
+from backend.request import Concept, Control, Lora, Request, non_finite
 
 RECIPE_FORMAT = "studio-recipe"
 RECIPE_VERSION = 1
@@ -75,7 +75,11 @@ def request_from_dict(data: Mapping[str, Any], missing_images: bool = False) -> 
     for name in known & set(data):
         values[name] = _field_from_json(name, data[name], getattr(defaults, name), missing_images)
     notes = [f"ignored unknown recipe field {k!r}" for k in sorted(set(data) - known - _SKIP)]
-    return Request(**values), notes
+    request = Request(**values)
+    bad = non_finite(request)
+    if bad:  # a NaN read into a request would be written into every file made from it
+        raise RecipeError(f"recipe field {bad[0]!r} is not a finite number")
+    return request, notes
 
 
 def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) -> Any:

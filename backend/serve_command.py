@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import json
 import os
 import secrets
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-from backend import wire
+from backend import strict_json, wire
 from backend.errors import StudioError
 
 PROG = "studio-serve"
@@ -235,7 +234,7 @@ def _wait_until_answering(host: str, port: int, token: str, timeout: float = 120
             response = conn.getresponse()
             body = response.read()
             if response.status == 200:
-                return str(json.loads(body).get("device", "?"))
+                return str(strict_json.loads(body).get("device", "?"))
             last = f"HTTP {response.status}"
         except (OSError, ValueError) as exc:
             last = str(exc)

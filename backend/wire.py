@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from backend import strict_json
 from backend.errors import StudioError
 from backend.events import Done, Event, StepEvent
 from backend.images import MAX_PIXELS, Picture, open_image
@@ -58,7 +58,7 @@ def run_path(run_id: str, action: str = "") -> str:
 def encode_request(request: Request) -> bytes:
     """A run's body: the request as a recipe (format, version, request with images embedded)."""
     recipe = {"format": RECIPE_FORMAT, "version": RECIPE_VERSION, "request": request_to_dict(request)}
-    return json.dumps(recipe, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return strict_json.dumps(recipe, separators=(",", ":")).encode("utf-8")
 
 
 def decode_request(body: bytes) -> Request:
@@ -70,7 +70,7 @@ def decode_request(body: bytes) -> Request:
     if len(body) > MAX_BODY_BYTES:
         raise StudioError(f"the request is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
     try:
-        data = json.loads(body)
+        data = strict_json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise StudioError(f"the request is not valid JSON ({exc})") from None
     if isinstance(data, Mapping) and data.get("format") == RECIPE_FORMAT:
@@ -88,7 +88,10 @@ def decode_request(body: bytes) -> Request:
 
 def line(kind: str, **fields: Any) -> bytes:
     """One event line of the stream."""
-    return json.dumps({"type": kind, **fields}, separators=(",", ":")).encode("utf-8") + b"\n"
+    return (
+        strict_json.dumps({"type": kind, **fields}, separators=(",", ":"), ensure_ascii=True).encode("utf-8")
+        + b"\n"
+    )
 
 
 def encode_event(event: Event, preview_side: int = PREVIEW_SIDE) -> bytes:
@@ -151,7 +154,7 @@ def decode_event(data: Mapping[str, Any], request: Request) -> Event:
 def parse_line(raw: bytes) -> dict[str, Any]:
     """One stream line as a JSON object; RemoteError for anything else."""
     try:
-        data = json.loads(raw)
+        data = strict_json.loads(raw)
     except (ValueError, RecursionError):
         raise RemoteError("the server sent a line that is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("type"), str):

@@ -5,16 +5,16 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend import strict_json
 from backend.errors import RequestError
 from backend.grids import Axis, Grid, canonical_axis, parse_values, values_text
 from backend.prompt_syntax import lora_tag, split_lora_tags
-from backend.request import Concept, Lora, Request
+from backend.request import Concept, Lora, Request, non_finite
 from studio.recipe import RecipeError
 
 # Our scheduler names and A1111's sampler names; a "_karras"-style suffix is A1111's "Schedule type".
@@ -80,14 +80,14 @@ def _quote(text: str) -> str:
     # A1111 quotes values holding ',', ':' or a newline as JSON; we also quote edge spaces and leading
     # quotes, which A1111's parser would otherwise strip or misread. Its unquote reads both.
     if any(c in text for c in ",:\n") or text != text.strip() or text.startswith('"'):
-        return json.dumps(text, ensure_ascii=False)
+        return strict_json.dumps(text)
     return text
 
 
 def _unquote(text: str) -> str:
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
         try:
-            value = json.loads(text)
+            value = strict_json.loads(text)
         except ValueError:
             return text
         return value if isinstance(value, str) else text
@@ -151,12 +151,16 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
     p["Prompt B"] = request.prompt_b or None
     p["Prompt blend"] = _num(request.blend) if request.blend != d.blend else None
     if request.concepts:
-        p["Concepts"] = json.dumps([[c.positive, c.negative, c.weight, c.start] for c in request.concepts])
+        p["Concepts"] = strict_json.dumps(
+            [[c.positive, c.negative, c.weight, c.start] for c in request.concepts], ensure_ascii=True
+        )
     p["Preview"] = request.preview if request.preview != d.preview else None
     if request.engine == "patch" or request.locality != d.locality:
         p["Locality"] = _num(request.locality)
     if request.reference_weights:
-        p["Reference weights"] = json.dumps([[n, w] for n, w in request.reference_weights])
+        p["Reference weights"] = strict_json.dumps(
+            [[n, w] for n, w in request.reference_weights], ensure_ascii=True
+        )
     p["Patch mode"] = request.patch_mode if request.patch_mode != d.patch_mode else None
     p["Exact"] = "True" if request.exact else None
     if request.grid is not None:  # as A1111's X/Y/Z plot writes its grid image's parameters
@@ -182,7 +186,7 @@ def _lora_fields(request: Request, extras: Mapping[str, Any]) -> dict[str, str |
     ]
     out["Lora hashes"] = ", ".join(hashes) or None
     if any(model_display_name(lora.name) != lora.name for lora in request.loras):
-        out["Lora paths"] = json.dumps([lora.name for lora in request.loras], ensure_ascii=False)
+        out["Lora paths"] = strict_json.dumps([lora.name for lora in request.loras])
     return out
 
 
@@ -281,8 +285,8 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         if key not in f:
             return []
         try:
-            value = json.loads(f[key])
-        except ValueError:
+            value = strict_json.loads(f[key])
+        except (ValueError, RecursionError):
             raise RecipeError(f"A1111 parameters: {key} is not a readable list") from None
         if not isinstance(value, list):
             raise RecipeError(f"A1111 parameters: {key} is not a list")
@@ -333,6 +337,9 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         exact=flag("Exact"),
         grid=_grid(f),
     )
+    bad = non_finite(request)
+    if bad:  # `CFG scale: nan` parses as a float; it is no setting anyone can run
+        raise RecipeError(f"A1111 parameters: the {bad[0]} is not a finite number")
     extras: dict[str, Any] = {}
     if f.get("Model hash"):
         extras["model_hash"] = f["Model hash"].strip()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import math
 import os
 import secrets
 import sys
@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from PIL import Image
 
+from backend import strict_json
 from backend.engine import Engine
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
@@ -51,6 +52,17 @@ def _seed(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    """A float option: NaN and infinity parse as floats but are no setting anyone can run or write down."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+_finite.__name__ = "finite number"  # argparse says "invalid finite number value: 'nan'"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Studio without the window: generate images, read their recipes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,info,models}")
@@ -67,17 +79,21 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--references", metavar="DIR", help="patch engine: a folder of reference images")
     g.add_argument("--seed", type=_seed, help="default: a random seed")
     g.add_argument("--steps", type=int)
-    g.add_argument("--guidance", type=float)
+    g.add_argument("--guidance", type=_finite)
     g.add_argument("--width", type=int, help="default: 256 (patch), 512 (diffusers), or the init image's")
     g.add_argument("--height", type=int, help="default: 256 (patch), 512 (diffusers), or the init image's")
     g.add_argument("--scheduler", help="euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, lcm, ...")
     g.add_argument("--init-image", metavar="IMAGE", help="start from this image (img2img)")
-    g.add_argument("--strength", type=float, help="how much of the init image to repaint, 0 to 1")
+    g.add_argument("--strength", type=_finite, help="how much of the init image to repaint, 0 to 1")
     g.add_argument("--mask", metavar="IMAGE", help="inpaint: white repaints, black keeps")
     g.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None, help="seamless tiling")
     g.add_argument("--variation-seed", type=_seed, help="default with a strength: the seed + 1")
-    g.add_argument("--variation-strength", type=float, help="0 = the seed's image, 1 = the variation seed's")
-    g.add_argument("--locality", type=float, help="patch engine: 0 makes new images, 1 reproduces references")
+    g.add_argument(
+        "--variation-strength", type=_finite, help="0 = the seed's image, 1 = the variation seed's"
+    )
+    g.add_argument(
+        "--locality", type=_finite, help="patch engine: 0 makes new images, 1 reproduces references"
+    )
     g.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
     g.add_argument(
         "--remote", metavar="URL", help="run on a studio server (studio-serve), e.g. http://gpu-box:8188"
@@ -188,7 +204,7 @@ def _generate(args: argparse.Namespace) -> int:
                         "total": event.total,
                         "elapsed_ms": round(event.elapsed_s * 1000, 1),
                     }
-                    print(json.dumps(step), flush=True)
+                    print(strict_json.dumps(step), flush=True)
                 if args.preview_dir and event.preview is not None:
                     path = Path(args.preview_dir) / f"step-{event.step:03d}.png"
                     Image.fromarray(event.preview).save(path, compress_level=1)
@@ -469,7 +485,7 @@ def _info(args: argparse.Namespace) -> int:
 
 def describe_json(path: str, meta: PngMetadata) -> str:
     """Everything `info` knows about an image as one JSON object (images in the request by digest)."""
-    return json.dumps(
+    return strict_json.dumps(
         {
             "file": str(path),
             "size": list(meta.size),

@@ -11,7 +11,6 @@ Records describe the *effect* of an operation on the document (undo of "add laye
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from backend import strict_json
 from studio.archive import ProjectError
 from studio.document import (
     AddLayer,
@@ -45,7 +45,7 @@ def encode(header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> bytes:
     """One framed record: the JSON header (with array shapes added) and the arrays' raw bytes."""
     arrays = [np.ascontiguousarray(a) for a in arrays]
     header = {**header, "arrays": [{"dtype": str(a.dtype), "shape": list(a.shape)} for a in arrays]}
-    text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    text = strict_json.dumps(header, separators=(",", ":")).encode("utf-8")
     payload = b"".join(a.tobytes() for a in arrays)
     crc = zlib.crc32(payload, zlib.crc32(text))
     return _FRAME.pack(MAGIC, len(text), len(payload), crc) + text + payload
@@ -74,7 +74,7 @@ def _frames(data: bytes) -> Iterator[tuple[Record, int]]:
         if zlib.crc32(payload, zlib.crc32(text)) != crc:
             return
         try:
-            header = json.loads(bytes(text).decode("utf-8"))
+            header = strict_json.loads(bytes(text).decode("utf-8"))
             arrays = _arrays(header, payload)
         except (ValueError, TypeError, KeyError):
             return

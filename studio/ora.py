@@ -60,7 +60,7 @@ def _write(handle: BinaryIO, document: Document) -> None:
                 "src": src,
                 "x": str(layer.x),
                 "y": str(layer.y),
-                "opacity": f"{float(layer.opacity):.4f}",
+                "opacity": _opacity_text(layer),
                 "visibility": "visible" if layer.visible else "hidden",
                 "composite-op": "svg:src-over",
             },
@@ -73,6 +73,15 @@ def _write(handle: BinaryIO, document: Document) -> None:
             write_png(archive, src, layer.pixels)
         write_png(archive, "mergedimage.png", merged)
         write_png(archive, "Thumbnails/thumbnail.png", _thumbnail(merged))
+
+
+def _opacity_text(layer: Layer) -> str:
+    opacity = float(layer.opacity)
+    if not math.isfinite(opacity):  # never write opacity="nan": no reader can use it
+        raise ProjectError(
+            f"layer {layer.name!r} has an opacity that is not a number; set it and export again"
+        )
+    return f"{opacity:.4f}"
 
 
 def _thumbnail(image: np.ndarray) -> np.ndarray:

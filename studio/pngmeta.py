@@ -14,7 +14,6 @@ What goes into the file:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -27,9 +26,10 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import MAX_TEXT_CHUNK, PngInfo
 
+from backend import strict_json
 from backend.errors import StudioError
 from backend.images import Picture, open_image
-from backend.request import Request
+from backend.request import Request, non_finite
 from studio.a1111 import model_display_name, request_from_a1111, to_a1111
 from studio.atomic import atomic_write
 from studio.recipe import Provenance, RecipeError, recipe_from_dict, recipe_to_dict
@@ -110,11 +110,14 @@ def save_png(
     picture = image if isinstance(image, Picture) else Picture(np.asarray(image))
     if picture.is_mask:
         picture = Picture(np.repeat(picture.pixels[:, :, None], 3, axis=2))
+    bad = non_finite(request)
+    if bad:  # never write `"guidance":NaN` (not JSON) or `CFG scale: nan` into a file
+        raise ExportError(f"cannot write {Path(path).name}: the recipe's {bad[0]} is not a finite number")
     extras = dict(extras or {})
     provenance = provenance or Provenance(id=picture.digest[:16])
     recipe = recipe_to_dict(request, extras, provenance)
     recipe["image_digest"] = picture.digest
-    recipe_text = json.dumps(recipe, ensure_ascii=False, separators=(",", ":"))
+    recipe_text = strict_json.dumps(recipe, separators=(",", ":"))
 
     info = PngInfo()
     info.add_text(PARAMETERS_KEY, to_a1111(request, extras))
@@ -244,7 +247,7 @@ def read_png_metadata(path: str | os.PathLike[str]) -> PngMetadata:
     parameters = texts.get(PARAMETERS_KEY)
     if RECIPE_KEY in texts:
         try:
-            data = json.loads(texts[RECIPE_KEY])
+            data = strict_json.loads(texts[RECIPE_KEY])
             recipe = recipe_from_dict(data)
             request, extras, provenance = recipe.request, dict(recipe.extras), recipe.provenance
             recipe_from = "studio"

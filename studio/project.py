@@ -16,7 +16,7 @@ Older formats are upgraded by the chain in `MIGRATIONS`; a newer format is refus
 from __future__ import annotations
 
 import io
-import json
+import math
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from backend import strict_json
 from backend.errors import StudioError
 from backend.request import Request
 from studio.archive import (
@@ -143,7 +144,7 @@ def _write_archive(handle: BinaryIO, data: ProjectData, save_id: str) -> None:
                 np.save(buf, np.ascontiguousarray(result.attribution), allow_pickle=False)
                 archive.writestr(f"gallery/{result.id}.attr.npy", buf.getvalue())
         # The manifest goes last so a reader that finds it knows every image before it was written.
-        write_text(archive, MANIFEST, json.dumps(_manifest(data, save_id), ensure_ascii=False, indent=1))
+        write_text(archive, MANIFEST, strict_json.dumps(_manifest(data, save_id), indent=1))
 
 
 def _manifest(data: ProjectData, save_id: str) -> dict[str, Any]:
@@ -165,28 +166,13 @@ def result_to_json(result: Result) -> dict[str, Any]:
     """A gallery result's manifest entry (everything but its pixels); the journal uses it too."""
     return {
         "id": result.id,
-        "recipe": recipe_to_dict(result.request, jsonable(result.extras)),
+        "recipe": recipe_to_dict(result.request, result.extras),
         "parents": list(result.parents),
         "painted": bool(result.painted),
         "created": float(result.created),
         "image": f"gallery/{result.id}.png",
         "attribution": f"gallery/{result.id}.attr.npy" if result.attribution is not None else None,
     }
-
-
-def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of engine extras: numpy values become plain numbers and lists."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= 4096 else f"<array {value.shape} {value.dtype}>"
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    return str(value)
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -225,7 +211,7 @@ def _read_manifest(archive: Any, label: str) -> Any:
         )
     raw = read_member(archive, MANIFEST, MAX_MANIFEST_BYTES)
     try:
-        return json.loads(raw.decode("utf-8"))
+        return strict_json.loads(raw.decode("utf-8"))
     except RecursionError:
         raise ProjectError(f"{label}: the manifest is nested too deeply to be a project") from None
     except (UnicodeDecodeError, ValueError) as exc:
@@ -308,9 +294,10 @@ _KIND_NAMES = {
 def _want(value: Any, kind: type | tuple[type, ...], what: str, label: str) -> Any:
     """`value` if it has the JSON type a manifest field needs; a ProjectError that says so otherwise."""
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds):
+    finite = not isinstance(value, float) or math.isfinite(value)
+    if isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds) and finite:
         return value
-    need = "a number" if float in kinds else _KIND_NAMES.get(kinds[0], kinds[0].__name__)
+    need = "a finite number" if float in kinds else _KIND_NAMES.get(kinds[0], kinds[0].__name__)
     got = "missing" if value is None else f"{type(value).__name__} {value!r:.40}"
     raise ProjectError(f"{label}: {what} should be {need} (found {got})")
 

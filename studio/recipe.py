@@ -7,11 +7,14 @@ The A1111 `parameters` text that other tools read is in `studio.a1111`.
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from backend import strict_json
 from backend.request import Request
 from backend.request_json import (
     RECIPE_FORMAT,
@@ -61,7 +64,7 @@ class Recipe:
 
 def compact_recipe(request: Request, extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A small recipe for an ancestor in a chain: images by digest only, plus the extras."""
-    return {"request": request_to_dict(request, images=False), "extras": dict(extras or {})}
+    return {"request": request_to_dict(request, images=False), "extras": jsonable(dict(extras or {}))}
 
 
 def ancestors_of(results: Iterable[Any]) -> tuple[Ancestor, ...]:
@@ -127,11 +130,29 @@ def recipe_to_dict(
         "format": RECIPE_FORMAT,
         "version": RECIPE_VERSION,
         "request": request_to_dict(request),
-        "extras": dict(extras or {}),
+        "extras": jsonable(dict(extras or {})),
     }
     if provenance is not None:
         out["lineage"] = provenance_to_dict(provenance)
     return out
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-safe copy of engine extras: numpy values become plain numbers and lists, and a number that
+    is not finite becomes null (extras describe a run; a NaN in them must not make the file invalid)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist()) if value.size <= 4096 else f"<array {value.shape} {value.dtype}>"
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
 
 
 def recipe_from_dict(data: Any) -> Recipe:
@@ -156,13 +177,13 @@ def recipe_to_json(
     request: Request, extras: Mapping[str, Any] | None = None, provenance: Provenance | None = None
 ) -> str:
     """The full recipe as compact JSON text (non-ASCII kept, so prompts stay readable)."""
-    return json.dumps(recipe_to_dict(request, extras, provenance), ensure_ascii=False, separators=(",", ":"))
+    return strict_json.dumps(recipe_to_dict(request, extras, provenance), separators=(",", ":"))
 
 
 def recipe_from_json(text: str | bytes) -> Recipe:
     """Read recipe JSON text; raises RecipeError if it is not valid JSON or not a recipe."""
     try:
-        data = json.loads(text)
+        data = strict_json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise RecipeError(f"the recipe is not valid JSON ({exc})") from None
     return recipe_from_dict(data)

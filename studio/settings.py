@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from PySide6.QtCore import QSettings
 
+from backend import strict_json
 from backend.errors import StudioError
 from backend.request import Request
 from studio.document import MAX_CANVAS_PIXELS, UNDO_LIMIT_BYTES
@@ -150,11 +150,16 @@ class Settings:
         if not text:
             return default
         try:
-            value = json.loads(str(text))
-        except ValueError:
+            value = strict_json.loads(str(text))
+        except (ValueError, RecursionError):
             log.warning("ignoring an unreadable setting %s", key)
             return default
         return value if default is None or isinstance(value, type(default)) else default
 
     def _set_json(self, key: str, value: Any) -> None:
-        self.qsettings.setValue(key, json.dumps(value))
+        try:
+            text = strict_json.dumps(value, ensure_ascii=True)
+        except ValueError:  # a NaN would make the whole setting unreadable: keep the last good one
+            log.warning("not saving the setting %s: it holds a number that is not finite", key)
+            return
+        self.qsettings.setValue(key, text)

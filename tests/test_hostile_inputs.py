@@ -416,6 +416,173 @@ def test_the_window_survives_every_hostile_file(make_window, qtbot, tmp_path):
     assert window.open_path(str(good)) and [la.name for la in window.document.layers] == ["Background", "ink"]
 
 
+# ------------------------------------------------------------------------- numbers that are not numbers
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--guidance", "nan"), ("--guidance", "inf"), ("--strength", "nan"), ("--locality", "-inf")],
+)
+def test_the_cli_refuses_nan_and_infinity(tmp_path, capsys, monkeypatch, option, value):
+    from studio.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o.png"
+    code = main(["generate", f"{option}={value}", "--prompt", "x", "--out", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "invalid finite number value" in err and not out.exists(), (code, err)
+    lost = faults.bytes_lost({}, faults.snapshot(files=tmp_path.iterdir()))
+    faults.record(
+        "number", f"`studio-cli generate {option} {value}`", f"exit 2: {err.split(': ', 1)[1]}", lost
+    )
+
+
+def _png_with_texts(path: Path, texts: dict[str, str]) -> Path:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, text in texts.items():
+        info.add_itxt(key, text)
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(path, pnginfo=info)
+    return path
+
+
+def test_a_recipe_holding_nan_is_not_run_and_info_stays_json(tmp_path, capsys, monkeypatch):
+    """`"guidance":NaN` in the studio recipe and `CFG scale: nan` beside it: neither gives a request."""
+    from backend import strict_json
+    from studio.cli import main
+    from studio.pngmeta import read_png_metadata
+    from studio.recipe import recipe_to_json
+
+    text = recipe_to_json(Request(prompt="p", width=16, height=16)).replace(
+        '"guidance":7.5', '"guidance":NaN'
+    )
+    path = _png_with_texts(
+        tmp_path / "nan.png",
+        {
+            "studio:recipe": text,
+            "parameters": "p\nSteps: 20, Sampler: Euler, CFG scale: nan, Seed: 1, Size: 16x16",
+        },
+    )
+    before = faults.snapshot(files=[path])
+    meta = read_png_metadata(path)
+    assert (
+        meta.request is None
+        and any("NaN" in n for n in meta.notes)
+        and any("finite" in n for n in meta.notes)
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--recipe", str(path), "--out", str(tmp_path / "o.png"), "-q"]) == 1
+    err = capsys.readouterr().err
+    assert "no recipe to re-run" in err and not (tmp_path / "o.png").exists()
+    assert main(["info", "--json", str(path)]) == 0
+    assert strict_json.loads(capsys.readouterr().out)["request"] is None
+    lost = faults.bytes_lost(before, faults.snapshot(files=[path]))
+    faults.record(
+        "number",
+        'PNG recipe with `"guidance":NaN` and `CFG scale: nan`',
+        f"not re-run: {err.split(': ', 2)[2]}",
+        lost,
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999", "-inf"])
+def test_a1111_text_with_a_number_that_is_not_finite_is_refused(value):
+    from studio.a1111 import request_from_a1111
+    from studio.recipe import RecipeError
+
+    text = f"a fox\nSteps: 20, Sampler: Euler, CFG scale: {value}, Seed: 1, Size: 512x512"
+    with pytest.raises(RecipeError, match="not a finite number"):
+        request_from_a1111(text)
+
+
+def test_a_request_with_nan_anywhere_is_invalid():
+    from backend.request import Concept, RequestError
+
+    for bad in (
+        Request(guidance=float("nan")),
+        Request(strength=float("nan")),
+        Request(concepts=(Concept("a", "b", float("nan")),)),
+        Request(reference_weights=(("r", float("inf")),)),
+    ):
+        with pytest.raises(RequestError, match="finite"):
+            bad.validate()
+
+
+def _manifest_text(good: Path, dst: Path, text_change) -> Path:
+    from hostile_files import members_of, write_zip
+
+    members = members_of(good)
+    members["manifest.json"] = text_change(members["manifest.json"].decode()).encode()
+    return write_zip(dst, members.items())
+
+
+@pytest.mark.parametrize(
+    "label, old, new",
+    [
+        ("layer opacity NaN", '"opacity": 0.5', '"opacity": NaN'),
+        ("layer opacity 1e400", '"opacity": 0.5', '"opacity": 1e400'),
+        ("result time -Infinity", '"created": 1.0', '"created": -Infinity'),
+    ],
+)
+def test_a_project_holding_nan_is_refused(tmp_path, prober, label, old, new):
+    good = tmp_path / "good.studio"
+    doc = Document(24, 16, [Layer("Background", np.full((16, 24, 4), 255, np.uint8), opacity=0.5, id="bg")])
+    gallery = Gallery()
+    gallery.add(
+        Result(np.zeros((16, 24, 3), np.uint8), Request(prompt="p", width=24, height=16), id="r", created=1.0)
+    )
+    save_project(good, doc, gallery)
+    path = _manifest_text(good, tmp_path / "nan.studio", lambda t: t.replace(old, new))
+    assert new in zipfile.ZipFile(path).read("manifest.json").decode()
+    work = faults.snapshot(doc, files=[path])
+    with pytest.raises(ProjectError, match="finite|not a number JSON allows|too large a number") as err:
+        load_project(path)
+    lost = faults.bytes_lost(work, faults.snapshot(doc, files=[path]))
+    cost = prober.open(path, "studio")
+    assert cost.outcome == "refused", cost
+    faults.record("number", f".studio {label}", "refused: " + str(err.value).split(": ", 1)[1], lost, cost)
+
+
+def test_nan_is_never_written_into_a_file(tmp_path):
+    """Exports refuse a NaN that got past every check; extras that hold one are written as null."""
+    from backend import strict_json
+    from studio.ora import export_ora
+    from studio.pngmeta import ExportError, save_png
+
+    doc = Document(8, 8, [Layer("odd", np.zeros((8, 8, 4), np.uint8), opacity=float("nan"))])
+    with pytest.raises(ProjectError, match="not a number"):
+        export_ora(tmp_path / "x.ora", doc)
+    with pytest.raises(ExportError, match="finite"):
+        save_png(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8), Request(guidance=float("nan")))
+    assert list(tmp_path.iterdir()) == []
+    gallery = Gallery()
+    gallery.add(
+        Result(
+            np.zeros((8, 8, 3), np.uint8), Request(), {"share": float("nan"), "n": np.float32("inf")}, id="r"
+        )
+    )
+    save_project(tmp_path / "p.studio", Document(8, 8), gallery)
+    manifest = strict_json.loads(zipfile.ZipFile(tmp_path / "p.studio").read("manifest.json"))
+    assert manifest["gallery"][0]["recipe"]["extras"] == {"share": None, "n": None}
+
+
+def test_json_is_written_and_read_strictly_everywhere():
+    """Every JSON the studio writes or reads goes through backend/strict_json.py (no NaN in, none out)."""
+    root = Path(__file__).resolve().parents[1]
+    # Model configs are diffusers' own files, read and copied as diffusers writes them.
+    allowed = {"backend/strict_json.py", "backend/models.py", "backend/controlnets.py", "backend/previews.py"}
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for folder in ("studio", "backend")
+        for path in sorted((root / folder).rglob("*.py"))
+        if str(path.relative_to(root)) not in allowed
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if re.search(r"\bjson\.(dumps|loads|dump|load)\(", line)
+    ]
+    assert not offenders, offenders
+
+
 # --------------------------------------------------------------------------------------------- prompts
 
 
