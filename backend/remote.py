@@ -14,7 +14,7 @@ import http.client
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -60,6 +60,9 @@ class RemoteEngine:
         self._host = parts.hostname
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path
+        # Called with every event line as the server sent it (JSON object), before it is decoded: benchmarks
+        # read the server's send time `t` from it.
+        self.trace: Callable[[dict[str, Any]], None] | None = None
 
     @property
     def label(self) -> str:
@@ -140,6 +143,8 @@ class RemoteEngine:
                         "abandoned and nothing from it was kept"
                     )
                 data = wire.parse_line(raw)
+                if self.trace is not None:
+                    self.trace(data)
                 kind = data["type"]
                 if kind in ("step", "done"):
                     event = wire.decode_event(data, request)
