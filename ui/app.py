@@ -121,6 +121,7 @@ class Demo(QObject):
         session = self.window.session
         if not session.model.request.prompt:
             session.model.set(prompt=DEMO_PROMPT)
+        session.runs.set_seed_locked(True)  # the demo runs the stored seed: the same picture every time
         request = session.runs.generate()
         self.steps = request.steps if request is not None else 0
 

@@ -40,7 +40,7 @@ from ui.gallery_panel import GalleryPanel
 from ui.layers_panel import LayersPanel
 from ui.project_actions import ProjectActions
 from ui.prompt_panel import PromptPanel
-from ui.shortcuts import ShortcutsDialog
+from ui.shortcuts import NAME_PROPERTY, ShortcutsDialog
 from ui.slider_panel import SliderPanel
 from ui.status import StatusBar
 
@@ -148,6 +148,8 @@ class MainWindow(QMainWindow):
         self.live_action.toggled.connect(self.session.runs.set_live)
         self.undo_action = self._action("Undo", self.document.undo, QKeySequence.StandardKey.Undo)
         self.redo_action = self._action("Redo", self.document.redo, ["Ctrl+Shift+Z", "Ctrl+Y"])
+        for action, name in ((self.undo_action, "Undo"), (self.redo_action, "Redo")):
+            action.setProperty(NAME_PROPERTY, name)  # their text names the step ("Undo Paint")
         self.new_action = self._action("New canvas…", self.new_canvas, QKeySequence.StandardKey.New)
         self.open_action = self._action("Open image as layer…", self.open_image, "Ctrl+I")
         self.export_png_action = self._action("Export PNG with recipe…", self.export_png, "Ctrl+E")
@@ -307,6 +309,8 @@ class MainWindow(QMainWindow):
 
     def _run_ended(self, how: str) -> None:
         self.canvas.clear_preview()
+        if how != "done":
+            self.status.clear_timing()
         if how == "cancelled":
             self.status.show_message("Cancelled: nothing was added")
 

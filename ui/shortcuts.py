@@ -16,10 +16,14 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+NAME_PROPERTY = "shortcut_name"  # an action whose text changes (Undo Paint) names itself with this property
+
 
 def action_name(action: QAction) -> str:
-    """An action's text as a person reads it (no mnemonic ampersands, no trailing ellipsis)."""
-    return action.text().replace("&&", "\0").replace("&", "").replace("\0", "&").rstrip("…").strip()
+    """An action's name as a person reads it (no mnemonic ampersands, no trailing ellipsis)."""
+    fixed = action.property(NAME_PROPERTY)
+    text = fixed if isinstance(fixed, str) and fixed else action.text()
+    return text.replace("&&", "\0").replace("&", "").replace("\0", "&").rstrip("…").strip()
 
 
 def keys_text(action: QAction) -> str:
@@ -63,6 +67,7 @@ class ShortcutsDialog(QDialog):
         self.table = QTableWidget(0, 3)
         self.table.setHorizontalHeaderLabels(["Menu", "Command", "Keys"])
         self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 8)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
         header = self.table.horizontalHeader()

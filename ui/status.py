@@ -45,6 +45,7 @@ class StatusBar(QStatusBar):
     def show_started(self) -> None:
         """A run began: a busy bar until the engine's first step says how many steps there are."""
         self.show_message("Generating…")
+        self.timing.clear()
         self.progress.reset()
         self.progress.setRange(0, 0)  # busy: no number is better than a made-up total
         self.progress.setVisible(True)
@@ -61,9 +62,12 @@ class StatusBar(QStatusBar):
         )
 
     def show_idle(self) -> None:
-        """No run: hide the bar and forget the last run's step and speed."""
+        """No run: hide the bar and forget the last run's step (its speed stays until the next run)."""
         self.progress.setVisible(False)
         self.progress.reset()
+
+    def clear_timing(self) -> None:
+        """Forget the speed of a run that made nothing (cancelled or failed)."""
         self.timing.clear()
 
     def show_done(self, result: Result) -> None:
