@@ -23,6 +23,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 
 from backend.adapters import Adapters
 from backend.batching import batch_groups, batch_key, batch_limit, is_out_of_memory, per_request
+from backend.conditioning import PromptSchedule, TextEncoder, schedule_for
 from backend.controlnets import PreparedControl, control_residuals
 from backend.devices import describe, pick_device, pick_dtype
 from backend.errors import ModelError, RequestError, StudioError
@@ -53,8 +54,7 @@ class Prepared:
     """A run's inputs that stay fixed over its steps (kept so that a later request can resume)."""
 
     timesteps: torch.Tensor
-    cond: Embeds
-    uncond: Embeds
+    text: PromptSchedule  # (cond, uncond) per stretch of steps: prompt editing switches between them
     noise: torch.Tensor
     latents: torch.Tensor  # the starting latents
     image_latents: torch.Tensor | None
@@ -210,13 +210,14 @@ class DiffusersEngine:
                 prepared = self._prepare(rs, model, scheduler, generators, guided, nets)
                 latents, start, kept = prepared.latents, 0, {}
             timesteps = prepared.timesteps
+            encoder = TextEncoder(pipe, self.device)
             cache = RunCache(prefix_key(r), r.concepts, prepared, len(timesteps), kept)
             self._cache = cache if single else None  # a batch leaves nothing to resume from
 
             # 3. Concept directions, each switched on from its first step; snapshots at those steps.
             shifts = [
                 ConceptShift(
-                    self._concept_direction(pipe, c.positive, c.negative),
+                    encoder.one(c.positive).minus(encoder.one(c.negative)),
                     per_request([x.concepts[j].weight for x in rs], self.device, pipe.unet.dtype),
                     first_step(c.start, len(timesteps)),
                 )
@@ -241,9 +242,10 @@ class DiffusersEngine:
                     return None
                 if i in snapshot_steps and i not in cache.snapshots:
                     cache.snapshots[i] = Snapshot.take(i, latents, scheduler, generators[0])
-                c = conditioning_at(p.cond, shifts, i)
-                text = torch.cat([p.uncond.tokens, c.tokens]) if guided else c.tokens
-                added = _with_pooled(p.added, p.uncond, c, guided)
+                base, uncond = p.text.at(i)
+                c = conditioning_at(base, shifts, i)
+                text = torch.cat([uncond.tokens, c.tokens]) if guided else c.tokens
+                added = _with_pooled(p.added, uncond, c, guided)
                 model_input = torch.cat([latents] * 2) if guided else latents
                 model_input = scheduler.scale_model_input(model_input, t)
                 residuals = control_residuals(
@@ -285,21 +287,7 @@ class DiffusersEngine:
     ) -> Prepared:
         """The inputs of a run (of a batch: each request's stacked) that stay fixed over its steps."""
         pipe, device, r = model.pipe, self.device, rs[0]
-        # a. Text conditioning: prompt (blended towards prompt B) and negative, per request.
-        encoded: dict[tuple[str, str], tuple[Embeds, Embeds]] = {}
-        conds, unconds = [], []
-        for x in rs:
-            key = (x.prompt, x.negative_prompt)
-            if key not in encoded:
-                encoded[key] = self._encode(pipe, x.prompt, x.negative_prompt, guided)
-            cond, uncond = encoded[key]
-            if x.blend > 0:
-                cond = cond.blend(self._encode(pipe, x.prompt_b, "", False)[0], x.blend)
-            conds.append(cond)
-            unconds.append(uncond)
-        cond, uncond = Embeds.stack(conds), Embeds.stack(unconds)
-
-        # b. Timesteps: all of them, or the tail an init image enters at.
+        # a. Timesteps: all of them, or the tail an init image enters at.
         scheduler.set_timesteps(r.steps, device=device)
         if r.init_image is not None:
             timesteps = img2img_timesteps(scheduler, r.steps, r.strength)
@@ -312,9 +300,13 @@ class DiffusersEngine:
             if hasattr(scheduler, "set_begin_index"):
                 scheduler.set_begin_index(0)
 
+        # b. Text conditioning: prompt (blended towards prompt B) and negative, per request, for each
+        #    stretch of steps that prompt editing gives.
+        text = schedule_for(TextEncoder(pipe, device), rs, len(timesteps), guided)
+
         # c. Latents: noise, or the init image noised to the first timestep; inpainting masks. Each
         #    request draws from its own generator in the single run's order.
-        dtype = cond.tokens.dtype
+        dtype = text.cond[0].tokens.dtype
         shape = (1, 4, r.height // pipe.vae_scale_factor, r.width // pipe.vae_scale_factor)
         posterior = self._encode_image(pipe, r.init_image) if r.init_image is not None else None
         mask = latent_mask(r.mask.pixels, shape[-2:], device, dtype) if r.mask is not None else None
@@ -355,8 +347,7 @@ class DiffusersEngine:
         controls = self.adapters.prepare_controls(pipe, r, nets, guided, len(rs))
         return Prepared(
             timesteps,
-            cond,
-            uncond,
+            text,
             noise,
             latents,
             image_latents,
@@ -368,25 +359,6 @@ class DiffusersEngine:
         )
 
     # --- steps of the loop -------------------------------------------------------------------------------
-
-    def _encode(self, pipe: Any, prompt: str, negative: str, guided: bool) -> tuple[Embeds, Embeds]:
-        """(prompt, negative) conditioning through the pipeline's own encode_prompt."""
-        with torch.no_grad():
-            if hasattr(pipe, "text_encoder_2"):
-                # An empty negative is None so that SDXL uses its zero embedding, as the pipeline does.
-                pe, ne, pooled, npooled = pipe.encode_prompt(
-                    prompt=prompt,
-                    device=self.device,
-                    num_images_per_prompt=1,
-                    do_classifier_free_guidance=guided,
-                    negative_prompt=negative or None,
-                )
-                return Embeds(pe, pooled), Embeds(ne, npooled) if guided else Embeds(pe, pooled)
-            pe, ne = pipe.encode_prompt(prompt, self.device, 1, guided, negative)
-            return Embeds(pe), Embeds(ne) if guided else Embeds(pe)
-
-    def _concept_direction(self, pipe: Any, positive: str, negative: str) -> Embeds:
-        return self._encode(pipe, positive, "", False)[0].minus(self._encode(pipe, negative, "", False)[0])
 
     def _encode_image(self, pipe: Any, picture: Any, hole: Any = None) -> Any:
         """The VAE posterior of an init image (with the mask's hole blanked to mid-grey when given)."""
