@@ -42,9 +42,10 @@ def blend_into(
     base: np.ndarray | None = None,
     replace: tuple[str, np.ndarray] | None = None,
 ) -> None:
-    """Write the composite of `layers` inside canvas rectangle `rect` into `out` (h×w×3 uint8).
+    """Write the composite of `layers` inside canvas rectangle `rect` into `out`: h×w×3 RGB, or h×w×4
+    RGBX (the alpha byte is 255), uint8.
 
-    `base` (h×w×3, may be `out` itself) is what lies under the first layer; white when None.
+    `base` (like `out`, and may be `out` itself) is what lies under the first layer; white when None.
     `replace` = (layer id, h×w×4 pixels of `rect`) shows that layer with other pixels (a stroke in
     progress) without touching it.
     """
@@ -56,6 +57,8 @@ def blend_into(
         rows = min(band, h - top)
         if base is None:
             acc = Image.new("RGBA", (w, rows), WHITE)
+        elif base.shape[2] == 4:
+            acc = Image.fromarray(np.ascontiguousarray(base[top : top + rows]), "RGBA")
         else:
             acc = Image.fromarray(np.ascontiguousarray(base[top : top + rows]), "RGB").convert("RGBA")
         for layer in layers:
@@ -74,7 +77,7 @@ def blend_into(
             if not src[..., 3].any():
                 continue  # transparent here (a new layer, a blank one): checking is far cheaper than blending
             _blend_layer(acc, src, bx0 - x, by0 - y - top, layer.opacity)
-        out[top : top + rows] = np.asarray(acc.convert("RGB"))
+        out[top : top + rows] = np.asarray(acc if out.shape[2] == 4 else acc.convert("RGB"))
 
 
 def _blend_layer(acc: Image.Image, src: np.ndarray, dx: int, dy: int, opacity: float) -> None:
@@ -98,17 +101,23 @@ def _signature(layer: Layer) -> tuple:
 class Compositor:
     """A composite kept up to date incrementally: the layers below the pivot are cached.
 
-    `rgb` is the current picture (H×W×3 uint8, updated in place when the canvas size stays). The cache
-    of what lies below the pivot is made on the first change that could use it, not before, so opening
-    a document costs only the picture itself.
+    `pixels` is the current picture, H×W×4 RGBX uint8 (four bytes a pixel draw several times faster
+    than three in Qt), updated in place while the canvas size stays. The cache of what lies below the
+    pivot is made on the first change that could use it, not before, so opening a document costs only
+    the picture itself.
     """
 
     def __init__(self) -> None:
-        self.rgb = np.zeros((1, 1, 3), np.uint8)
+        self.pixels = np.zeros((1, 1, 4), np.uint8)
         self._below: np.ndarray | None = None  # composite of the first `len(self._below_sigs)` layers
         self._below_sigs: list[tuple] = []
-        self._sigs: list[tuple] = []  # the layers `rgb` was last made from
+        self._sigs: list[tuple] = []  # the layers `pixels` was last made from
         self.blends = 0  # layers blended over the whole canvas since creation (tests, benches)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """The picture's RGB channels (a view)."""
+        return self.pixels[..., :3]
 
     def drop_cache(self) -> None:
         """Forget the cached layers below the pivot (it costs as much memory as the picture)."""
@@ -116,14 +125,14 @@ class Compositor:
         self._below_sigs = []
 
     def update(self, layers: Sequence[Layer], width: int, height: int, pivot: int) -> np.ndarray:
-        """Bring `rgb` up to date with `layers`; `pivot` = index of the layer most likely to change next."""
+        """Bring `pixels` up to date with `layers`; `pivot`: the layer most likely to change next."""
         sigs = [_signature(layer) for layer in layers]
-        if self.rgb.shape[:2] != (height, width):
-            self.rgb = np.empty((height, width, 3), np.uint8)
+        if self.pixels.shape[:2] != (height, width):
+            self.pixels = np.empty((height, width, 4), np.uint8)
             self.drop_cache()
             self._sigs = []
         elif sigs == self._sigs:
-            return self.rgb
+            return self.pixels
         pivot = min(max(pivot, 0), len(layers))
         cached = len(self._below_sigs)
         changed = _first_difference(sigs, self._sigs)
@@ -132,26 +141,26 @@ class Compositor:
             # Extend the cache up to the pivot, then blend the rest over a copy of it.
             self._blend(self._below, layers[cached:pivot], rect, self._below)
             self._below_sigs = sigs[:pivot]
-            self._blend(self.rgb, layers[pivot:], rect, self._below)
+            self._blend(self.pixels, layers[pivot:], rect, self._below)
         elif self._sigs and changed >= pivot > 0:
             # The first change since the last picture is at or above the pivot: worth keeping the layers
             # below it for next time (an opacity drag, a live result, a fill, an undo of a large paint).
-            self._below = np.empty((height, width, 3), np.uint8)
+            self._below = np.empty((height, width, 4), np.uint8)
             self._blend(self._below, layers[:pivot], rect, None)
             self._below_sigs = sigs[:pivot]
-            self._blend(self.rgb, layers[pivot:], rect, self._below)
+            self._blend(self.pixels, layers[pivot:], rect, self._below)
         else:
             self.drop_cache()
-            self._blend(self.rgb, layers, rect, None)
+            self._blend(self.pixels, layers, rect, None)
         self._sigs = sigs
-        return self.rgb
+        return self.pixels
 
     def update_region(
         self, layers: Sequence[Layer], rect: Rect, replace: tuple[str, np.ndarray] | None = None
     ) -> None:
-        """Redo one rectangle of `rgb` (a stroke); `replace` shows one layer with other pixels there."""
+        """Redo one rectangle of the picture (a stroke); `replace` shows one layer with other pixels there."""
         x, y, w, h = rect
-        out = self.rgb[y : y + h, x : x + w]
+        out = self.pixels[y : y + h, x : x + w]
         sigs = [_signature(layer) for layer in layers]
         cached = len(self._below_sigs)
         if self._below is not None and sigs[:cached] == self._below_sigs and _above(replace, layers, cached):
@@ -160,6 +169,10 @@ class Compositor:
             blend_into(out, layers, rect, None, replace)
         if replace is None:
             self._sigs = sigs
+
+    def mark_current(self, layers: Sequence[Layer]) -> None:
+        """The caller has already shown exactly these layers (a committed stroke it previewed)."""
+        self._sigs = [_signature(layer) for layer in layers]
 
     def _blend(self, out: np.ndarray, layers: Sequence[Layer], rect: Rect, base: np.ndarray | None) -> None:
         self.blends += sum(1 for layer in layers if layer.visible and layer.opacity > 0)

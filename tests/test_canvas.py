@@ -220,3 +220,22 @@ def test_a_stroke_in_progress_and_the_mask_show_above_the_preview(qtbot):
     drag(qtbot, canvas, [(40, 30), (50, 30)])
     mask_shot = canvas.grab().toImage().pixelColor(at(42, 30))  # inside the stroke, off the brush outline
     assert canvas.has_preview and mask_shot.red() > 90 and mask_shot.green() < 150  # 45 % red over green
+
+
+def test_a_change_during_a_stroke_still_leaves_the_canvas_equal_to_the_document(qtbot):
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    layer = doc.add_layer("ink")
+    canvas.brush.size, canvas.brush.color = 10, (10, 200, 30)
+    off = canvas.offset
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=QPoint(int(off.x()) + 5, int(off.y()) + 5))
+    qtbot.mouseMove(canvas, QPoint(int(off.x()) + 30, int(off.y()) + 20))
+    other = np.zeros((48, 64, 4), np.uint8)
+    other[10:30, 10:40] = (0, 0, 255, 128)
+    doc.add_layer("arrived meanwhile", other, index=0)  # e.g. a result landing mid-stroke
+    canvas.composite_image()  # the canvas paints it (without the stroke's earlier segments)
+    doc.set_active(layer.id)
+    qtbot.mouseMove(canvas, QPoint(int(off.x()) + 50, int(off.y()) + 30))
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=QPoint(int(off.x()) + 50, int(off.y()) + 30))
+    assert layer.pixels[..., 3].any()
+    assert np.array_equal(shown(canvas), doc.composite())

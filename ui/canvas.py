@@ -65,6 +65,8 @@ class CanvasView(QWidget):
         self._stroke_rgba: np.ndarray | None = None
         self._stroke_image: QImage | None = None
         self._dirty: QRect | None = None  # the rectangle the last paint command changed
+        self._stroke_exact = False  # the composite shows the stroke in progress exactly as it will commit
+        self._shown: QRect | None = None  # a committed stroke's rectangle the composite already shows
         self._pan_from: QPointF | None = None
         self._space = False
         self._hover: QPointF | None = None
@@ -101,7 +103,9 @@ class CanvasView(QWidget):
             self._paint_mask(x, y, doc.mask[y : y + h, x : x + w])
         elif kind in ("mask", "reset"):
             self._rebuild_mask()
-        if kind == "pixels" and dirty is not None:
+        if kind == "pixels" and dirty is not None and dirty == self._shown:
+            self._compositor.mark_current(doc.layers)  # the stroke's preview is exactly the result
+        elif kind == "pixels" and dirty is not None:
             self._dirty_rects.append(dirty)
         elif kind != "mask":
             self._full_pending = True  # composited when the widget next paints (or is asked for it)
@@ -114,8 +118,10 @@ class CanvasView(QWidget):
         """Bring the composite up to date with every change since the last paint (at most one full pass)."""
         doc = self.document
         comp = self._compositor
-        before = comp.rgb
-        if self._full_pending or comp.rgb.shape[:2] != (doc.height, doc.width):
+        if self._stroke is not None and (self._full_pending or self._dirty_rects):
+            self._stroke_exact = False  # other changes came in: the stroke's rectangle must be redone
+        before = comp.pixels
+        if self._full_pending or comp.pixels.shape[:2] != (doc.height, doc.width):
             pivot = doc.index_of(doc.active_id) if doc.active_id is not None else len(doc.layers)
             comp.update(doc.layers, doc.width, doc.height, pivot)
             self._full_pending = False
@@ -125,15 +131,16 @@ class CanvasView(QWidget):
             rect = rect.intersected(canvas)
             if not rect.isEmpty():
                 comp.update_region(doc.layers, (rect.x(), rect.y(), rect.width(), rect.height()))
-        if self._dirty_rects or comp.rgb is not before or self._image.isNull():
+        if self._dirty_rects or comp.pixels is not before or self._image.isNull():
             self._wrap_rgb()
         self._dirty_rects.clear()
 
     def _wrap_rgb(self) -> None:
-        rgb = self._compositor.rgb
-        h, w = rgb.shape[:2]
-        # Wraps the array without copying: the compositor keeps it alive as long as the image.
-        self._image = QImage(rgb.data, w, h, rgb.strides[0], QImage.Format.Format_RGB888)
+        rgbx = self._compositor.pixels
+        h, w = rgbx.shape[:2]
+        # Wraps the array without copying: the compositor keeps it alive as long as the image. Four bytes
+        # a pixel: Qt draws RGBX several times faster than RGB888, which it converts on every paint.
+        self._image = QImage(rgbx.data, w, h, rgbx.strides[0], QImage.Format.Format_RGBX8888)
 
     def _rebuild_mask(self) -> None:
         self._mask_rgba = None
@@ -317,6 +324,7 @@ class CanvasView(QWidget):
             self.notice.emit(f"“{layer.name}” is hidden: tick it in Layers to see what you paint on it")
         erase = self.tool == MASK and bool(modifiers & Qt.KeyboardModifier.AltModifier)
         self._stroke = Stroke(self.tool, self.brush, self.document.width, self.document.height, erase)
+        self._stroke_exact = True
         self._show_stroke(self._stroke.add_point(point, pressure))
 
     def _move(self, pos: QPointF, pressure: float) -> None:
@@ -453,7 +461,12 @@ class CanvasView(QWidget):
         elif doc.active is not None:
             layer = doc.active
             after = stroke.apply(layer.region(x, y, w, h), b)
-            doc.paint(layer.id, x, y, after, label="Erase" if stroke.tool == ERASER else "Brush stroke")
+            # Every segment was composited with the stroke applied: the composite already shows this.
+            self._shown = b if self._stroke_exact else None
+            try:
+                doc.paint(layer.id, x, y, after, label="Erase" if stroke.tool == ERASER else "Brush stroke")
+            finally:
+                self._shown = None
         self.stroke_committed.emit(stroke.tool)
 
     def cancel_stroke(self) -> None:
