@@ -285,6 +285,14 @@ def test_window_runs_on_the_server_chosen_in_the_engine_picker(
     result = added.args[0]
     assert window.canvas.frames_painted >= 1  # the server's previews reached the canvas
     assert np.array_equal(result.image, local_patch(result.request).image)
+    layers = len(window.document.layers)
+    with qtbot.waitSignal(window.session.runs.run_ended, timeout=120_000) as ended:
+        window.session.model.set(steps=60, width=128, height=128)
+        window.generate()
+        qtbot.waitSignal(window.session.runs.frame, timeout=120_000).wait()
+        window.cancel_action.trigger()  # Cancel, as the person presses it
+    assert ended.args == ["cancelled"] and len(window.document.layers) == layers
+    window.session.model.set(steps=4, width=64, height=64)
     window.session.runs.set_live(True)  # Live: an edit re-renders on the server
     with qtbot.waitSignal(window.session.runs.result_added, timeout=120_000) as live:
         window.session.model.set(seed=3)
