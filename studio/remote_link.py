@@ -110,4 +110,5 @@ class RemoteLink(QObject):
 
     @Slot(str)
     def _on_failed(self, message: str) -> None:
-        self.failed.emit(message)
+        where = f"the server at {self.engine.label}" if self.engine is not None else "this computer"
+        self.failed.emit(f"{message}. Runs stay on {where}.")

@@ -298,6 +298,9 @@ def test_window_runs_on_the_server_chosen_in_the_engine_picker(
         window.session.model.set(seed=3)
     assert live.args[0].request.seed == 3
 
+    again = make_window(Engines(device="cpu"), size=64)  # the next start uses the same server again
+    qtbot.waitUntil(lambda: again.session.remote.active, timeout=60_000)
+    assert again.engine_picker.findData("diffusers|tiny-sd") >= 0
     with qtbot.waitSignal(link.disconnected):
         picker.activated.emit(picker.findData(USE_LOCAL))
     assert "127.0.0.1" not in window.status.device.text() and picker.findData(CHOOSE_REMOTE) >= 0

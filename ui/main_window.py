@@ -247,6 +247,9 @@ class MainWindow(QMainWindow):
             remote.connected.connect(self._remote_connected)
             remote.disconnected.connect(self._remote_disconnected)
             remote.failed.connect(self.show_error)
+            url, token = remote.saved
+            if url and token and str(self.settings.value("remote/active", "")).lower() == "true":
+                remote.connect_to(url, token)  # the server in use when the studio last closed
 
     def _remote_connecting(self, url: str) -> None:
         self.status.show_message(f"Connecting to the studio server at {url}…")
