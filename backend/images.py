@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from backend.errors import ImageError
 
@@ -97,9 +99,32 @@ def pil_to_array(image: Image.Image, mask: bool = False) -> np.ndarray:
     return np.asarray(image.convert("L" if mask else "RGB"), dtype=np.uint8).copy()
 
 
-def open_image(source: str | Path | io.BytesIO) -> Image.Image:
-    """Open and fully decode an image, refusing bombs and turning every decoder failure into ImageError."""
+def open_image(source: str | Path | io.BytesIO, notes: list[str] | None = None) -> Image.Image:
+    """Open and fully decode an image, refusing bombs and turning every decoder failure into ImageError.
+
+    A PNG whose text chunks inflate past Pillow's limits (1 MB a chunk, 64 MB in all) is opened without
+    those chunks rather than refused: the pixels are what the person wants. Each skipped chunk is
+    described in `notes` when given (`studio-cli info` prints them).
+    """
     name = str(source) if not isinstance(source, io.BytesIO) else "image data"
+    try:
+        return _decode(source, name)
+    except _TextTooLarge:
+        data = source.getvalue() if isinstance(source, io.BytesIO) else Path(source).read_bytes()
+        kept, skipped = without_large_text(data)
+        if notes is not None:
+            notes.extend(skipped)
+        try:
+            return _decode(io.BytesIO(kept), name)
+        except _TextTooLarge as exc:
+            raise ImageError(f"{name}: not a readable image ({exc})") from None
+
+
+class _TextTooLarge(Exception):
+    """Pillow refused a PNG because of its text chunks, not its pixels."""
+
+
+def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -116,9 +141,57 @@ def open_image(source: str | Path | io.BytesIO) -> Image.Image:
         raise ImageError(f"{name}: is a folder, not an image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name}: declared size is too large to open safely") from None
+    except ValueError as exc:
+        if "MAX_TEXT_CHUNK" in str(exc) or "MAX_TEXT_MEMORY" in str(exc):
+            raise _TextTooLarge(str(exc)) from None
+        raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageError(f"{name}: not a readable image ({exc.__class__.__name__}: {exc})") from None
     return image
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def without_large_text(data: bytes) -> tuple[bytes, list[str]]:
+    """A PNG's bytes without the text chunks Pillow would refuse, and a note for each one left out.
+
+    A compressed chunk (zTXt, compressed iTXt) is left out when it inflates past MAX_TEXT_CHUNK (1 MB),
+    any text chunk once the text kept would pass half of MAX_TEXT_MEMORY. Inflating stops at the limit.
+    """
+    if not data.startswith(_PNG_SIGNATURE):
+        return data, []
+    out, skipped, kept_text, pos = [data[:8]], [], 0, 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, end = data[pos + 4 : pos + 8], pos + 12 + length
+        if kind in (b"tEXt", b"zTXt", b"iTXt"):
+            keyword, size = _text_size(kind, data[pos + 8 : pos + 8 + length])
+            if size > PngImagePlugin.MAX_TEXT_CHUNK or kept_text + size > PngImagePlugin.MAX_TEXT_MEMORY // 2:
+                limit = PngImagePlugin.MAX_TEXT_CHUNK // 2**20
+                skipped.append(f"skipped the text chunk {keyword!r}: its text is larger than {limit} MB")
+                pos = end
+                continue
+            kept_text += size
+        out.append(data[pos:end])
+        pos = end
+    return b"".join(out), skipped
+
+
+def _text_size(kind: bytes, body: bytes) -> tuple[str, int]:
+    """A text chunk's keyword and the size of its text once inflated (counted up to just past 1 MB)."""
+    keyword, _, rest = body.partition(b"\0")
+    compressed = kind == b"zTXt" or (kind == b"iTXt" and rest[:1] == b"\1")
+    if not compressed:
+        return keyword.decode("latin-1"), len(rest)
+    # zTXt: method, text; iTXt: flag, method, language\0, translated keyword\0, text
+    stream = rest[1:] if kind == b"zTXt" else rest[2:].split(b"\0", 2)[-1]
+    inflater = zlib.decompressobj()
+    try:
+        size = len(inflater.decompress(stream, PngImagePlugin.MAX_TEXT_CHUNK + 1))
+    except zlib.error:
+        size = 0  # a broken chunk: Pillow reads it as empty text, no cost
+    return keyword.decode("latin-1"), size
 
 
 def load_picture(path: str | Path, mask: bool = False) -> Picture:

@@ -15,7 +15,8 @@ import os
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,9 +173,13 @@ def _resolve(ref: str, model_folders: tuple[str, ...]) -> Path | None:
     path = Path(ref).expanduser()
     if path.exists():
         return path
-    for info in discover(model_folders, include_hub=False):
+    found = discover(model_folders, include_hub=False)
+    for info in found:
         if ref in (info.name, Path(info.path).name):
             return Path(info.path)
+    same = [info.name for info in found if Path(info.path).stem == ref or Path(info.path).name == ref]
+    if len(same) > 1:
+        raise ModelError(f"{ref}: names {len(same)} models ({', '.join(same)}); give the one you mean")
     looks_like_path = ref.startswith((".", "/", "~")) or "\\" in ref or ref.endswith(WEIGHT_SUFFIXES)
     if looks_like_path or ref.count("/") != 1:
         raise ModelError(
@@ -449,7 +454,21 @@ def discover(
     if include_hub:
         for info in _scan_hub_cache(hub_cache):
             add(info)
-    return found
+    return _unique_names(found)
+
+
+def _unique_names(found: list[ModelInfo]) -> list[ModelInfo]:
+    """Give models that share a name (evil.ckpt beside evil.safetensors) their file name, or their path.
+
+    A list that shows two entries called `evil` does not say which one a name would load.
+    """
+    stems = Counter(info.name for info in found)
+    names = [Path(info.path).name if stems[info.name] > 1 else info.name for info in found]
+    files = Counter(names)
+    return [
+        replace(info, name=info.path if files[name] > 1 else name)
+        for info, name in zip(found, names, strict=True)
+    ]
 
 
 def _scan_folder(place: Path, depth: int = 2) -> list[ModelInfo]:

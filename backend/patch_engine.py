@@ -193,6 +193,7 @@ class PatchEngine:
                 "reference_shares": reference_shares(estimate.shares, names),
                 "prompt_matches": {word: list(named) for word, named in selection.matches},
                 "unmatched_words": list(selection.unmatched),
+                "skipped_references": list(refs.skipped),
                 "model": refs.folder.name,
                 "model_hash": refs.digest,
                 "borders": borders,

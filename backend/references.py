@@ -37,6 +37,7 @@ class ReferenceSet:
     folder: Path
     references: tuple[Reference, ...]
     digest: str
+    skipped: tuple[str, ...] = ()  # one line per image file that could not be used, naming it and why
 
     @property
     def names(self) -> list[str]:
@@ -94,13 +95,20 @@ def load_references(folder: str | Path) -> ReferenceSet:
     sidecar = _read_sidecar(path)
     digest = hashlib.sha256()
     refs = []
+    skipped = []
     for file in files:
-        pixels = _read_reference(file)
+        try:
+            pixels = _read_reference(file)
+        except ReferencesError as exc:  # one bad file must not take the whole folder with it
+            skipped.append(str(exc))
+            continue
         tags = frozenset(_stem(w) for w in words(file.stem)) | sidecar.get(file.name, frozenset())
         refs.append(Reference(file.stem, pixels, tags))
         digest.update(file.name.encode())
         digest.update(hashlib.sha256(pixels.tobytes()).digest())
-    return ReferenceSet(path, tuple(refs), digest.hexdigest()[:16])
+    if not refs:
+        raise ReferencesError(f"reference folder {path} has no usable images: {'; '.join(skipped)}")
+    return ReferenceSet(path, tuple(refs), digest.hexdigest()[:16], tuple(skipped))
 
 
 def _read_reference(file: Path) -> np.ndarray:

@@ -266,6 +266,8 @@ def _say_references(request: Request, quiet: bool) -> None:
     from backend.references import DEFAULT_FOLDER, load_references, match_prompt, selection_summary
 
     refs = load_references(request.model or DEFAULT_FOLDER)
+    for skipped in refs.skipped:
+        print(f"{PROG}: warning: skipped {skipped}", file=sys.stderr)
     chosen, note = selection_summary(refs, match_prompt(refs, request.prompt, request.negative_prompt))
     if not quiet:
         print(f"{PROG}: references {chosen}", file=sys.stderr)

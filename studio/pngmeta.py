@@ -238,10 +238,10 @@ def read_png_metadata(path: str | os.PathLike[str]) -> PngMetadata:
     neither reads as `has_recipe == False`. Unreadable metadata becomes a note, never an exception;
     a file that is not an image raises ImageError.
     """
-    image = open_image(Path(path))
+    notes: list[str] = []
+    image = open_image(Path(path), notes)  # notes what it had to skip (text chunks too large to read)
     texts = _texts(image)
     digest = Picture.from_pil(image).digest
-    notes: list[str] = []
     request = provenance = recipe_from = edited = None
     extras: dict[str, Any] = {}
     parameters = texts.get(PARAMETERS_KEY)

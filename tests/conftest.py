@@ -16,8 +16,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 
 # Tiny diffusers models and engines (tests/fixtures_diffusers.py); sessions (tests/session_fixtures.py);
-# windows (tests/window_fixtures.py).
-pytest_plugins = ["fixtures_diffusers", "session_fixtures", "window_fixtures"]
+# windows (tests/window_fixtures.py); the limited child that opens hostile files (tests/hostile_child.py).
+pytest_plugins = ["fixtures_diffusers", "session_fixtures", "window_fixtures", "hostile_child"]
 
 
 @pytest.fixture(autouse=True)

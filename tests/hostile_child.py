@@ -287,3 +287,17 @@ if __name__ == "__main__":
         serve()
     else:
         raise SystemExit("usage: hostile_child.py serve")
+
+
+try:  # a pytest plugin too (tests/conftest.py): one probe server per test module that asks for it
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def prober():
+        """Opens files in forked children under memory and time limits."""
+        server = Prober()
+        yield server
+        server.close()
+
+except ImportError:  # the server side runs without pytest
+    pass
