@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backend.engine import Engine
 from backend.events import Event
 from backend.request import Request
+
+if TYPE_CHECKING:
+    from backend.sr_models import Upscaler
 
 
 class Engines:
@@ -22,6 +25,7 @@ class Engines:
         self.options = options  # device, dtype, taesd folder, model folders: passed to each engine
         self._engines: dict[str, Engine] = {}
         self.remote: Engine | None = None  # a studio server's engine (backend/remote.py) that runs everything
+        self._upscaler: tuple[tuple[str, float], Upscaler] | None = None  # (file, mtime), the loaded model
 
     def get(self, name: str) -> Engine:
         """The engine called `name`, created on first use."""
@@ -33,11 +37,29 @@ class Engines:
         """Run every request from the next one on with `engine` (a RemoteEngine); None: on this machine."""
         self.remote = engine
 
+    def upscaler(self, ref: str) -> Upscaler:
+        """The super-resolution model `ref` (a file, or a name in the model folders), kept loaded."""
+        from backend.devices import pick_device
+        from backend.sr_models import load_upscaler, resolve_upscaler
+
+        path = resolve_upscaler(ref, tuple(self.options.get("model_folders", ())))
+        key = (str(path), path.stat().st_mtime)
+        if self._upscaler is None or self._upscaler[0] != key:
+            self._upscaler = None  # free the old one before loading the next
+            device = pick_device(self.options.get("device"))
+            self._upscaler = key, load_upscaler(path, device, bool(self.options.get("allow_pickle")))
+        return self._upscaler[1]
+
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
-        """Validate the request and run it on its engine (a grid: each of its cells, backend/grid_run.py)."""
+        """Validate the request and run it on its engine (a grid: each of its cells, backend/grid_run.py;
+        an upscale: super-resolution and a tiled refine, backend/upscale.py)."""
         request.validate()
         remote = self.remote  # read once: the window may switch servers while this run goes on
         engine = remote if remote is not None else self.get(request.engine)
+        if request.upscale is not None:  # the model file is here; the refine runs where the engine is
+            from backend.upscale import run_upscale
+
+            return run_upscale(engine, self.upscaler, request, cancel)
         if request.grid is not None:
             from backend.grid_run import run_grid
 

@@ -358,20 +358,27 @@ def pickle_to_safetensors(path: Path, tmp: Path) -> Path:
     """Tensors of a pickle checkpoint, read with weights_only=True (no code runs), written as safetensors."""
     from safetensors.torch import save_file
 
+    state = pickle_state_dict(path)
+    while "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    out = tmp / (path.stem + ".safetensors")
+    save_file(tensors, str(out))
+    return out
+
+
+def pickle_state_dict(path: Path) -> dict[str, Any]:
+    """The dict a pickle checkpoint holds, read with weights_only=True: tensors and plain values are built,
+    any other object is refused, so no code in the file runs."""
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, or an object weights_only refuses to build
         raise ModelError(
             f"{path}: cannot be read safely as a weights-only checkpoint ({short_error(exc)})"
         ) from None
-    while isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"{path}: holds no state dict of tensors")
-    tensors = {k: v.contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
-    out = tmp / (path.stem + ".safetensors")
-    save_file(tensors, str(out))
-    return out
+    return state
 
 
 def short_error(exc: BaseException) -> str:

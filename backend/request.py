@@ -11,6 +11,8 @@ from backend.errors import RequestError
 from backend.grids import Grid
 from backend.grids import problems as grid_problems
 from backend.images import Picture
+from backend.upscale_spec import Upscale
+from backend.upscale_spec import problems as upscale_problems
 
 ENGINES = ("patch", "diffusers")
 PREVIEW_METHODS = ("auto", "latent_rgb", "taesd", "none")
@@ -99,6 +101,8 @@ class Request:
     exact: bool = False
     # A variation grid: the cells are this request with each axis value put in (backend/grids.py).
     grid: Grid | None = None
+    # Make the init image larger (then refine it at `strength`); width and height are the final size.
+    upscale: Upscale | None = None
     # Not part of the recipe: identifies one submission so stale events can be dropped.
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
 
@@ -140,6 +144,8 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
         yield f"unknown engine {r.engine!r}; choose one of {', '.join(ENGINES)}"
     low, high = SIZE_LIMITS.get(r.engine, (64, 2048))
     for name, value in (("width", r.width), ("height", r.height)):
+        if r.upscale is not None:  # the final size of an upscale: its own rules, in upscale_problems
+            continue
         if not isinstance(value, int) or value % 8 or not low <= value <= high:
             yield f"{name} must be a multiple of 8 between {low} and {high} (got {value})"
     if not isinstance(r.steps, int) or not 1 <= r.steps <= 150:
@@ -177,12 +183,13 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
     yield from _control_problems(r)
     yield from _lora_problems(r)
     yield from grid_problems(r)
+    yield from upscale_problems(r)
     if r.preview not in PREVIEW_METHODS:
         yield f"unknown preview method {r.preview!r}; choose one of {', '.join(PREVIEW_METHODS)}"
     if r.init_image is not None:
         if r.init_image.is_mask:
             yield "the init image must be a colour image, not a mask"
-        elif (r.init_image.width, r.init_image.height) != (r.width, r.height):
+        elif r.upscale is None and (r.init_image.width, r.init_image.height) != (r.width, r.height):
             yield (
                 f"the init image is {r.init_image.width}×{r.init_image.height} but the request is "
                 f"{r.width}×{r.height}; resize one to match"

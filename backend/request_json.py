@@ -16,6 +16,7 @@ from backend.errors import RequestError, StudioError
 from backend.grids import grid_from_json, grid_to_json
 from backend.images import Picture
 from backend.request import Concept, Control, Lora, Request, non_finite
+from backend.upscale_spec import upscale_from_json, upscale_to_json
 
 RECIPE_FORMAT = "studio-recipe"
 RECIPE_VERSION = 1
@@ -42,6 +43,8 @@ def request_to_dict(request: Request, images: bool = True) -> dict[str, Any]:
             value = [{**_shallow_dict(c), "image": _picture_to_json(c.image, images)} for c in value]
         elif f.name == "grid":
             value = None if value is None else grid_to_json(value)
+        elif f.name == "upscale":
+            value = None if value is None else upscale_to_json(value)
         elif f.name == "loras":
             value = [dataclasses.asdict(lora) for lora in value]
         elif isinstance(value, tuple):
@@ -138,6 +141,13 @@ def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) 
             return grid_from_json(value)
         except RequestError as exc:
             raise RecipeError(f"recipe field 'grid': {exc}") from None
+    if name == "upscale":
+        if value is None:
+            return None
+        try:
+            return upscale_from_json(value)
+        except RequestError as exc:
+            raise RecipeError(f"recipe field 'upscale': {exc}") from None
     if name == "reference_weights":
         if not isinstance(value, list):
             raise bad("a list of [name, weight] pairs")

@@ -15,6 +15,7 @@ from backend.errors import RequestError
 from backend.grids import Axis, Grid, canonical_axis, parse_values, values_text
 from backend.prompt_syntax import lora_tag, split_lora_tags
 from backend.request import Concept, Lora, Request, non_finite
+from backend.upscale_spec import DEFAULT_OVERLAP, Upscale
 from studio.recipe import RecipeError
 
 # Our scheduler names and A1111's sampler names; a "_karras"-style suffix is A1111's "Schedule type".
@@ -163,6 +164,13 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
         )
     p["Patch mode"] = request.patch_mode if request.patch_mode != d.patch_mode else None
     p["Exact"] = "True" if request.exact else None
+    if request.upscale is not None:  # as A1111's postprocessing and SD upscale script write theirs
+        u = request.upscale
+        p["Upscale by"] = str(u.factor)
+        p["Upscaler"] = model_display_name(u.model) if u.model else "Lanczos"
+        p["Upscaler path"] = u.model if u.model and model_display_name(u.model) != u.model else None
+        p["SD upscale tile"] = str(u.tile) if u.tile else None
+        p["SD upscale overlap"] = str(u.overlap)
     if request.grid is not None:  # as A1111's X/Y/Z plot writes its grid image's parameters
         p["Script"] = "X/Y/Z plot"
         for letter, axis in zip("XY", request.grid.axes(), strict=False):
@@ -207,6 +215,21 @@ def _control_fields(request: Request, extras: Mapping[str, Any]) -> dict[str, st
             f"Guidance Start: {_num(c.start)}, Guidance End: {_num(c.end)}"
         )
     return out
+
+
+def _upscale(f: Mapping[str, str]) -> Upscale | None:
+    """Our upscale settings, when the text has "Upscale by" (A1111's "Postprocess upscale by" too)."""
+    factor = f.get("Upscale by", f.get("Postprocess upscale by", "")).strip()
+    if not factor:
+        return None
+    try:
+        tile, overlap = int(f.get("SD upscale tile", "0")), int(f.get("SD upscale overlap", DEFAULT_OVERLAP))
+        scale = float(factor)
+    except ValueError:
+        raise RecipeError("A1111 parameters: the upscale fields should be numbers") from None
+    name = f.get("Upscaler path") or f.get("Upscaler", f.get("Postprocess upscaler", ""))
+    model = "" if name.strip().lower() in ("", "lanczos", "none") else name.strip()
+    return Upscale(int(scale) if scale.is_integer() else 0, model, tile, overlap)
 
 
 def _grid(f: Mapping[str, str]) -> Grid | None:
@@ -336,6 +359,7 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         patch_mode=f.get("Patch mode", d.patch_mode).strip(),
         exact=flag("Exact"),
         grid=_grid(f),
+        upscale=_upscale(f),
     )
     bad = non_finite(request)
     if bad:  # `CFG scale: nan` parses as a float; it is no setting anyone can run

@@ -26,7 +26,7 @@ from backend.engine import Engine
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
 from backend.request import DEFAULT_SIZE, MAX_SEED, Request
-from studio import cli_grid
+from studio import cli_grid, cli_upscale
 from studio.a1111 import to_a1111
 from studio.pngmeta import PngMetadata, read_png_metadata, save_png
 from studio.prompts import clean_prompt
@@ -111,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cli_grid.add_arguments(g)
+    cli_upscale.add_arguments(g)
     g.set_defaults(run=_generate)
 
     i = sub.add_parser("info", help="print an image's recipe, provenance and lineage chain")
@@ -176,8 +177,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.attribution and request.engine != "patch":
         raise UsageError("--attribution needs the patch engine")
     try:
-        request = cli_grid.grid_for(args, request)
-    except cli_grid.GridUsageError as exc:
+        request = cli_upscale.upscale_request(args, cli_grid.grid_for(args, request))
+    except (cli_grid.GridUsageError, cli_upscale.UpscaleUsageError) as exc:
         raise UsageError(str(exc)) from None
     request.validate()  # a bad grid value is named before torch loads
     out = Path(args.out) if args.out else _free_name(Path(f"studio-{request.seed}.png"))
@@ -254,7 +255,7 @@ def _engine(args: argparse.Namespace, request: Request) -> Engine:
     from backend.engines import Engines  # torch loads here, after the arguments are known to be good
 
     options: dict[str, Any] = {}
-    if request.engine == "diffusers":  # only it looks models up by name
+    if request.engine == "diffusers" or request.upscale is not None:  # they look models up by name
         options["model_folders"] = _model_folders(args)
     if args.device:
         options["device"] = args.device
@@ -332,7 +333,10 @@ def build_request(
     )
     changes.update(width=width, height=height)
     if init is not None:
-        changes["init_image"] = _resized(init, width, height, "init image", args.init_image is not None)
+        if base.upscale is not None or getattr(args, "upscale", None):
+            changes["init_image"] = init  # the image to upscale keeps its own size (studio/cli_upscale.py)
+        else:
+            changes["init_image"] = _resized(init, width, height, "init image", args.init_image is not None)
     mask = load_picture(args.mask, mask=True) if args.mask else base.mask
     if mask is not None:
         changes["mask"] = _resized(mask, width, height, "mask", bool(args.mask))

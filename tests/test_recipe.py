@@ -12,6 +12,7 @@ from backend.errors import RequestError
 from backend.grids import Axis, Grid
 from backend.images import Picture
 from backend.request import Concept, Control, Lora, Request
+from backend.upscale_spec import Upscale
 from studio.a1111 import (
     parse_a1111,
     request_from_a1111,
@@ -66,6 +67,7 @@ EVERYTHING = Request(
     patch_mode="ls",
     exact=True,
     grid=Grid(Axis("prompt", ("castle", "tower, old")), Axis("concept:2", (-2.0, 1.0))),
+    upscale=Upscale(4, "/models/ESRGAN/4x-Ultra, sharp.pth", 512, 32),
 )
 
 COMBOS = [
