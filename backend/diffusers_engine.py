@@ -438,6 +438,7 @@ class DiffusersEngine:
             "model": model.name,
             "model_hash": model_hash(model.source) if model.source else "",
             "model_family": model.family,
+            **({"licence": model.licence} if model.licence else {}),
             "device": describe(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             **self.adapters.extras(r),

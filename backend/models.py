@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from backend.errors import ModelError
+from backend.licences import model_licence
 
 CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"
 CONFIG_FOR_FAMILY = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
@@ -63,6 +64,7 @@ class LoadedModel:
     name: str  # what the request named
     source: str  # the file, folder or hub snapshot folder it came from
     family: str  # "sd1", "sd2" or "sdxl"
+    licence: str = ""  # what the files say (modelspec.license, the model card's license), "" if nothing
 
     @property
     def inpaint_unet(self) -> bool:
@@ -78,6 +80,7 @@ class ModelInfo:
     path: str
     kind: str  # "folder", "file" or "hub"
     pickle: bool = False
+    licence: str = ""  # what the files say, "" if nothing (see model_licence)
 
 
 def family_of(pipe: Any) -> str:
@@ -164,7 +167,9 @@ def load_model(
         _free_memory()
         raise ModelError(f"{ref}: cannot be loaded ({short_error(exc)})") from None
     pipe.set_progress_bar_config(disable=True)
-    return LoadedModel(pipe=pipe, name=ref, source=source, family=family_of(pipe))
+    return LoadedModel(
+        pipe=pipe, name=ref, source=source, family=family_of(pipe), licence=model_licence(source)
+    )
 
 
 def _resolve(ref: str, model_folders: tuple[str, ...]) -> Path | None:
@@ -481,16 +486,16 @@ def _unique_names(found: list[ModelInfo]) -> list[ModelInfo]:
 def _scan_folder(place: Path, depth: int = 2) -> list[ModelInfo]:
     out: list[ModelInfo] = []
     if (place / "model_index.json").is_file():
-        return [ModelInfo(place.name, str(place), "folder")]
+        return [ModelInfo(place.name, str(place), "folder", licence=model_licence(place))]
     try:
         entries = sorted(place.iterdir())
     except OSError:
         return out
     for entry in entries:
         if entry.is_file() and entry.suffix.lower() in (".safetensors", ".ckpt"):
-            out.append(
-                ModelInfo(entry.stem, str(entry), "file", pickle=entry.suffix.lower() != ".safetensors")
-            )
+            pickle = entry.suffix.lower() != ".safetensors"
+            licence = "" if pickle else model_licence(entry)
+            out.append(ModelInfo(entry.stem, str(entry), "file", pickle=pickle, licence=licence))
         elif (
             entry.is_dir()
             and depth > 0
@@ -514,6 +519,7 @@ def _scan_hub_cache(hub_cache: str | Path | None) -> list[ModelInfo]:
             continue
         for revision in repo.revisions:
             if (Path(revision.snapshot_path) / "model_index.json").is_file():
-                out.append(ModelInfo(repo.repo_id, str(revision.snapshot_path), "hub"))
+                snapshot = str(revision.snapshot_path)
+                out.append(ModelInfo(repo.repo_id, snapshot, "hub", licence=model_licence(snapshot)))
                 break
     return out

@@ -26,7 +26,7 @@ from backend.engine import Engine
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
 from backend.request import DEFAULT_SIZE, MAX_SEED, Request
-from studio import cli_grid, cli_upscale
+from studio import cli_adapters, cli_grid, cli_upscale
 from studio.a1111 import to_a1111
 from studio.pngmeta import PngMetadata, read_png_metadata, save_png
 from studio.prompts import clean_prompt
@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cli_grid.add_arguments(g)
     cli_upscale.add_arguments(g)
+    cli_adapters.add_arguments(g)
     g.set_defaults(run=_generate)
 
     i = sub.add_parser("info", help="print an image's recipe, provenance and lineage chain")
@@ -122,6 +123,12 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the models found on this machine")
     m.add_argument("--model-folder", action="append", default=[], metavar="DIR", help="also look here")
     m.add_argument("--no-hub", action="store_true", help="skip the Hugging Face cache")
+    kinds = m.add_mutually_exclusive_group()
+    kinds.add_argument("--controlnets", action="store_true", help="list ControlNets instead of checkpoints")
+    kinds.add_argument("--loras", action="store_true", help="list LoRAs instead of checkpoints")
+    m.add_argument(
+        "--lora-folder", action="append", default=[], metavar="DIR", help="also look for LoRAs here"
+    )
     m.set_defaults(run=_models)
     return parser
 
@@ -257,6 +264,7 @@ def _engine(args: argparse.Namespace, request: Request) -> Engine:
     options: dict[str, Any] = {}
     if request.engine == "diffusers" or request.upscale is not None:  # they look models up by name
         options["model_folders"] = _model_folders(args)
+        options["lora_folders"] = cli_adapters.lora_folders(args)
     if args.device:
         options["device"] = args.device
     return Engines(**options)
@@ -322,6 +330,10 @@ def build_request(
     if args.variation_strength and args.variation_seed is None and base.variation_seed is None:
         changes["variation_seed"] = (changes.get("seed", base.seed) + 1) % (MAX_SEED + 1)
     changes.update(_engine_and_model(args, base))
+    try:
+        changes.update(cli_adapters.changes(args, base, changes))
+    except cli_adapters.AdapterUsageError as exc:
+        raise UsageError(str(exc)) from None
 
     init_meta = None
     init = base.init_image
@@ -530,6 +542,8 @@ def describe(path: str, meta: PngMetadata) -> str:
         lines.append(f"engine      {r.engine}")
         model = x.get("model_name") or x.get("model") or r.model or "(default references)"
         lines.append(f"model       {model}" + (f"  (hash {x['model_hash']})" if x.get("model_hash") else ""))
+        if x.get("licence"):
+            lines.append(f"licence     {x['licence']}")
         shares = x.get("reference_shares")
         if isinstance(shares, dict):  # from a file: keep only well-formed entries
             top = sorted(
@@ -580,13 +594,16 @@ def _model_folders(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if cli_adapters.list_models(args, _model_folders(args)):
+        return 0
     from backend.models import discover
 
     found = discover(_model_folders(args), include_hub=not args.no_hub)
     width = max((len(m.name) for m in found), default=0)
     for m in found:
         note = "  (pickle: refused unless allowed)" if m.pickle else ""
-        print(f"{m.name:<{width}}  {m.kind:<6}  {m.path}{note}")
+        licence = f"  licence: {m.licence}" if m.licence else ""
+        print(f"{m.name:<{width}}  {m.kind:<6}  {m.path}{note}{licence}")
     if not found:
         print("no models found; add a folder with --model-folder, or give --model a path", file=sys.stderr)
     return 0
