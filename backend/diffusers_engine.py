@@ -26,6 +26,7 @@ from backend.batching import batch_groups, batch_key, batch_limit, is_out_of_mem
 from backend.conditioning import PromptSchedule, TextEncoder, schedule_for
 from backend.controlnets import PreparedControl, control_residuals
 from backend.devices import describe, pick_device, pick_dtype
+from backend.engine import single_image
 from backend.errors import ModelError, RequestError, StudioError
 from backend.events import Done, Event, StepEvent
 from backend.latent_controls import ConceptShift, Embeds, Tiling, conditioning_at, first_step
@@ -133,7 +134,7 @@ class DiffusersEngine:
         the same image within float rounding; groups run one after another, so Dones may come out of order.
         """
         for request in requests:
-            request.validate()
+            single_image(request).validate()
         for group in batch_groups(requests, self._batch_limit(requests[0]) if len(requests) > 1 else 1):
             if cancel.is_set():
                 return

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+from backend.errors import RequestError
 from backend.events import Event
 from backend.request import Request
 
@@ -20,3 +21,14 @@ class Engine(Protocol):
     """
 
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]: ...
+
+
+def single_image(request: Request) -> Request:
+    """The request, if it asks for one image; RequestError for a grid or an upscale, which
+    backend.engines.Engines splits into such requests (cells, refine tiles) for an engine."""
+    if request.grid is not None or request.upscale is not None:
+        raise RequestError(
+            "a grid or an upscale runs through backend.engines.Engines, which gives the engine its cells "
+            "or tiles"
+        )
+    return request

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from backend import els
+from backend.engine import single_image
 from backend.events import Done, Event, StepEvent
 from backend.references import (
     DEFAULT_FOLDER,
@@ -117,7 +118,7 @@ class PatchEngine:
 
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         """Denoise step by step, yielding each step's clean-image estimate, then Done unless cancelled."""
-        request.validate()
+        single_image(request).validate()
         start = time.perf_counter()
         w, h = request.width, request.height
 

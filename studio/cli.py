@@ -258,16 +258,24 @@ def _engine(args: argparse.Namespace, request: Request) -> Engine:
         token = args.token or os.environ.get("STUDIO_SERVER_TOKEN", "")
         if not token:
             raise UsageError("--remote needs the server's token: --token or $STUDIO_SERVER_TOKEN")
-        return RemoteEngine(args.remote, token)
+        from backend.engines import Engines
+
+        engines = Engines(**_local_options(args, request))  # grids and upscales split here, run there
+        engines.use_remote(RemoteEngine(args.remote, token))
+        return engines
     from backend.engines import Engines  # torch loads here, after the arguments are known to be good
 
+    return Engines(**_local_options(args, request))
+
+
+def _local_options(args: argparse.Namespace, request: Request) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if request.engine == "diffusers" or request.upscale is not None:  # they look models up by name
         options["model_folders"] = _model_folders(args)
         options["lora_folders"] = cli_adapters.lora_folders(args)
     if args.device:
         options["device"] = args.device
-    return Engines(**options)
+    return options
 
 
 def _say_references(request: Request, quiet: bool) -> None:

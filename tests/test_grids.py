@@ -252,3 +252,15 @@ def test_a_batch_with_a_control_layer_equals_single_runs(tiny_request, tmp_path)
     control = Control(str(folder), "raw", image, 0.8, 0.0, 0.75)
     made = cells(tiny_request.replace(controls=(control,), grid=Grid(Axis("seed", (1, 2, 3)))))
     _assert_each_cell_is_its_own_run(engine, made, engine.render_batch(made))
+
+
+def test_engines_take_single_images_only(tiny_engine, tiny_request) -> None:
+    """A grid reaching an engine directly (a server's, say) is refused, not run as its first cell."""
+    from backend.patch_engine import PatchEngine
+    from backend.request import Request
+
+    with pytest.raises(RequestError, match="runs through backend.engines.Engines"):
+        list(tiny_engine.generate(tiny_request.replace(grid=seed_grid(1, 2)), threading.Event()))
+    patch = Request(engine="patch", steps=2, width=32, height=32, grid=seed_grid(1, 2))
+    with pytest.raises(RequestError, match="runs through backend.engines.Engines"):
+        list(PatchEngine().generate(patch, threading.Event()))
