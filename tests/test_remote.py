@@ -251,6 +251,33 @@ def test_cli_remote_gives_the_same_pixels_as_a_local_run(server: ServerProcess, 
     assert local.request == remote.request and remote.extras == local.extras
 
 
+def test_cli_remote_batch_runs_its_cells_on_the_server(server: ServerProcess, tmp_path: Path) -> None:
+    """A grid is split into its cells on this side (backend/engines.py); each cell runs on the server."""
+    from PIL import Image
+
+    from studio.cli import main
+
+    common = [
+        "generate",
+        "--prompt",
+        "brick",
+        "--seed",
+        "5",
+        "--steps",
+        "3",
+        "--width",
+        "32",
+        "--height",
+        "32",
+    ]
+    assert main([*common, "--batch", "2", "--out", str(tmp_path / "local.png"), "-q"]) == 0
+    remote_args = ["--remote", server.url, "--token", TOKEN, "--out", str(tmp_path / "remote.png"), "-q"]
+    assert main([*common, "--batch", "2", *remote_args]) == 0
+    for n in (1, 2):
+        local, remote = (np.asarray(Image.open(tmp_path / f"{k}-{n}.png")) for k in ("local", "remote"))
+        assert np.array_equal(local, remote)
+
+
 def test_window_runs_on_the_server_chosen_in_the_engine_picker(
     server: ServerProcess, make_window, qtbot, monkeypatch
 ) -> None:
@@ -331,30 +358,3 @@ def test_window_session_on_a_killed_server_reports_it_and_adds_no_layer(
     assert results == []
     assert server.proc.wait(120) == 0
     assert server.leftovers() == [], "Ray processes left after Ctrl+C"
-
-
-def test_cli_remote_batch_runs_its_cells_on_the_server(server: ServerProcess, tmp_path: Path) -> None:
-    """A grid is split into its cells on this side (backend/engines.py); each cell runs on the server."""
-    from PIL import Image
-
-    from studio.cli import main
-
-    common = [
-        "generate",
-        "--prompt",
-        "brick",
-        "--seed",
-        "5",
-        "--steps",
-        "3",
-        "--width",
-        "32",
-        "--height",
-        "32",
-    ]
-    assert main([*common, "--batch", "2", "--out", str(tmp_path / "local.png"), "-q"]) == 0
-    remote_args = ["--remote", server.url, "--token", TOKEN, "--out", str(tmp_path / "remote.png"), "-q"]
-    assert main([*common, "--batch", "2", *remote_args]) == 0
-    for n in (1, 2):
-        local, remote = (np.asarray(Image.open(tmp_path / f"{k}-{n}.png")) for k in ("local", "remote"))
-        assert np.array_equal(local, remote)
