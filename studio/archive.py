@@ -104,7 +104,7 @@ def open_archive(path: str | Path, what: str) -> zipfile.ZipFile:
             names.add(info.filename)
         total = 0
         for info in infos:
-            if info.is_dir():
+            if info.filename.endswith("/"):  # a folder entry (ZipInfo.is_dir fails on an empty name)
                 continue
             if not is_safe_member_name(info.filename):
                 raise ProjectError(f"{label}: refusing an entry with an unsafe name: {info.filename!r}")

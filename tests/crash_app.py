@@ -5,6 +5,9 @@
                                                      journalled into DATA_DIR; prints "done N" after each
     python tests/crash_app.py generate DATA_DIR OUT  a Session: strokes, layer ops and a generation (the
                                                      scriptable engine), then saves the state to OUT, "ready"
+    python tests/crash_app.py export-zygote SIDE     builds two SIDE² documents, says "ready"; then for
+                                                     each line "png PATH" or "ora PATH" forks a child that
+                                                     exports the two in turn to PATH until killed (its pid)
 
 Each mode then waits to be killed. The operations are a pure function of the seed (ids included, via
 `deterministic_ids`) so the test can rebuild the state after any number of them in its own process.
@@ -172,6 +175,54 @@ def generate(data_dir: Path, out: Path) -> None:
     _wait_forever()
 
 
+def export_states(side: int) -> list[Document]:
+    """The two documents the export loop writes in turn (blocky noise: realistic PNG work)."""
+    return [big_state(side, side, seed) for seed in (1, 2)]
+
+
+def export_request() -> Request:
+    """The recipe every exported PNG carries."""
+    return Request(prompt="an exported painting", seed=3, width=64, height=64)
+
+
+def export_zygote(side: int) -> None:
+    """Fork one export loop per request, so each of many kills costs a fork, not a Python start-up.
+
+    Says "ready SECONDS" first: how long one ORA export takes here, so the test can aim its kills.
+    """
+    import os
+    import signal
+    import tempfile
+    import time
+
+    from studio.ora import export_ora
+    from studio.pngmeta import save_png
+
+    states = export_states(side)
+    pictures = [doc.composite() for doc in states]
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        export_ora(Path(folder) / "probe.ora", states[0])
+        took = time.perf_counter() - start
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are killed, never waited for: no zombies
+    print(f"ready {took:.4f}", flush=True)
+    for line in sys.stdin:
+        kind, target = line.split(" ", 1)
+        path = Path(target.strip())
+        pid = os.fork()
+        if pid:
+            print(pid, flush=True)
+            continue
+        try:  # the child: write the two states in turn until killed
+            for i in range(1_000_000):
+                if kind == "png":
+                    save_png(path, pictures[i % 2], export_request())
+                else:
+                    export_ora(path, states[i % 2])
+        finally:
+            os._exit(1)
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "save-loop":
@@ -180,5 +231,7 @@ if __name__ == "__main__":
         work(Path(args[0]), int(args[1]))
     elif mode == "generate":
         generate(Path(args[0]), Path(args[1]))
+    elif mode == "export-zygote":
+        export_zygote(int(args[0]))
     else:
         raise SystemExit(f"unknown mode {mode}")

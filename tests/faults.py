@@ -30,7 +30,13 @@ import numpy as np
 from studio.atomic import atomic_write
 
 TABLE = Path(__file__).resolve().parents[1] / "bench" / "FAULTS.md"
-MODULES = ("test_project", "test_hostile_basics", "test_hostile_inputs", "test_crash_safety")
+MODULES = (
+    "test_project",
+    "test_hostile_basics",
+    "test_hostile_inputs",
+    "test_crash_safety",
+    "test_fuzz_containers",
+)
 
 _rows: dict[tuple[str, str], tuple[str, int, Any]] = {}
 _finished: set[str] = set()

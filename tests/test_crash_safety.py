@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 import studio.document
+from backend.errors import StudioError
+from backend.images import load_picture
 from studio.document import Document
 from studio.gallery import Gallery
 from studio.journal import Journal, find_recovery, journal_path, recover, snapshot_path
@@ -77,7 +79,11 @@ class Child:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(APP), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0
+            [sys.executable, str(APP), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
         )
         self._sel = selectors.DefaultSelector()
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
@@ -98,12 +104,17 @@ class Child:
         text, self._buf = self._buf.split(b"\n", 1)
         return text.decode()
 
+    def send(self, text: str) -> None:
+        """Write one line to the child's input."""
+        self.proc.stdin.write(text.encode() + b"\n")  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
         self._sel.close()
-        self.proc.stdout.close()  # type: ignore[union-attr]
-        self.proc.stderr.close()  # type: ignore[union-attr]
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.close()  # type: ignore[union-attr]
 
 
 def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
@@ -129,6 +140,90 @@ def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
         "save",
         f"SIGKILL at random moments while saving a 640×640×3-layer project ({kills} kills)",
         "file always opened and equalled the old or the new state",
+        lost,
+    )
+
+
+def _exported(kind: str, path: Path) -> dict[str, bytes] | None:
+    """What an exported file holds (the picture and its recipe, or every layer), None if unreadable."""
+    from studio.ora import import_ora
+    from studio.pngmeta import read_png_metadata
+
+    try:
+        if kind == "png":
+            meta = read_png_metadata(path)
+            if meta.request is None:  # a picture without its whole recipe is not a whole file
+                return None
+            return {"picture": load_picture(path).pixels.tobytes(), "recipe": repr(meta.request).encode()}
+        _, _, layers = import_ora(path)
+    except StudioError:
+        return None
+    return {
+        f"layer {i}": la.pixels.tobytes() + repr((la.name, la.opacity, la.visible)).encode()
+        for i, la in enumerate(layers)
+    }
+
+
+def _gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.002)
+    raise AssertionError(f"process {pid} outlived SIGKILL")
+
+
+@pytest.mark.parametrize("kind", ["png", "ora"])
+def test_sigkill_during_an_export_leaves_no_file_or_a_whole_one(tmp_path, kind):
+    """50 kills at random moments while a PNG (with its recipe) or an OpenRaster file is being written
+    over the same name: each leaves the file absent (only before the first write finished) or whole."""
+    side, trials = 384, 50
+    states = crash_app.export_states(side)
+    if kind == "png":
+        request = repr(crash_app.export_request()).encode()
+        want = [{"picture": doc.composite().tobytes(), "recipe": request} for doc in states]
+    else:
+        want = [
+            {
+                f"layer {i}": la.pixels.tobytes() + repr((la.name, la.opacity, la.visible)).encode()
+                for i, la in enumerate(doc.layers)
+            }
+            for doc in states
+        ]
+    zygote = Child("export-zygote", str(side))
+    took = float(zygote.line(timeout=120).split()[1])
+    path = tmp_path / f"exported.{kind}"
+    rng = random.Random(5)
+    mid_write = whole = lost = 0
+    try:
+        for _ in range(trials):
+            zygote.send(f"{kind} {path}")
+            pid = int(zygote.line())
+            time.sleep(rng.uniform(0, 2.5 * took))  # the fault under test: a kill at a random moment
+            os.kill(pid, signal.SIGKILL)
+            _gone(pid)
+            temps = list(tmp_path.glob(f".{path.name}.*.part"))
+            mid_write += bool(temps)
+            for temp in temps:  # what a killed writer leaves beside the file (the next save removes them)
+                temp.unlink()
+            if not path.exists():
+                assert whole == 0, "a whole file disappeared"
+                continue
+            got = _exported(kind, path)
+            lost += min(faults.bytes_lost(state, got or {}) for state in want)
+            assert got in want, "the file under the final name is not a whole export"
+            whole += 1
+    finally:
+        zygote.kill()
+    assert mid_write >= 10, (
+        f"only {mid_write} of {trials} kills landed inside a write; the test proved little"
+    )
+    faults.record(
+        "export",
+        f"SIGKILL at random moments during {kind.upper()} export, {side}²×3 layers ({trials} kills)",
+        f"{mid_write} kills landed mid-write; the file was always absent (before the first export) or whole",
         lost,
     )
 
