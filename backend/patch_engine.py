@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -16,6 +16,20 @@ import torch
 from backend import els
 from backend.engine import single_image
 from backend.events import Done, Event, StepEvent
+from backend.materials import (
+    SKETCH,
+    Source,
+    main_colours,
+    painted,
+    palettes,
+    pinned_references,
+    plan_materials,
+    recoloured,
+    room_for_texture,
+    shifted_sketch,
+    source_priors,
+    sources,
+)
 from backend.references import (
     DEFAULT_FOLDER,
     ReferenceSet,
@@ -26,6 +40,14 @@ from backend.references import (
     match_prompt,
 )
 from backend.request import Request
+from backend.sketch import (
+    StructureGuide,
+    context_vote,
+    feather,
+    guide_steps,
+    soft_mask,
+    structure_size,
+)
 
 # Per-pixel palette of the attribution map, one colour per reference (cycled past its length).
 PALETTE = np.array(
@@ -85,6 +107,23 @@ def reference_shares(shares: torch.Tensor, names: list[str]) -> dict[str, float]
     return {name: round(share, 4) for name, share in zip(names, shares, strict=True)}
 
 
+def per_name(weights: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Weights per image drawn from (first axis) summed per reference name (`owner`: each image's name)."""
+    out = weights.new_zeros((n, *weights.shape[1:]))
+    return out.index_add_(0, owner, weights)
+
+
+class SketchSources(NamedTuple):
+    """The images a sketch run draws from, their per-pixel log-priors and the reference each stands for."""
+
+    images: torch.Tensor  # S×C×H×W
+    prior: torch.Tensor  # S×H×W
+    owner: list[int]  # per image: index into the run's reference names (the sketch last)
+    key_mask: torch.Tensor | None  # S×H×W: where each image offers keys (inpainting's context)
+    where: torch.Tensor  # H×W: where references paint, not the sketch kept as it is
+    layout: torch.Tensor  # 3×H×W: the sketch with its painted colours where their materials fit (ILVR's y)
+
+
 class PatchEngine:
     """Runs requests on the ELS machine; keeps recently used reference sets loaded between requests."""
 
@@ -116,6 +155,64 @@ class PatchEngine:
                 self._fitted.popitem(last=False)
         return self._fitted[key]
 
+    def _sketch_sources(
+        self,
+        refs: ReferenceSet,
+        request: Request,
+        chosen: list[int],
+        shares: list[float],
+        weights: torch.Tensor,
+        fitted: torch.Tensor,
+    ) -> SketchSources:
+        """What an img2img or inpainting run draws from: the references recoloured to the sketch colours
+        they paint, and the init image itself (the paper, or inpainting's context), with per-pixel priors.
+        """
+        assert request.init_image is not None
+        pixels = request.init_image.pixels
+        h, w = pixels.shape[:2]
+        region = None if request.mask is None else request.mask.pixels > 127
+        plan = plan_materials(
+            main_colours(pixels, region),
+            [refs.references[i].name for i in chosen],
+            shares,
+            [palettes(refs)[i] for i in chosen],
+            None,
+            request.colour_pins,
+        )
+        drawn = sources(plan)
+        if region is not None and not any(src.name == SKETCH for src in drawn):
+            drawn.append(Source(SKETCH, len(chosen), None))  # the surroundings always vote near the edge
+        init = to_tensor(pixels).to(self.device)
+        # Each painted colour is drawn at the colour nearest it where its best material's texture fits.
+        colours = {
+            c: room_for_texture(fitted[int(plan.priors[c, :-1].argmax())], plan.colours[c].rgb)
+            for c in sorted({src.colour for src in drawn if src.colour is not None})
+        }
+        images = []
+        for src in drawn:
+            if src.index == len(chosen):
+                images.append(init)
+            elif src.colour is None:
+                images.append(fitted[src.index])
+            else:
+                images.append(recoloured(fitted[src.index], colours[src.colour]))
+        slider = torch.cat([weights, weights.new_zeros(1)])  # the sketch has no slider
+        prior = source_priors(pixels, plan, drawn, self.device)
+        prior += slider[[src.index for src in drawn]][:, None, None]
+        key_mask = None
+        if region is not None and request.mask is not None:
+            # Inpainting: the surroundings offer only the pixels kept as they are, and vote near the edge.
+            context = [k for k, src in enumerate(drawn) if src.name == SKETCH]
+            mask = torch.from_numpy(request.mask.pixels.astype(np.float32) / 255.0).to(self.device)
+            width = feather(min(h, w))
+            key_mask = torch.ones(len(drawn), h, w, dtype=torch.bool, device=self.device)
+            key_mask[context] = soft_mask(mask, width) == 0
+            prior[context] = torch.logaddexp(prior[context], context_vote(mask, width))
+        where = torch.from_numpy(painted(pixels, plan)).float().to(self.device)
+        layout = shifted_sketch(pixels, plan, colours).to(self.device)
+        owner = [src.index for src in drawn]
+        return SketchSources(torch.stack(images), prior, owner, key_mask, where, layout)
+
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:
         """Denoise step by step, yielding each step's clean-image estimate, then Done unless cancelled."""
         single_image(request).validate()
@@ -123,64 +220,87 @@ class PatchEngine:
         w, h = request.width, request.height
 
         # 1. References: load (cached), pick by prompt (each word's weight shared among the references it
-        # names), fit to the request size; log-priors from those shares and the sliders.
+        # names; a colour pin may add one), fit to the request size.
         refs = self.references(request.model)
         selection = match_prompt(refs, request.prompt, request.negative_prompt)
-        chosen = list(selection.indices)
+        chosen, shares = list(selection.indices), list(selection.shares)
+        if request.init_image is not None:
+            for index in pinned_references(refs, request.colour_pins):
+                if index not in chosen:
+                    chosen.append(index)
+                    shares.append(0.0)  # only for the colours pinned to it
         names = [refs.references[i].name for i in chosen]
-        images = self._fit(refs, w, h)[chosen]
-        weights = log_priors(refs, chosen, request.reference_weights)
-        prior = torch.tensor(
-            [math.log(s) + wt for s, wt in zip(selection.shares, weights, strict=True)], device=self.device
-        )
+        fitted = self._fit(refs, w, h)[chosen]
+        weights = torch.tensor(log_priors(refs, chosen, request.reference_weights), device=self.device)
         # Tiling wraps the references' patches only when the references tile themselves.
-        borders = els.borders_for(request.tiling, all(els.tiles(image) for image in images))
+        borders = els.borders_for(request.tiling, all(els.tiles(image) for image in fitted))
 
         # 2. Starting noise and the times to visit.
         eps = initial_noise(request.seed, (3, h, w), request.variation_seed, request.variation_strength)
         eps = eps.to(self.device)
-        init = mask = None
+        init = mask = key_mask = where = layout = None
         t_start, n_steps = 1.0, request.steps
-        if request.init_image is not None:
+        if request.mask is not None:  # feathered: the repainted area blends into the kept pixels
+            mask = torch.from_numpy(request.mask.pixels.astype(np.float32) / 255.0).to(self.device)
+            mask = soft_mask(mask, feather(min(w, h)))
+        # Which name each image drawn from stands for (a reference may be drawn in several colours).
+        owner = list(range(len(chosen)))
+        if request.init_image is None:
+            images = fitted
+            prior = torch.tensor([math.log(s) for s in shares], device=self.device) + weights
+        else:
+            # 3. A sketch: its colours choose each pixel's materials, each drawn in its stroke's colour;
+            # the init image itself is drawn from too (the paper, or inpainting's context).
             init = to_tensor(request.init_image.pixels).to(self.device)
             t_start = request.strength
             n_steps = els.img2img_steps(request.steps, request.strength)
-        if request.mask is not None:
-            mask = torch.from_numpy(request.mask.pixels.astype(np.float32) / 255.0).to(self.device)
+            sketch = self._sketch_sources(refs, request, chosen, shares, weights, fitted)
+            images, prior, owner, key_mask, where, layout = sketch
+            names.append(SKETCH)
+        by_name = torch.tensor(owner, device=self.device)
         times = els.timesteps(n_steps, t_start)
         x = els.noise_to(init, eps, t_start) if init is not None else eps
         keys = torch.Generator().manual_seed(request.seed)
+        guide = None  # the init image's layout, kept at every step (ILVR)
+        if init is not None and request.structure_steps > 0:
+            size = structure_size(request.structure, min(w, h))
+            last_step = guide_steps(request.structure_steps, n_steps)
+            guide = StructureGuide.build(layout, eps, size, request.tiling, last_step, where)
 
-        # 3. Denoise: estimate x0, DDIM to the next time, re-impose the known pixels when inpainting.
+        # 4. Denoise: estimate x0, DDIM to the next time, keep the init's low frequencies (structure),
+        # re-impose the known pixels when inpainting.
         estimate = None
         for step, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=True), start=1):
             if cancel.is_set():
                 return
             if t <= 0:  # strength 0: nothing to denoise
-                even = torch.full((len(chosen),), 1.0 / len(chosen))
+                even = torch.full((len(owner),), 1.0 / len(owner))
                 estimate = els.Estimate(x, even[:, None, None].expand(-1, h, w), even)
             else:
                 try:
-                    shares = None if estimate is None else estimate.shares
+                    drawn = None if estimate is None else estimate.shares
                     last = t_next <= 0  # only the final estimate needs per-pixel weights (attribution)
                     estimate = self._estimate(
-                        x, images, t, request, borders, prior, keys, shares, last, cancel
+                        x, images, t, request, borders, prior, keys, drawn, last, key_mask, cancel
                     )
                 except els.Cancelled:
                     return
                 x = els.ddim_step(x, estimate.x0, t, t_next)
             shown = estimate.x0
+            if guide is not None and guide.applies(step):
+                x = guide.impose(x, t_next)
+                shown = guide.show(shown)
             if mask is not None and init is not None:
                 x = mask * x + (1 - mask) * els.noise_to(init, eps, t_next)
                 shown = mask * shown + (1 - mask) * init
             yield StepEvent(request.request_id, step, n_steps, to_uint8(shown), time.perf_counter() - start)
 
-        # 4. Finish: the last step lands on t = 0, so x is the final estimate; known pixels exactly kept.
+        # 5. Finish: the last step lands on t = 0, so x is the final estimate; known pixels exactly kept.
         if cancel.is_set() or estimate is None:
             return
         image = to_uint8(x)
-        if request.mask is not None and request.init_image is not None:
-            m = request.mask.pixels.astype(np.float32)[..., None] / 255.0
+        if mask is not None and request.init_image is not None:
+            m = mask.cpu().numpy()[..., None]
             known = request.init_image.pixels
             blended = np.round(m * image + (1 - m) * known).astype(np.uint8)
             image = np.where(m > 0, blended, known)
@@ -191,7 +311,7 @@ class PatchEngine:
             extras={
                 "engine": "patch",
                 "references": names,
-                "reference_shares": reference_shares(estimate.shares, names),
+                "reference_shares": reference_shares(per_name(estimate.shares, by_name, len(names)), names),
                 "prompt_matches": {word: list(named) for word, named in selection.matches},
                 "unmatched_words": list(selection.unmatched),
                 "skipped_references": list(refs.skipped),
@@ -199,7 +319,9 @@ class PatchEngine:
                 "model_hash": refs.digest,
                 "borders": borders,
             },
-            attribution=attribution_map(estimate.ref_weights),
+            attribution=attribution_map(
+                None if estimate.ref_weights is None else per_name(estimate.ref_weights, by_name, len(names))
+            ),
             elapsed_s=time.perf_counter() - start,
         )
 
@@ -214,6 +336,7 @@ class PatchEngine:
         keys: torch.Generator,
         shares: torch.Tensor | None,
         last: bool,
+        key_mask: torch.Tensor | None,
         cancel: threading.Event,
     ) -> els.Estimate:
         """One clean-image estimate at time t, by the mode the locality and the request ask for."""
@@ -222,14 +345,16 @@ class PatchEngine:
         if k is None:
             return els.whole_image(x, images, a, b, borders == "wrap", prior)
         if request.patch_mode == "ls":
+            if key_mask is not None:  # LS compares each pixel with the same position only
+                prior = prior.masked_fill(~key_mask, els.EXCLUDED)
             return els.local_score(x, images, a, b, k, request.tiling, prior)
         if request.exact:
             return els.patch_attention(
                 x, images, a, b, k, borders, prior,
-                low_precision=self.low_precision, should_stop=cancel.is_set,
+                low_precision=self.low_precision, key_mask=key_mask, should_stop=cancel.is_set,
             )  # fmt: skip
         return els.fast_patch_attention(
             x, images, a, b, k, borders, prior, keys,
             shares=shares, max_keys=self.max_keys, pixel_weights=last, low_precision=self.low_precision,
-            should_stop=cancel.is_set,
+            key_mask=key_mask, should_stop=cancel.is_set,
         )  # fmt: skip

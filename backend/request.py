@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import uuid
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ ENGINES = ("patch", "diffusers")
 PREVIEW_METHODS = ("auto", "latent_rgb", "taesd", "none")
 PATCH_MODES = ("els", "ls")
 MAX_PROMPT_CHARS = 2000
+MAX_PINS = 32
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 MAX_SEED = 2**63 - 1
 # The patch engine works in pixel space, where 512² is already a large attention problem on a CPU.
 SIZE_LIMITS = {"patch": (32, 512), "diffusers": (64, 2048)}
@@ -103,6 +106,14 @@ class Request:
     grid: Grid | None = None
     # Make the init image larger (then refine it at `strength`); width and height are the final size.
     upscale: Upscale | None = None
+    # Patch engine, image-to-image and inpainting: keep the init image's layout (ILVR). `structure` sets the
+    # low-pass size, from 1/32 of the side (0: exact colours) to 1/2 (1: only the broad layout);
+    # `structure_steps` the fraction of the steps, the first ones, it applies to (0: off).
+    structure: float = 0.5
+    structure_steps: float = 1.0
+    # Patch engine with an init image: (sketch colour "#rrggbb", reference name or "sketch") pairs that paint
+    # that colour's strokes in that reference (or keep them as sketched); other colours choose by palette.
+    colour_pins: tuple[tuple[str, str], ...] = ()
     # Not part of the recipe: identifies one submission so stale events can be dropped.
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
 
@@ -201,6 +212,17 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
             yield f"the mask is {r.mask.width}×{r.mask.height} but the request is {r.width}×{r.height}"
     if not 0.0 <= r.locality <= 1.0:
         yield f"locality must be between 0 and 1 (got {r.locality})"
+    if not 0.0 <= r.structure <= 1.0:
+        yield f"structure must be between 0 and 1 (got {r.structure})"
+    if not 0.0 <= r.structure_steps <= 1.0:
+        yield f"structure steps must be a fraction between 0 and 1 (got {r.structure_steps})"
+    if len(r.colour_pins) > MAX_PINS:
+        yield f"at most {MAX_PINS} colour pins (got {len(r.colour_pins)})"
+    for colour, target in r.colour_pins:
+        if not _COLOUR.fullmatch(str(colour)):
+            yield f"a colour pin's colour must look like #f0c828 (got {colour!r:.40})"
+        if not str(target).strip():
+            yield f"the colour pin for {colour} names no reference"
     if r.patch_mode not in PATCH_MODES:
         yield f"unknown patch mode {r.patch_mode!r}; choose one of {', '.join(PATCH_MODES)}"
     for name, weight in r.reference_weights:

@@ -148,6 +148,13 @@ def _field_from_json(name: str, value: Any, default: Any, missing_images: bool) 
             return upscale_from_json(value)
         except RequestError as exc:
             raise RecipeError(f"recipe field 'upscale': {exc}") from None
+    if name == "colour_pins":
+        if not isinstance(value, list):
+            raise bad("a list of [colour, reference] pairs")
+        try:
+            return tuple((str(c), str(r)) for c, r in value)
+        except (TypeError, ValueError):
+            raise bad("a list of [colour, reference] pairs") from None
     if name == "reference_weights":
         if not isinstance(value, list):
             raise bad("a list of [name, weight] pairs")

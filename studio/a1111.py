@@ -176,6 +176,13 @@ def to_a1111(request: Request, extras: Mapping[str, Any] | None = None) -> str:
         for letter, axis in zip("XY", request.grid.axes(), strict=False):
             p[f"{letter} Type"] = axis.label
             p[f"{letter} Values"] = values_text(axis)
+    sketch = request.engine == "patch" and request.init_image is not None
+    if sketch or request.structure != d.structure:
+        p["Structure"] = _num(request.structure)
+    if sketch or request.structure_steps != d.structure_steps:
+        p["Structure steps"] = _num(request.structure_steps)
+    if request.colour_pins:
+        p["Colour pins"] = strict_json.dumps([[c, r] for c, r in request.colour_pins])
     p["Version"] = "Studio"
     pairs = ", ".join(f"{k}: {_quote(v)}" for k, v in p.items() if v is not None and v != "")
     negative = f"\n{_NEGATIVE} {request.negative_prompt}" if request.negative_prompt else ""
@@ -324,8 +331,11 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
     try:
         concepts = tuple(Concept(str(a), str(b), float(w), float(s)) for a, b, w, s in listing("Concepts"))
         weights = tuple((str(n), float(w)) for n, w in listing("Reference weights"))
+        pins = tuple((str(c), str(r)) for c, r in listing("Colour pins"))
     except (TypeError, ValueError):
-        raise RecipeError("A1111 parameters: Concepts or Reference weights have the wrong shape") from None
+        raise RecipeError(
+            "A1111 parameters: Concepts, Reference weights or Colour pins have the wrong shape"
+        ) from None
     engine = f.get("Engine", "diffusers").strip()
     model = f["Model path"] if "Model path" in f else f.get("Model", "").strip()
     prompt, tags = split_lora_tags(parsed.prompt)
@@ -360,6 +370,9 @@ def request_from_a1111(text: str) -> tuple[Request, dict[str, Any]]:
         exact=flag("Exact"),
         grid=_grid(f),
         upscale=_upscale(f),
+        structure=number("Structure", float, d.structure),
+        structure_steps=number("Structure steps", float, d.structure_steps),
+        colour_pins=pins,
     )
     bad = non_finite(request)
     if bad:  # `CFG scale: nan` parses as a float; it is no setting anyone can run

@@ -63,6 +63,18 @@ def _finite(text: str) -> float:
 _finite.__name__ = "finite number"  # argparse says "invalid finite number value: 'nan'"
 
 
+def _pin(text: str) -> tuple[str, str]:
+    colour, sep, reference = text.partition("=")
+    colour = colour.strip() if colour.strip().startswith("#") else "#" + colour.strip()
+    if not sep or not reference.strip() or len(colour) != 7:
+        raise ValueError(text)
+    int(colour[1:], 16)
+    return colour.lower(), reference.strip()
+
+
+_pin.__name__ = "colour pin (like '#f0c828=hammered_gold')"  # argparse names the type in its error
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Studio without the window: generate images, read their recipes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,info,models}")
@@ -93,6 +105,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--locality", type=_finite, help="patch engine: 0 makes new images, 1 reproduces references"
+    )
+    g.add_argument(
+        "--structure",
+        type=_finite,
+        help="patch engine with an init image: low-pass size kept from it, 0 exact colours to 1 broad layout",
+    )
+    g.add_argument(
+        "--structure-steps", type=_finite, help="fraction of the steps the structure applies to (0 = off)"
+    )
+    g.add_argument(
+        "--pin",
+        action="append",
+        type=_pin,
+        metavar="COLOUR=REFERENCE",
+        help="patch engine with an init image: paint this sketch colour in this reference, e.g. "
+        "'#f0c828=hammered_gold' ('=sketch' keeps it as drawn); repeat for more colours",
     )
     g.add_argument("--device", help="cpu, cuda, mps (default: automatic)")
     g.add_argument(
@@ -327,6 +355,8 @@ def build_request(
         ("variation_seed", "variation_seed"),
         ("variation_strength", "variation_strength"),
         ("locality", "locality"),
+        ("structure", "structure"),
+        ("structure_steps", "structure_steps"),
     ):
         if getattr(args, option) is not None:
             changes[name] = getattr(args, option)
@@ -335,6 +365,8 @@ def build_request(
             changes[name], notice = clean_prompt(changes[name])
             if notice:
                 print(f"{PROG}: note: {notice}", file=sys.stderr)
+    if args.pin:
+        changes["colour_pins"] = tuple(args.pin)
     if args.variation_strength and args.variation_seed is None and base.variation_seed is None:
         changes["variation_seed"] = (changes.get("seed", base.seed) + 1) % (MAX_SEED + 1)
     changes.update(_engine_and_model(args, base))

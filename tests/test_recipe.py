@@ -68,6 +68,9 @@ EVERYTHING = Request(
     exact=True,
     grid=Grid(Axis("prompt", ("castle", "tower, old")), Axis("concept:2", (-2.0, 1.0))),
     upscale=Upscale(4, "/models/ESRGAN/4x-Ultra, sharp.pth", 512, 32),
+    structure=0.25,
+    structure_steps=0.6,
+    colour_pins=(("#f0c828", "hammered_gold"), ("#ffffff", "sketch")),
 )
 
 COMBOS = [
