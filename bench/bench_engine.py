@@ -1,4 +1,5 @@
-"""Benchmark the diffusers engine: time per step, preview overhead, and engine vs a plain pipeline call.
+"""Benchmark the diffusers engine: time per step, preview overhead, engine vs a plain pipeline call, and a
+ControlNet step and a LoRA step against the plain step (bench/engine_adapters.py).
 
     .venv/bin/python bench/bench_engine.py            # CPU, tiny random-weight SD1.x model, 64×64
     .venv/bin/python bench/bench_engine.py --gpu      # CUDA, SD1.5-sized random weights, fp16, 512×512
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from engine_adapters import adapter_rows  # noqa: E402
 from machine import describe  # noqa: E402
 
 from backend.diffusers_engine import DiffusersEngine  # noqa: E402
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
+    parser.add_argument("--no-adapters", action="store_true", help="skip the ControlNet and LoRA rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -185,6 +188,8 @@ def main() -> None:
         ("preview overhead (with / without previews)", f"{med['previews'] / med['none']:.3f}"),
         ("engine without previews / pipeline", f"{med['none'] / med['pipeline']:.3f}"),
     ]
+    if not args.no_adapters:
+        rows += adapter_rows(engine, pipe, base, args.repeats)
     width = max(len(r[0]) for r in rows)
     table = "\n".join(f"| {name:<{width}} | {value:>10} |" for name, value in rows)
     header = f"| {'measure':<{width}} | {'median':>10} |\n|{'-' * (width + 2)}|{'-' * 12}|"
