@@ -18,7 +18,7 @@ import sys
 import threading
 from dataclasses import dataclass
 
-from PySide6.QtCore import QCoreApplication, QObject, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 
 from backend.engine import Engine
 from backend.errors import StudioError, describe_error
@@ -41,7 +41,8 @@ class EngineHost(QObject):
       started(Request)        the engine thread took this request and began running it
       step(StepEvent)         the newest preview frame (older undelivered frames are dropped)
       done(Done)              a run finished; never emitted for a cancelled run
-      cancelled(Request)      a started run stopped because it was cancelled or superseded
+      cancelled(Request)      a started run stopped because it was cancelled or superseded, or `cancel`
+                              dropped a request the thread had not taken yet (it never started)
       failed(Request, str)    a run raised; the message is meant for a person
       idle()                  the engine thread finished a run and found the mailbox empty
     """
@@ -60,6 +61,7 @@ class EngineHost(QObject):
     _w_cancelled = Signal(object)
     _w_failed = Signal(object, str)
     _w_idle = Signal()
+    _dropped = Signal(object)  # emitted on this thread by cancel(); queued, so never re-entrant
 
     def __init__(self, engine: Engine, name: str = "studio-engine") -> None:
         super().__init__()
@@ -76,6 +78,7 @@ class EngineHost(QObject):
         self._w_cancelled.connect(self._on_cancelled)
         self._w_failed.connect(self._on_failed)
         self._w_idle.connect(self._on_idle)
+        self._dropped.connect(self._on_cancelled, Qt.ConnectionType.QueuedConnection)
         # A strong reference until the thread ends (DESIGN: keep the thread referenced until it is joined).
         self._worker = threading.Thread(target=self._loop, name=name, daemon=False)
         self._worker.start()
@@ -96,11 +99,14 @@ class EngineHost(QObject):
             self._cond.notify_all()
 
     def cancel(self) -> None:
-        """Cancel the running request and drop the one waiting in the mailbox."""
+        """Cancel the running request and drop the one waiting in the mailbox (both end as cancelled)."""
         with self._cond:
-            self._mailbox = None
+            dropped, self._mailbox = self._mailbox, None
             if self._run is not None:
                 self._run.cancel.set()
+        if dropped is not None:
+            # Under load the thread may not have taken it yet; without this its submitter waits forever.
+            self._dropped.emit(dropped)
 
     @property
     def busy(self) -> bool:

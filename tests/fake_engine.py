@@ -7,6 +7,8 @@ the final values" can be checked. Tests script it:
 - `raise_at=k, error=exc`: raise `exc` when step k is about to be yielded (k = 1 raises before any frame);
 - `gates=[e1, e2, ...]`: before step i, wait until `gates[i-1]` is set (cancel still stops the wait), so
   a test decides when each step happens, with no sleeps;
+- `hold=e`: before the first step, wait until `e` is set, deaf to cancel (a long step that looks at cancel
+  only when it ends, like one UNet step on a CPU), so the engine thread is busy for as long as a test wants;
 - `started_runs`, `finished_runs`, `running` record what the engine did, on the engine thread.
 """
 
@@ -71,11 +73,13 @@ class FakeEngine:
         raise_at: int | None = None,
         error: BaseException | None = None,
         gates: Sequence[threading.Event] | None = None,
+        hold: threading.Event | None = None,
     ) -> None:
         self.steps = steps  # None: the request's own step count
         self.raise_at = raise_at
         self.error = error if error is not None else RuntimeError("fake engine failure")
         self.gates = list(gates) if gates is not None else []
+        self.hold = hold
         self.started_runs: list[Request] = []
         self.finished_runs: list[Request] = []
         self.running = threading.Event()  # set while a run is inside generate
@@ -94,6 +98,8 @@ class FakeEngine:
             total = self.steps or request.steps
             image = fake_image(request)
             t0 = time.perf_counter()
+            if self.hold is not None:
+                self.hold.wait()
             for i in range(1, total + 1):
                 if i <= len(self.gates) and not _wait(self.gates[i - 1], cancel):
                     return

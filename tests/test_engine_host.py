@@ -137,6 +137,28 @@ def test_newest_submission_wins_and_unstarted_ones_are_dropped(qtbot, make_host)
     assert "cancelled" in rec.kinds(a.request_id)
 
 
+def test_cancel_before_the_thread_takes_a_request_says_it_was_cancelled(qtbot, make_host):
+    hold = threading.Event()  # the first run's step ignores cancel until released: the thread stays busy
+    engine = FakeEngine(steps=1, hold=hold)
+    host = make_host(engine)
+    rec = Recorder(host)
+    a, b = (Request(steps=1, seed=s, **SMALL) for s in (1, 2))
+    try:
+        host.submit(a)
+        qtbot.waitUntil(engine.running.is_set, timeout=5000)
+        host.submit(b)  # waits in the mailbox behind a
+        with qtbot.waitSignal(host.cancelled, timeout=5000) as blocker:
+            host.cancel()  # b never starts: whoever submitted it must still hear that it ended
+        assert blocker.args[0].request_id == b.request_id
+        with qtbot.waitSignal(host.idle, timeout=5000):
+            hold.set()
+        assert rec.kinds(a.request_id) == ["started", "cancelled"]
+        assert rec.kinds(b.request_id) == ["cancelled"]  # never started, never ran
+    finally:
+        hold.set()
+    assert [r.request_id for r in engine.started_runs] == [a.request_id]
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [

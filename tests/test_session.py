@@ -99,6 +99,25 @@ def test_cancel_mid_run_leaves_no_layer_and_no_entry_and_the_engine_takes_the_ne
     assert seen.errors == []
 
 
+def test_cancel_before_the_engine_thread_takes_the_run_still_ends_it(qtbot, make_session):
+    hold = threading.Event()  # a long step that looks at cancel only when it ends keeps the thread busy
+    engine = FakeEngine(steps=1, hold=hold)
+    session = make_session(engine)
+    seen = Seen(session)
+    try:
+        session.runs.generate()
+        qtbot.waitUntil(engine.running.is_set, timeout=5000)
+        session.runs.generate()  # a second Generate: its run waits for the engine thread
+        session.runs.cancel()  # Esc before the thread took it
+        qtbot.waitUntil(lambda: seen.ended == ["cancelled"], timeout=5000)
+        assert not session.runs.running  # the window's Cancel greys out, the progress bar goes
+        with qtbot.waitSignal(session.host.idle, timeout=5000):  # after the first run's own "cancelled"
+            hold.set()
+    finally:
+        hold.set()
+    assert seen.ended == ["cancelled"] and seen.results == [] and len(session.document.layers) == 1
+
+
 @pytest.mark.parametrize(
     "error",
     [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB"), RuntimeError("kaput")],

@@ -139,8 +139,8 @@ def test_escape_cancels_only_when_no_popup_or_text_field_takes_it(make_window, q
     gate = threading.Event()  # the run waits before its first step until cancelled
     window = make_window(FakeEngine(steps=2, gates=[gate]))
     runs, panel = window.session.runs, window.prompt_panel
-    window.generate_action.trigger()
-    qtbot.waitUntil(lambda: runs.running)
+    with qtbot.waitSignal(runs.run_started, timeout=5000):  # the engine thread took it: a run in progress
+        window.generate_action.trigger()
     cancels: list[bool] = []
     window.cancel_action.triggered.connect(lambda *_: cancels.append(True))
 
