@@ -26,7 +26,7 @@ from backend.engine import Engine
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
 from backend.request import DEFAULT_SIZE, MAX_SEED, Request
-from studio import cli_adapters, cli_grid, cli_upscale
+from studio import cli_adapters, cli_grid, cli_outpaint, cli_upscale
 from studio.a1111 import to_a1111
 from studio.pngmeta import PngMetadata, read_png_metadata, save_png
 from studio.prompts import clean_prompt
@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     cli_grid.add_arguments(g)
     cli_upscale.add_arguments(g)
+    cli_outpaint.add_arguments(g)
     cli_adapters.add_arguments(g)
     g.set_defaults(run=_generate)
 
@@ -213,7 +214,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError("--attribution needs the patch engine")
     try:
         request = cli_upscale.upscale_request(args, cli_grid.grid_for(args, request))
-    except (cli_grid.GridUsageError, cli_upscale.UpscaleUsageError) as exc:
+        request = cli_outpaint.outpaint(args, request)
+    except (cli_grid.GridUsageError, cli_upscale.UpscaleUsageError, cli_outpaint.OutpaintUsageError) as exc:
         raise UsageError(str(exc)) from None
     request.validate()  # a bad grid value is named before torch loads
     out = Path(args.out) if args.out else _free_name(Path(f"studio-{request.seed}.png"))
@@ -385,7 +387,7 @@ def build_request(
     )
     changes.update(width=width, height=height)
     if init is not None:
-        if base.upscale is not None or getattr(args, "upscale", None):
+        if base.upscale is not None or getattr(args, "upscale", None) or getattr(args, "expand", None):
             changes["init_image"] = init  # the image to upscale keeps its own size (studio/cli_upscale.py)
         else:
             changes["init_image"] = _resized(init, width, height, "init image", args.init_image is not None)
