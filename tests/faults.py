@@ -10,8 +10,9 @@ The table holds timings, so the suite does not rewrite it on every run (that wou
 checkout): it is written when `STUDIO_FAULTS=write` is set and every module in `MODULES` ran all of its
 tests and passed, with the machine and its load in the header:
 
-    STUDIO_FAULTS=write .venv/bin/python -m pytest -q tests/test_project.py tests/test_hostile_inputs.py \
-        tests/test_crash_safety.py tests/test_fuzz_containers.py
+    STUDIO_FAULTS=write .venv/bin/python -m pytest -q tests/test_project.py tests/test_hostile_basics.py \
+        tests/test_hostile_inputs.py tests/test_large_documents.py tests/test_crash_safety.py \
+        tests/test_fuzz_containers.py
 """
 
 from __future__ import annotations

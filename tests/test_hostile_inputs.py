@@ -129,7 +129,7 @@ def test_hostile_project_files_are_refused_and_change_nothing(tmp_path, prober):
         assert path.name in message and "Traceback" not in message, (label, message)
         assert (path.read_bytes(), path.stat().st_mtime_ns) == before[path], f"{label}: file changed"
         cost = prober.open(path, "studio")
-        assert cost.outcome == "refused", (label, cost)
+        assert (cost.outcome, cost.message) == ("refused", message), (label, cost)  # the same refusal
         outcome = message.replace(f"{path.name}: ", "").replace(path.name, "the file")
         faults.record("project file", label, f"refused: {outcome}", lost, cost)
     assert sorted(str(p) for p in tmp_path.parent.rglob("*")) == listing, "a refused project wrote files"
@@ -185,9 +185,8 @@ def test_small_files_that_cost_far_more_than_they_hold(tmp_path, case, prober):
     # The same answer for the same reason: a refusal for want of memory would mean the limit was hit.
     assert cost.outcome == case.expect and case.match in cost.message, cost
     assert cost.cpu_s <= REFUSAL_CPU_S and cost.vm_peak <= budget, cost
-    faults.record(
-        "project file" if case.kind == "studio" else "OpenRaster file", case.label, outcome, lost, cost
-    )
+    area = "project file" if case.kind == "studio" else "OpenRaster file"
+    faults.record(area, case.label.removeprefix("OpenRaster: "), outcome, lost, cost)
 
 
 def test_the_cost_limits_let_honest_files_through(tmp_path):
@@ -301,7 +300,7 @@ def test_a_recipe_holding_nan_is_not_run_and_info_stays_json(tmp_path, capsys, m
     faults.record(
         "number",
         'PNG recipe with `"guidance":NaN` and `CFG scale: nan`',
-        f"not re-run: {err.split(': ', 2)[2]}",
+        "not re-run: " + err.split(": ", 2)[2].replace(str(path), path.name),
         lost,
     )
 
@@ -437,7 +436,7 @@ def test_a_png_with_a_text_chunk_too_large_to_read_opens_without_it(tmp_path, ca
     assert cost.outcome == "opened" and "skipped" in cost.message, cost
     faults.record(
         "image",
-        f"PNG with a {kind} chunk inflating to 2 MB",
+        f"PNG with one {kind} chunk inflating to 2 MB",
         "opened; `info` notes the chunk it skipped",
         lost,
         cost,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import tracemalloc
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
-from hostile_child import GIB, REFUSAL_BUDGET, REFUSAL_CPU_S, Prober, declared_bytes, opening_budget
+from hostile_child import GIB, REFUSAL_BUDGET, REFUSAL_CPU_S, declared_bytes, opening_budget
 from hostile_files import blank_png, good_project, ora, rewrite
 
 from studio.archive import png_bytes
@@ -24,12 +25,10 @@ from studio.project import ProjectError, load_project
 OPEN_CPU_S = 60.0  # an 8192² canvas is a lot of pixels for a busy 2-core machine; what matters is memory
 
 
-@pytest.fixture(scope="module")
-def prober():
-    """Opens files in forked children under memory and time limits."""
-    server = Prober()
-    yield server
-    server.close()
+@pytest.fixture(autouse=True, scope="module")
+def _fault_table(request):
+    yield
+    faults.module_finished(request)
 
 
 def dot_png() -> bytes:
@@ -41,20 +40,32 @@ def test_an_ora_declaring_a_16384_canvas_for_one_pixel_is_refused_before_allocat
     assert path.stat().st_size < 2048
     with pytest.raises(ProjectError, match="megapixels"):
         import_ora(path)
+    before = faults.snapshot(files=[path])
     cost = prober.open(path, "ora", REFUSAL_BUDGET, REFUSAL_CPU_S)
     assert cost.outcome == "refused" and "16384×16384" in cost.message, cost
     assert cost.vm_peak < GIB and cost.cpu_s < REFUSAL_CPU_S, cost
+    faults.record(
+        "OpenRaster file",
+        f"a {path.stat().st_size}-byte .ora declaring a 16384² canvas for one 1×1 layer",
+        "refused before anything is allocated: " + cost.message.split(": ", 1)[1],
+        faults.bytes_lost(before, faults.snapshot(files=[path])),
+        cost,
+    )
 
 
 def test_an_ora_layer_stays_at_its_own_size_on_a_large_canvas(tmp_path, prober):
     """One 1×1 layer on the largest canvas allowed: the layer costs 4 bytes, not a padded canvas."""
     path = ora(tmp_path / "dot.ora", 8192, 8192, [("data/dot.png", dot_png())], [{"x": "100", "y": "200"}])
     budget = opening_budget(declared_bytes(path))
+    before = faults.snapshot(files=[path])
     cost = prober.open(path, "ora", budget, OPEN_CPU_S)
     assert cost.outcome == "opened", cost
     assert cost.vm_peak <= budget, cost
     # The picture (3 bytes a pixel) and the mask (1) are the whole cost: about 256 MiB, not 1.3 GiB.
     assert cost.rss_peak < 8192 * 8192 * 6, cost
+    outcome = f"opened within the budget of {budget / 2**30:.1f} GiB; the layer stays 1×1 at its offset"
+    lost = faults.bytes_lost(before, faults.snapshot(files=[path]))
+    faults.record("OpenRaster file", "one 1×1 layer on an 8192² canvas", outcome, lost, cost)
     width, height, layers = import_ora(path)
     assert layers[0].bounds == (100, 200, 1, 1)
     doc = Document(width, height, layers)
@@ -90,12 +101,18 @@ def test_a_project_of_five_layers_naming_one_blank_8192_image_opens_within_the_r
     path = blank_layers_project(tmp_path / "blank.studio")
     assert path.stat().st_size < 1024 * 1024
     budget = opening_budget(declared_bytes(path))
+    before = faults.snapshot(files=[path])
     cost = prober.open(path, "studio", budget, OPEN_CPU_S)
     assert cost.outcome == "opened", cost
     assert cost.vm_peak <= budget, cost
     # One decoded layer shared by all five (copy-on-write), the mask and the picture: under 1 GiB
     # resident, where padding and a float composite took 5.2 GB.
     assert cost.rss_peak < GIB, cost
+    outcome = f"opened within the budget of {budget / 2**30:.1f} GiB; the five layers share one image"
+    label = f"a {path.stat().st_size / 1024:.1f} kB .studio: five 8192² layers naming one blank PNG"
+    faults.record(
+        "project file", label, outcome, faults.bytes_lost(before, faults.snapshot(files=[path])), cost
+    )
 
 
 def test_layers_that_name_one_image_share_it_until_one_is_painted(tmp_path):
