@@ -1,5 +1,6 @@
 """Benchmark the diffusers engine: time per step, preview overhead, engine vs a plain pipeline call, and a
-ControlNet step and a LoRA step against the plain step (bench/engine_adapters.py).
+ControlNet step and a LoRA step against the plain step (bench/engine_adapters.py), and a grid of seeds batched
+through the UNet against sequential runs (bench/engine_grid.py).
 
     .venv/bin/python bench/bench_engine.py            # CPU, tiny random-weight SD1.x model, 64×64
     .venv/bin/python bench/bench_engine.py --gpu      # CUDA, SD1.5-sized random weights, fp16, 512×512
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from engine_adapters import adapter_rows  # noqa: E402
+from engine_grid import grid_rows  # noqa: E402
 from machine import describe  # noqa: E402
 
 from backend.diffusers_engine import DiffusersEngine  # noqa: E402
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--no-adapters", action="store_true", help="skip the ControlNet and LoRA rows")
+    parser.add_argument("--no-grid", action="store_true", help="skip the grid batching rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -190,6 +193,8 @@ def main() -> None:
     ]
     if not args.no_adapters:
         rows += adapter_rows(engine, pipe, base, args.repeats)
+    if not args.no_grid:
+        rows += grid_rows(engine, base, args.repeats)
     width = max(len(r[0]) for r in rows)
     table = "\n".join(f"| {name:<{width}} | {value:>10} |" for name, value in rows)
     header = f"| {'measure':<{width}} | {'median':>10} |\n|{'-' * (width + 2)}|{'-' * 12}|"
