@@ -37,7 +37,6 @@ PALETTE_SPREAD = 0.015  # how far from a palette colour a sketch colour still co
 # Hue and chroma say more about a material than lightness: a sketch's brown is lighter or darker than the
 # leather it stands for, and hammered gold's shadows are brown. Lightness counts 0.3 in colour matching.
 PALETTE_AXES = np.array([0.3, 1.0, 1.0])
-PALETTE_COLOURS = 6
 # A reference whose match to a colour is this much worse than the best one's is shut out of that colour:
 # a merely low prior loses to patch distances at low noise (pale rose-gold patches fit the white side of a
 # yellow stroke's edge better than any hammered-gold patch), so materials would fray at the edges.
@@ -100,16 +99,6 @@ def quantize(pixels: np.ndarray, colours: int) -> tuple[np.ndarray, np.ndarray]:
     counts = np.bincount(np.asarray(quant).ravel(), minlength=len(table))[: len(table)]
     used = counts > 0
     return table[used], counts[used]
-
-
-def palette_of(pixels: np.ndarray, colours: int = PALETTE_COLOURS) -> Palette:
-    """The palette of an image (H×W×3) or of some pixels (M×3, uint8): main colours and their shares.
-
-    For an inpainting context: a colour is likely there when it is one of the surroundings' colours.
-    """
-    flat = pixels.reshape(-1, 3)
-    table, counts = quantize(flat[:: max(1, len(flat) // 10_000)], colours)
-    return Palette(oklab(table / 255.0), counts / counts.sum())
 
 
 _PALETTES: OrderedDict[str, list[Palette]] = OrderedDict()

@@ -49,16 +49,6 @@ from backend.sketch import (
     structure_size,
 )
 
-# Per-pixel palette of the attribution map, one colour per reference (cycled past its length).
-PALETTE = np.array(
-    [
-        (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-        (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
-        (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
-        (0, 0, 128), (128, 128, 128),
-    ],
-    dtype=np.float32,
-)  # fmt: skip
 CACHE_SIZE = 4
 
 
@@ -92,13 +82,6 @@ def attribution_map(ref_weights: torch.Tensor | None) -> np.ndarray | None:
         return None
     weight, index = ref_weights.float().max(dim=0)
     return torch.stack([index.float(), weight], dim=-1).cpu().numpy().astype(np.float32)
-
-
-def attribution_to_rgb(attribution: np.ndarray) -> np.ndarray:
-    """An attribution map as an H×W×3 uint8 image: a palette colour per reference, brightness = weight."""
-    index = attribution[..., 0].astype(np.int64) % len(PALETTE)
-    weight = np.clip(attribution[..., 1], 0.0, 1.0)[..., None]
-    return np.round(PALETTE[index] * weight).astype(np.uint8)
 
 
 def reference_shares(shares: torch.Tensor, names: list[str]) -> dict[str, float]:

@@ -271,9 +271,9 @@ def _generate(args: argparse.Namespace) -> int:
     provenance = lineage_for(Picture(done.image), done.request, recipe_meta, init_meta)
     save_png(out, done.image, done.request, done.extras, provenance)
     if args.attribution and done.attribution is not None:
-        from backend.patch_engine import attribution_to_rgb
+        from backend.attribution import attribution_sheet
 
-        Image.fromarray(attribution_to_rgb(done.attribution)).save(args.attribution)
+        attribution_sheet(done.attribution, list(done.extras.get("references", []))).save(args.attribution)
     print(str(out), file=sys.stderr if args.events else sys.stdout)
     return 0
 

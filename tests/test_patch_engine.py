@@ -10,10 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from backend import els
+from backend.attribution import attribution_to_rgb
 from backend.engines import Engines
 from backend.events import Done, StepEvent
 from backend.images import Picture
-from backend.patch_engine import PatchEngine, attribution_to_rgb, initial_noise
+from backend.patch_engine import PatchEngine, initial_noise
 from backend.request import Request
 
 SIZE = 32

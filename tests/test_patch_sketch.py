@@ -264,3 +264,44 @@ def test_inpainting_blends_across_a_feathered_edge_and_its_surroundings_vote(eng
 
 def shrunk(mask: np.ndarray, radius: int) -> np.ndarray:
     return ~grown(~mask, radius)
+
+
+def halves() -> np.ndarray:
+    img = np.zeros((S, S, 3), np.uint8)
+    img[:, : S // 2] = (200, 60, 60)
+    img[:, S // 2 :] = (60, 60, 200)
+    return img
+
+
+def test_attribution_map_shows_which_reference_fed_each_pixel_in_its_legend_colour(engine, tmp_path):
+    from backend.attribution import attribution_sheet, legend, name_at
+    from studio.cli import main
+
+    sketch = halves()
+    pins = (("#c83c3c", "brick"), ("#3c3cc8", "denim"))
+    done = sketch_run(engine, sketch, "", colour_pins=pins, seed=4)
+    names = done.extras["references"]
+    index = done.attribution[..., 0].astype(int)
+    left, right = index[:, 2 : S // 2 - 2], index[:, S // 2 + 2 : -2]  # clear of the blended middle
+    assert (left == names.index("brick")).mean() > 0.98 and (right == names.index("denim")).mean() > 0.98
+    entries = {e.name: e for e in legend(done.attribution, names)}
+    assert set(entries) == {"brick", "denim"} and entries["brick"].rgb != entries["denim"].rgb
+    assert entries["brick"].share == pytest.approx(0.5, abs=0.05)
+    assert name_at(done.attribution, names, 3, 10).startswith("brick (")
+    # The PNG: the map scaled up, each half in its reference's legend colour, the legend beside it.
+    sheet = np.asarray(attribution_sheet(done.attribution, names))
+    scale = 256 // S
+    for entry, columns in ((entries["brick"], slice(8, 100)), (entries["denim"], slice(156, 248))):
+        drawn = sheet[: S * scale, columns].reshape(-1, 3).astype(int)
+        assert (np.abs(drawn - entry.rgb).max(1) <= 12).mean() > 0.95
+    assert sheet.shape[1] > S * scale  # room for the legend
+    swatches = sheet[:, S * scale :].reshape(-1, 3)
+    for entry in entries.values():
+        assert (swatches == entry.rgb).all(1).sum() > 50  # each legend swatch is drawn
+    # The same from the command line.
+    Image.fromarray(sketch).save(tmp_path / "sketch.png")
+    argv = ["generate", "--init-image", str(tmp_path / "sketch.png"), "--steps", "8", "--seed", "4"]
+    argv += ["--pin", "#c83c3c=brick", "--pin", "#3c3cc8=denim", "--attribution", str(tmp_path / "map.png")]
+    assert main([*argv, "--out", str(tmp_path / "out.png"), "-q"]) == 0
+    written = np.asarray(Image.open(tmp_path / "map.png").convert("RGB"))
+    assert np.abs(written[: S * scale, 8:100].astype(int) - entries["brick"].rgb).max(-1).mean() < 12
