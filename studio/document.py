@@ -353,7 +353,8 @@ def _set_state(layer: Layer, state: dict[str, Any]) -> None:
 class Document(QObject):
     """Layers (bottom first), the inpainting mask and the undo stack of one canvas.
 
-    Signals: `changed(kind)` after any change ("layers", "pixels", "mask", "reset"); `operation(what,
+    Signals: `changed(kind)` after any change ("layers", "pixels", "mask", "reset", and "canvas" when the
+    canvas size changes: studio/canvas_ops.py); `operation(what,
     command)` with what = "do", "undo" or "redo" so a journal can record the exact stream of operations;
     `clean_changed(bool)` when the document becomes saved or unsaved; `active_changed(layer_id)` when
     `set_active` chooses another layer (an operation that moves the active layer says so in its own

@@ -19,6 +19,8 @@ class Result:
 
     `parents` are the ids of the results (or imported images) it was made from: the init image, the
     result it varied, the layer it inpainted. `painted` says a person painted on that parent in between.
+    A grid is one entry whose `cells` are the ids of its cells, in run order; each cell is a result of its
+    own (its recipe, the grid's parents) whose `group` is the grid's id.
     """
 
     image: np.ndarray  # H×W×3 uint8
@@ -29,6 +31,8 @@ class Result:
     id: str = field(default_factory=new_id)
     created: float = field(default_factory=time.time)
     attribution: np.ndarray | None = None
+    group: str | None = None  # the grid this result is a cell of
+    cells: tuple[str, ...] = ()  # a grid's cells, in run order
 
 
 class Gallery(QObject):
@@ -48,9 +52,27 @@ class Gallery(QObject):
         self.added.emit(result)
 
     def remove(self, result_id: str) -> None:
-        """Drop a result from the gallery (its descendants keep their parent ids)."""
-        self.results = [r for r in self.results if r.id != result_id]
+        """Drop a result (a grid with its cells) from the gallery; its descendants keep their parent ids."""
+        found = self.get(result_id)
+        gone = {result_id, *(found.cells if found is not None else ())}
+        self.results = [r for r in self.results if r.id not in gone]
+        for cell in found.cells if found is not None else ():
+            self.removed.emit(cell)
         self.removed.emit(result_id)
+
+    def add_grid(self, grid: Result, cells: list[Result]) -> None:
+        """Append a grid and its cells (the cells first, so a grid entry always finds them)."""
+        for cell in cells:
+            self.add(cell)
+        self.add(grid)
+
+    def cells_of(self, result_id: str) -> list[Result]:
+        """A grid's cells in run order (empty for anything else)."""
+        found = self.get(result_id)
+        if found is None:
+            return []
+        by_id = {r.id: r for r in self.results if r.group == result_id}
+        return [by_id[c] for c in found.cells if c in by_id]
 
     def replace_all(self, results: list[Result]) -> None:
         """Replace every result (an opened project)."""

@@ -7,6 +7,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from backend.grids import Grid
+from studio.gallery import Result
+from studio.pngmeta import save_png
+from studio.recipe import Provenance
 
 BACKGROUND = (255, 255, 255)
 INK = (0, 0, 0)
@@ -72,3 +75,12 @@ def _centred(
     top = y + (h - len(lines) * line_h) // 2
     for n, line in enumerate(lines):
         draw.text((x + (w - _width(font, line)) // 2, top + n * line_h), line, fill=INK, font=font)
+
+
+def save_grid(path: str, entry: Result, cells: list[Result]) -> None:
+    """Export a gallery grid as one labelled PNG carrying the grid's recipe (which re-runs the grid)."""
+    grid = entry.request.grid
+    if grid is None or len(cells) != grid.count:
+        raise ValueError("not a grid with all its cells")
+    image = labelled_sheet(grid, [c.image for c in cells])
+    save_png(path, image, entry.request, entry.extras, Provenance(entry.id, entry.parents, entry.painted))

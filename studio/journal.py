@@ -440,6 +440,8 @@ def _result(value: Result | tuple) -> Result:
         id=str(entry["id"]),
         created=float(entry.get("created", 0.0)),
         attribution=arrays[1] if len(arrays) > 1 else None,
+        group=str(entry["group"]) if isinstance(entry.get("group"), str) else None,
+        cells=tuple(str(c) for c in entry.get("cells", ()) if isinstance(c, str)),
     )
 
 

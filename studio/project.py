@@ -172,6 +172,8 @@ def result_to_json(result: Result) -> dict[str, Any]:
         "created": float(result.created),
         "image": f"gallery/{result.id}.png",
         "attribution": f"gallery/{result.id}.attr.npy" if result.attribution is not None else None,
+        **({"group": result.group} if result.group else {}),  # a grid's cell: the grid's id
+        **({"cells": list(result.cells)} if result.cells else {}),  # a grid: its cells' ids
     }
 
 
@@ -412,7 +414,15 @@ def _read_result(archive: Any, entry: Any, i: int, label: str) -> Result:
         id=result_id,
         created=float(_want(entry.get("created", 0.0), (int, float), f"{what}'s time", label)),
         attribution=attribution,
+        group=_want(entry.get("group"), (str, type(None)), f"{what}'s grid", label),
+        cells=tuple(_ids(entry.get("cells", []), f"{what}'s cells", label)),
     )
+
+
+def _ids(value: Any, what: str, label: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProjectError(f"{label}: {what} should be a list of ids")
+    return value
 
 
 def _read_array(archive: Any, name: str, label: str, image_size: tuple[int, ...]) -> np.ndarray:

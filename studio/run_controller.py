@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +156,8 @@ class RunController(QObject):
         self.restored: Result | None = None  # the gallery entry whose recipe the panels hold
         self.submitted_count = 0  # runs asked for, for tests and statistics
         self._lineage: dict[str, Lineage] = {}  # request id → lineage, for the newest run
+        # request id → what puts a job's result in place (a grid, an upscale, an expansion: studio/jobs.py)
+        self._placers: dict[str, Callable[[Done, Lineage], Result]] = {}
         # The layer of the last live result while the next live result may replace it, and whether its
         # AddLayer is still the newest command (then replacing it leaves no trace in the undo history).
         self._live_layer: str | None = None
@@ -185,6 +188,14 @@ class RunController(QObject):
         self.model.remember_prompt(request.prompt)
         self._submit(request, lineage)
         return request
+
+    def submit_job(
+        self, request: Request, lineage: Lineage, place: Callable[[Done, Lineage], Result]
+    ) -> None:
+        """Run a request whose result is not simply a new layer (a grid, an upscale, an expansion):
+        `place` puts it on the document and in the gallery when it is done, and returns its gallery entry."""
+        self._submit(request.validate(), lineage)
+        self._placers = {request.request_id: place}
 
     def cancel(self) -> None:
         """Stop the current run (no result) and drop changes waiting to run live."""
@@ -319,6 +330,7 @@ class RunController(QObject):
     def _submit(self, request: Request, lineage: Lineage) -> None:
         self.last_frame = None
         self._lineage = {request.request_id: lineage}  # only the newest run can still add a result
+        self._placers.clear()
         was_running = self.current is not None
         self.current = request
         self.live.submitted(request.request_id)
@@ -358,9 +370,14 @@ class RunController(QObject):
         if not self._is_current(done.request_id):
             return
         lineage = self._lineage.get(done.request_id, Lineage())
+        place = self._placers.pop(done.request_id, self._add_result)
         self._end()
         try:
-            result = self._add_result(done, lineage)
+            self._adding = True  # whatever the placement changes on the document is not a person's edit
+            try:
+                result = place(done, lineage)
+            finally:
+                self._adding = False
         except Exception as exc:  # a result that cannot be placed must not take the window down
             log.exception("could not add the result")
             self.error.emit(f"The image was made but could not be added to the canvas: {exc}")
@@ -457,6 +474,7 @@ class RunController(QObject):
         if kind == "reset":
             self._live_layer = None
             self._live_is_last = False
+        if kind in ("reset", "canvas"):  # a new document, or the canvas size changed (studio/canvas_ops.py)
             self.model.set(width=self.document.width, height=self.document.height)
 
 

@@ -101,7 +101,7 @@ class CanvasView(QWidget):
         if kind == "mask" and dirty is not None:
             x, y, w, h = dirty.x(), dirty.y(), dirty.width(), dirty.height()
             self._paint_mask(x, y, doc.mask[y : y + h, x : x + w])
-        elif kind in ("mask", "reset"):
+        elif kind in ("mask", "reset", "canvas"):
             self._rebuild_mask()
         if kind == "pixels" and dirty is not None and dirty == self._shown:
             self._compositor.mark_current(doc.layers)  # the stroke's preview is exactly the result
@@ -109,7 +109,7 @@ class CanvasView(QWidget):
             self._dirty_rects.append(dirty)
         elif kind != "mask":
             self._full_pending = True  # composited when the widget next paints (or is asked for it)
-        if kind == "reset":
+        if kind in ("reset", "canvas"):  # a new document, or this one's canvas grew or shrank
             self._auto_fit = True
             self.fit()
         self.update()
