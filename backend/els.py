@@ -48,18 +48,20 @@ from backend.els_fast import (
     fast_patch_attention,
     image_features,
     kept_freqs,
+    key_budget,
     key_counts,
     patch_features,
+    principal_axes,
     to_opponent,
 )
 
 __all__ = [
-    "BORDERS", "EXCLUDED", "Borders", "Cancelled", "Estimate", "FeatureSpace", "KeyBlock", "Region",
-    "alpha_sigma", "attend", "band_patches", "borders_for", "cosine_basis", "ddim_step",
-    "fast_patch_attention", "image_features", "img2img_steps", "inside_range", "kept_freqs",
-    "key_counts", "local_score", "locality_gain", "noise_to", "pad_image", "patch_attention",
-    "patch_features", "patch_fraction", "patch_size", "regions", "slerp", "split_prior", "tiles",
-    "timesteps", "to_opponent", "whole_image",
+    "BORDERS", "EXCLUDED", "alpha_sigma", "attend", "band_patches", "Borders", "borders_for", "Cancelled",
+    "cosine_basis", "ddim_step", "Estimate", "fast_patch_attention", "FeatureSpace", "image_features",
+    "img2img_steps", "inside_range", "kept_freqs", "key_budget", "key_counts", "KeyBlock", "local_score",
+    "locality_gain", "noise_to", "pad_image", "patch_attention", "patch_features", "patch_fraction",
+    "patch_size", "principal_axes", "Region", "regions", "slerp", "split_prior", "tiles", "timesteps",
+    "to_opponent", "whole_image",
 ]  # fmt: skip
 
 # The paper's calibrated patch sizes for 32² images: 3 px at low noise growing to ~21 px at high noise.

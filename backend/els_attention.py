@@ -193,7 +193,7 @@ def attend(
     low_precision: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Softmax attention of queries (d×Q, one per column) over key blocks.
+    """Softmax attention of queries (d×Q, one per column; or T×d×n, T tiles of n) over key blocks.
 
     The logit of a key is −‖q − key‖²·scale/2 + prior + log_count, where the prior is `log_prior` of
     the key's reference plus, when given, `pixel_prior` (N×Q) of that reference at the query.
@@ -205,7 +205,9 @@ def attend(
     blocks must be a single one. `low_precision` does the products in bfloat16 where the rounding stays
     well under one logit (see `low_precision_ok`).
     """
-    nq = queries.shape[1]
+    tiles = queries[None] if queries.dim() == 2 else queries
+    width = tiles.shape[2]
+    nq = tiles.shape[0] * width
     n = log_prior.shape[0]
     dtype, device = queries.dtype, queries.device
     m = torch.full((nq,), -math.inf, dtype=dtype, device=device)
@@ -213,8 +215,9 @@ def attend(
     mixed: torch.Tensor | None = None
     per_ref = torch.zeros(n, nq, dtype=dtype, device=device) if pixel_weights else None
     shares = torch.zeros(n, dtype=dtype, device=device)
-    centre = queries.mean(1) if low_precision else None
-    queries_t = (queries if centre is None else queries - centre[:, None]).contiguous()
+    centre = tiles.mean((0, 2)) if low_precision else None
+    if centre is not None:
+        tiles = tiles - centre[:, None]
     for seen, blk in enumerate(blocks, start=1):
         if not pixel_weights and seen > 1:
             raise ValueError("shares without per-pixel weights need exactly one key block")
@@ -227,12 +230,14 @@ def attend(
         # The values with a ones row: one product gives both the weighted values and the weight sum.
         values = torch.cat([blk.values.T, blk.values.new_ones(1, blk.values.shape[0])])
         owner = blk.owner
-        half = low_precision and low_precision_ok(queries_t, keys, scale)
+        half = low_precision and low_precision_ok(tiles, keys)
         keys_used = keys.to(torch.bfloat16) if half else keys
         step = max(1, TILE // keys.shape[0])
-        for q0 in range(0, nq, step):
-            q1 = min(nq, q0 + step)
-            qt = queries_t[:, q0:q1]
+        key_weight = None if per_ref is not None else torch.zeros(keys.shape[0], dtype=dtype, device=device)
+        for tile, start in ((t, s) for t in range(tiles.shape[0]) for s in range(0, width, step)):
+            stop = min(width, start + step)
+            q0, q1 = tile * width + start, tile * width + stop
+            qt = tiles[tile, :, start:stop]
             if half:
                 logits = (keys_used @ qt.to(torch.bfloat16)).float().add_(bias[:, None])
             else:
@@ -241,24 +246,29 @@ def attend(
                 logits += pixel_prior[owner, q0:q1]
             new_m = torch.maximum(m[q0:q1], logits.amax(0))
             p = logits.sub_(new_m).clamp_(min=FLOOR).exp_()  # in place: the logits become the weights
-            keep = torch.exp(m[q0:q1] - new_m)  # exp(−inf) = 0 on the first block
             summed = values @ p
-            m[q0:q1] = new_m
-            mixed[:, q0:q1] = mixed[:, q0:q1] * keep + summed[:c]
-            total[q0:q1] = total[q0:q1] * keep + summed[c]
+            if seen == 1:  # nothing to rescale yet
+                m[q0:q1], mixed[:, q0:q1], total[q0:q1] = new_m, summed[:c], summed[c]
+            else:
+                keep = torch.exp(m[q0:q1] - new_m)
+                m[q0:q1] = new_m
+                mixed[:, q0:q1] = mixed[:, q0:q1] * keep + summed[:c]
+                total[q0:q1] = total[q0:q1] * keep + summed[c]
+                if per_ref is not None:
+                    per_ref[:, q0:q1] *= keep
             if per_ref is not None:
-                per_ref[:, q0:q1] *= keep
                 if isinstance(owner, int):
                     per_ref[owner, q0:q1] += summed[c]
                 else:
                     per_ref[:, q0:q1].index_add_(0, owner, p)
-            else:
+            elif key_weight is not None:
                 # A single block: the sums are final, so each key's weight summed over the queries.
-                key_share = p @ (1.0 / summed[c])
-                if isinstance(owner, int):
-                    shares[owner] += key_share.sum()
-                else:
-                    shares.index_add_(0, owner, key_share)
+                key_weight.addmv_(p, 1.0 / summed[c])
+        if key_weight is not None:
+            if isinstance(owner, int):
+                shares[owner] += key_weight.sum()
+            else:
+                shares.index_add_(0, owner, key_weight)
     if mixed is None:
         raise ValueError("attention needs at least one key block")
     if per_ref is not None:
@@ -284,13 +294,13 @@ def _scaled_keys(
     return keys * scale, bias
 
 
-def low_precision_ok(queries_t: torch.Tensor, keys: torch.Tensor, scale: float = 1.0) -> bool:
-    """Whether bfloat16 products keep every logit within ~0.5 of fp32 (scaled keys, queries as columns).
+def low_precision_ok(tiles: torch.Tensor, keys: torch.Tensor) -> bool:
+    """Whether bfloat16 products keep every logit within ~0.5 of fp32 (scaled keys; T×d×n queries).
 
     bfloat16 keeps 8 bits: each product's rounding is at most about |q|·|k|·2⁻⁸ (inputs) plus the
     output's 2⁻⁹ relative. At low noise the scale 1/b² magnifies that past a logit, so those stay fp32.
     """
-    worst = float(queries_t.norm(dim=0).max() * keys.norm(dim=1).max())
+    worst = float(tiles.norm(dim=1).max() * keys.norm(dim=1).max())
     return worst * 2.0**-8 < 0.5
 
 

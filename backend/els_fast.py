@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from backend.els_attention import (
     EXCLUDED,
@@ -47,6 +48,9 @@ OPPONENT = torch.tensor(
 )
 # Floats of intermediate features held at once (16 MiB).
 CHUNK = 1 << 22
+# Logits per step the default key budget aims at (`key_budget`): 8192 keys for a 128² image.
+LOGITS_PER_STEP = 1 << 27
+FEWEST_KEYS = 2048
 
 
 def to_opponent(x: torch.Tensor) -> torch.Tensor:
@@ -100,39 +104,84 @@ class FeatureSpace:
 
 
 def patch_features(patches: torch.Tensor, space: FeatureSpace) -> torch.Tensor:
-    """Features of gathered patches M×k×k×3 (rows, columns, opponent channels last): M×d.
+    """Features of gathered patches M×k×k×3 (rows, columns, opponent channels last): M×D.
 
-    Order per channel: x frequency, then y frequency (as `image_features`).
+    Order: luminance then the two colour axes; per channel y frequency, then x frequency.
     """
     luma, chroma = space.bases(patches)
     out = []
     for basis, channels in ((luma, patches[..., :1]), (chroma, patches[..., 1:])):
         along_x = torch.einsum("myxc,fx->mcyf", channels, basis)
-        coef = torch.einsum("mcyf,ey->mcfe", along_x, basis)
+        coef = torch.einsum("mcyf,ey->mcef", along_x, basis)
         out.append(coef.reshape(coef.shape[0], -1))
     return torch.cat(out, 1)
 
 
-def image_features(padded: torch.Tensor, space: FeatureSpace, ys: range, xs: range) -> torch.Tensor:
-    """Features of the patches centred on ys×xs of a 3×H×W image padded by (k−1)/2: d × (rows·cols).
+def image_features(
+    padded: torch.Tensor, space: FeatureSpace, ys: range, xs: range, axes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Features of the patches centred on ys×xs of a 3×H×W image padded by (k−1)/2: rows × D × cols.
 
-    Separable: a pass along x then one along y, O(k·f) per pixel rather than O(k²·f²).
+    Separable: a pass along x (a 1-D convolution per DCT vector), then one along y as a matrix product
+    over each row's k-row window, read in place from the first pass's output (rows, frequencies and
+    columns in that order, so a window is one contiguous run). O(k·f) per pixel, not O(k²·f²), and no
+    buffer k times the image. With `axes` (D×d) the projection onto them is folded into the y pass
+    (rows × d × cols), so the D features are never stored. Each row comes out as a D×cols block: a
+    ready tile of queries for `attend`.
     """
-    k = space.k
+    k, rows, cols = space.k, len(ys), len(xs)
     luma, chroma = space.bases(padded)
-    out = []
+    pieces = []
+    offset = 0
+    out = None
     for basis, channels in ((luma, padded[:1]), (chroma, padded[1:])):
         c, f = channels.shape[0], basis.shape[0]
         band = channels[:, ys.start : ys.stop + k - 1, xs.start : xs.stop + k - 1]
-        along_x = band.unfold(2, k, 1) @ basis.T  # c × (rows+k−1) × cols × f
-        parts = []
-        step = max(1, CHUNK // max(1, c * len(xs) * f * k))
-        for y0 in range(0, len(ys), step):
-            y1 = min(len(ys), y0 + step)
-            window = along_x[:, y0 : y1 + k - 1].unfold(1, k, 1)  # c × rows × cols × f × k
-            parts.append(torch.einsum("cyxfk,ek->cfeyx", window, basis).reshape(c * f * f, -1))
-        out.append(torch.cat(parts, 1))
-    return torch.cat(out, 0)
+        tall = band.shape[1]
+        along_x = F.conv1d(band.reshape(c * tall, 1, -1), basis[:, None, :]).reshape(c, tall, f * cols)
+        for channel in along_x:
+            windows = channel.as_strided((rows, k, f * cols), (f * cols, f * cols, 1))
+            if axes is None:
+                pieces.append(torch.matmul(basis, windows).reshape(rows, f * f, cols))  # (e, f) per row
+                continue
+            # Σ_e axes[(e, f), d]·basis[e, j] makes one d × (k·f) matrix for the whole y pass.
+            fold = torch.einsum("efd,ej->djf", axes[offset : offset + f * f].reshape(f, f, -1), basis)
+            windows = channel.as_strided((rows, k * f, cols), (f * cols, cols, 1))
+            part = torch.matmul(fold.reshape(fold.shape[0], k * f), windows)
+            out = part if out is None else out.add_(part)
+            offset += f * f
+    if axes is None:
+        return torch.cat(pieces, 1)
+    assert out is not None
+    return out
+
+
+def key_budget(pixels: int, most: int = 8192) -> int:
+    """Keys per step for an image of `pixels` pixels: LOGITS_PER_STEP in all, 2048 to `most`.
+
+    A 256² or 512² level's references are upsampled, so neighbouring positions repeat each other and
+    fewer keys per position lose little (bench/bench_patch.py measures it).
+    """
+    return max(min(FEWEST_KEYS, most), min(most, LOGITS_PER_STEP // pixels))
+
+
+def principal_axes(keys: torch.Tensor, dims: int) -> torch.Tensor | None:
+    """The `dims` directions (D×dims) along which sampled keys (M×D) vary most; None = keep all D.
+
+    Dropping directions along which the keys vary little changes every key's distance to a query by
+    nearly the same amount, which the softmax ignores: of all d-dimensional projections, the keys'
+    principal axes lose the least. None when that would save little (dims over half of D).
+    """
+    if 2 * dims > keys.shape[1] or keys.shape[0] < dims:
+        return None
+    centred = (keys - keys.mean(0)).double()
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending
+    return vectors[:, -dims:].to(keys.dtype)
+
+
+def project(features: torch.Tensor, axes: torch.Tensor | None) -> torch.Tensor:
+    """Features (…×D) on the principal axes (D×d); unchanged without axes."""
+    return features if axes is None else features @ axes
 
 
 def key_counts(shares: torch.Tensor, total: int, positions: int | list[int]) -> list[int]:
@@ -207,6 +256,7 @@ def fast_patch_attention(
     pixel_weights: bool = True,
     low_precision: bool = False,
     key_mask: torch.Tensor | None = None,
+    dims: int | None = 32,
     should_stop: Callable[[], bool] | None = None,
 ) -> Estimate:
     """The fast ELS estimate (an approximation; see the module docstring), region by region.
@@ -240,8 +290,13 @@ def fast_patch_attention(
             weights[window] = per_ref.reshape(n, len(ys), len(xs))
         share_sum.add_(summed)
 
+    # The region whose keys are whole patches (the interior, or everything when tiling) comes first:
+    # its sampled keys decide the principal axes every region is compared on.
+    parts = regions(h, w, k, borders)
+    parts.sort(key=lambda r: (r.key_ys is None) + (r.key_xs is None))
+    axes: torch.Tensor | None = None
     corners = []
-    for region in regions(h, w, k, borders):
+    for region in parts:
         if region.key_ys is None and region.key_xs is None:
             corners.append(region)
         elif region.key_ys is not None and region.key_xs is not None:
@@ -257,13 +312,22 @@ def fast_patch_attention(
             owner, index = (t.to(x_t.device) for t in sample_positions(counts, allowed, generator))
             ys, xs = ky.start + index // len(kx), kx.start + index % len(kx)
             keys = patch_features(_gather(padded_refs, owner, ys, xs, k, k), space)
-            block = _block(keys, a, refs[owner, :, ys, xs], owner, counts, positions)
+            if dims is not None and axes is None and a > b:
+                axes = principal_axes(keys, dims)
+            block = _block(project(keys, axes), a, refs[owner, :, ys, xs], owner, counts, positions)
             rows = max(1, CHUNK // (space.dims * len(region.xs)))
             for y0 in range(region.ys.start, region.ys.stop, rows):
                 ys = range(y0, min(region.ys.stop, y0 + rows))
-                run(ys, region.xs, image_features(padded_x, space, ys, region.xs), block)
+                run(
+                    ys,
+                    region.xs,
+                    image_features(padded_x, space, ys, region.xs, axes),
+                    block,
+                )
         else:
-            _edge_band(region, padded_x, padded_refs, refs, a, space, split, total, generator, key_mask, run)
+            _edge_band(
+                region, padded_x, padded_refs, refs, a, space, axes, split, total, generator, key_mask, run
+            )
     same = local_score(x_t, refs, a, b, k, False, log_prior, key_mask) if corners else None
     for region in corners:
         assert same is not None and same.ref_weights is not None
@@ -282,6 +346,7 @@ def _edge_band(
     refs: torch.Tensor,
     a: float,
     space: FeatureSpace,
+    axes: torch.Tensor | None,
     split: torch.Tensor,
     total: int,
     generator: torch.Generator,
@@ -309,15 +374,15 @@ def _edge_band(
     else:
         # Gathered transposed (rows ↔ columns), so one code path serves both; features swap back below.
         strip = _gather(padded_refs, owner, pos, start, k, len(band) + k - 1).transpose(1, 2)
-    keys = strip_features(strip, space, transposed=not rows_own)  # len(band) × M × d
-    queries = image_features(padded_x, space, region.ys, region.xs).reshape(space.dims, len(region.ys), -1)
+    keys = project(strip_features(strip, space, transposed=not rows_own), axes)  # len(band) × M × d
+    queries = image_features(padded_x, space, region.ys, region.xs, axes)  # rows × d × cols
     for offset, line in enumerate(band):
         if rows_own:
             values, ys, xs, q = (
                 refs[owner, :, line, pos],
                 range(line, line + 1),
                 region.xs,
-                queries[:, offset],
+                queries[offset],
             )
             excluded = None if key_mask is None else ~key_mask[owner, line, pos]
         else:
@@ -325,17 +390,17 @@ def _edge_band(
                 refs[owner, :, pos, line],
                 region.ys,
                 range(line, line + 1),
-                queries[:, :, offset],
+                queries[:, :, offset].T,
             )
             excluded = None if key_mask is None else ~key_mask[owner, pos, line]
         run(ys, xs, q, _block(keys[offset], a, values, owner, counts, [len(along)] * n, excluded))
 
 
 def strip_features(strip: torch.Tensor, space: FeatureSpace, transposed: bool = False) -> torch.Tensor:
-    """Features of every k×k window down a strip M×(L+k−1)×k×3 (channels last): L × M × d.
+    """Features of every k×k window down a strip M×(L+k−1)×k×3 (channels last): L × M × D.
 
     `transposed`: the strip was gathered with rows and columns swapped, so its windows' frequencies are
-    swapped back to the x-then-y order of `patch_features`.
+    swapped back to the order of `patch_features`.
     """
     k = space.k
     luma, chroma = space.bases(strip)
@@ -343,7 +408,7 @@ def strip_features(strip: torch.Tensor, space: FeatureSpace, transposed: bool = 
     for basis, channels in ((luma, strip[..., :1]), (chroma, strip[..., 1:])):
         along_x = torch.einsum("myxc,fx->mcyf", channels, basis)
         windows = along_x.unfold(2, k, 1)  # M × c × L × f × k
-        spec = "mclfy,ey->lmcef" if transposed else "mclfy,ey->lmcfe"
+        spec = "mclfy,ey->lmcfe" if transposed else "mclfy,ey->lmcef"
         coef = torch.einsum(spec, windows, basis)
         out.append(coef.reshape(coef.shape[0], coef.shape[1], -1))
     return torch.cat(out, 2)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from backend import els
+from backend import els_pyramid as pyramid
 from backend.engine import single_image
 from backend.events import Done, Event, StepEvent
 from backend.materials import (
@@ -242,41 +243,62 @@ class PatchEngine:
             names.append(SKETCH)
         by_name = torch.tensor(owner, device=self.device)
         times = els.timesteps(n_steps, t_start)
-        x = els.noise_to(init, eps, t_start) if init is not None else eps
         keys = torch.Generator().manual_seed(request.seed)
-        guide = None  # the init image's layout, kept at every step (ILVR)
-        if init is not None and request.structure_steps > 0:
-            size = structure_size(request.structure, min(w, h))
-            last_step = guide_steps(request.structure_steps, n_steps)
-            guide = StructureGuide.build(layout, eps, size, request.tiling, last_step, where)
+        guide_size = structure_size(request.structure, min(w, h))
+        guide_last = guide_steps(request.structure_steps, n_steps)
 
-        # 4. Denoise: estimate x0, DDIM to the next time, keep the init's low frequencies (structure),
-        # re-impose the known pixels when inpainting.
+        # 4. Denoise, coarse to fine (els_pyramid): the high-noise steps run on smaller images, each level
+        # with its own copies of the inputs. Each step estimates x0, moves by DDIM to the next time, keeps
+        # the init's low frequencies (structure) and re-imposes the known pixels when inpainting; each
+        # preview is the estimate at full size.
         estimate = None
-        for step, (t, t_next) in enumerate(zip(times[:-1], times[1:], strict=True), start=1):
-            if cancel.is_set():
-                return
-            if t <= 0:  # strength 0: nothing to denoise
-                even = torch.full((len(owner),), 1.0 / len(owner))
-                estimate = els.Estimate(x, even[:, None, None].expand(-1, h, w), even)
+        level: pyramid.Level | None = None
+        whole = els.patch_size(0.0, request.locality, 32) is None
+        step = 0
+        for stage in pyramid.plan(times, w, h, whole=whole):
+            f = stage.factor
+            entered = pyramid.Level.of(stage, images, eps, prior, init, mask, key_mask)
+            if level is None or estimate is None:
+                x = entered.start(t_start)
             else:
-                try:
-                    drawn = None if estimate is None else estimate.shares
-                    last = t_next <= 0  # only the final estimate needs per-pixel weights (attribution)
-                    estimate = self._estimate(
-                        x, images, t, request, borders, prior, keys, drawn, last, key_mask, cancel
-                    )
-                except els.Cancelled:
+                x = entered.enter(level, x, estimate.x0)
+            level = entered
+            guide = None  # the init image's layout, kept at every step (ILVR)
+            if layout is not None and guide_last > 0:
+                guide = StructureGuide.build(
+                    pyramid.shrink(layout, f), level.eps, guide_size / f, request.tiling, guide_last,
+                    None if where is None else pyramid.shrink(where, f),
+                )  # fmt: skip
+            side = pyramid.patch_side(stage.width, stage.height)
+            for t, t_next in stage.steps():
+                step += 1
+                if cancel.is_set():
                     return
-                x = els.ddim_step(x, estimate.x0, t, t_next)
-            shown = estimate.x0
-            if guide is not None and guide.applies(step):
-                x = guide.impose(x, t_next)
-                shown = guide.show(shown)
-            if mask is not None and init is not None:
-                x = mask * x + (1 - mask) * els.noise_to(init, eps, t_next)
-                shown = mask * shown + (1 - mask) * init
-            yield StepEvent(request.request_id, step, n_steps, to_uint8(shown), time.perf_counter() - start)
+                if t <= 0:  # strength 0: nothing to denoise
+                    even = torch.full((len(owner),), 1.0 / len(owner))
+                    estimate = els.Estimate(x, even[:, None, None].expand(-1, *x.shape[1:]), even)
+                else:
+                    try:
+                        drawn = None if estimate is None else estimate.shares
+                        last = t_next <= 0  # only the final estimate needs per-pixel weights (attribution)
+                        estimate = self._estimate(
+                            x, level.images, t, side, request, borders, level.prior, keys, drawn, last,
+                            level.key_mask, cancel,
+                        )  # fmt: skip
+                    except els.Cancelled:
+                        return
+                    x = els.ddim_step(x, estimate.x0, t, t_next)
+                shown = estimate.x0
+                if guide is not None and guide.applies(step):
+                    x = guide.impose(x, t_next)
+                    shown = guide.show(shown)
+                x = level.keep_known(x, t_next)
+                shown = pyramid.grow(shown, f)
+                if mask is not None and init is not None:
+                    shown = mask * shown + (1 - mask) * init
+                yield StepEvent(
+                    request.request_id, step, n_steps, to_uint8(shown), time.perf_counter() - start
+                )
 
         # 5. Finish: the last step lands on t = 0, so x is the final estimate; known pixels exactly kept.
         if cancel.is_set() or estimate is None:
@@ -313,6 +335,7 @@ class PatchEngine:
         x: torch.Tensor,
         images: torch.Tensor,
         t: float,
+        side: int,
         request: Request,
         borders: els.Borders,
         prior: torch.Tensor,
@@ -324,7 +347,7 @@ class PatchEngine:
     ) -> els.Estimate:
         """One clean-image estimate at time t, by the mode the locality and the request ask for."""
         a, b = els.alpha_sigma(t)
-        k = els.patch_size(t, request.locality, min(request.width, request.height))
+        k = els.patch_size(t, request.locality, side)
         if k is None:
             return els.whole_image(x, images, a, b, borders == "wrap", prior)
         if request.patch_mode == "ls":
@@ -338,6 +361,6 @@ class PatchEngine:
             )  # fmt: skip
         return els.fast_patch_attention(
             x, images, a, b, k, borders, prior, keys,
-            shares=shares, max_keys=self.max_keys, pixel_weights=last, low_precision=self.low_precision,
-            key_mask=key_mask, should_stop=cancel.is_set,
+            shares=shares, max_keys=els.key_budget(x[0].numel(), self.max_keys), pixel_weights=last,
+            low_precision=self.low_precision, key_mask=key_mask, should_stop=cancel.is_set,
         )  # fmt: skip

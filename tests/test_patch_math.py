@@ -195,7 +195,7 @@ def test_fast_path_with_every_key_and_frequency_is_exact(problem, borders):
     exact = els.patch_attention(x_t, refs, a, b, 5, borders, prior)
     gen = torch.Generator().manual_seed(0)
     fast = els.fast_patch_attention(
-        x_t, refs, a, b, 5, borders, prior, gen, max_keys=3 * 11 * 13, freqs=5, chroma_freqs=5
+        x_t, refs, a, b, 5, borders, prior, gen, max_keys=3 * 11 * 13, freqs=5, chroma_freqs=5, dims=None
     )
     assert (fast.x0 - exact.x0).abs().max() < 1e-4
     assert (fast.ref_weights - exact.ref_weights).abs().max() < 1e-4
@@ -204,7 +204,19 @@ def test_fast_path_with_every_key_and_frequency_is_exact(problem, borders):
     mask = torch.rand(3, 11, 13, generator=torch.Generator().manual_seed(4)) > 0.4
     exact = els.patch_attention(x_t, refs, a, b, 5, borders, prior, key_mask=mask)
     fast = els.fast_patch_attention(
-        x_t, refs, a, b, 5, borders, prior, gen, max_keys=3 * 11 * 13, freqs=5, chroma_freqs=5, key_mask=mask
+        x_t,
+        refs,
+        a,
+        b,
+        5,
+        borders,
+        prior,
+        gen,
+        max_keys=3 * 11 * 13,
+        freqs=5,
+        chroma_freqs=5,
+        key_mask=mask,
+        dims=None,
     )
     assert (fast.x0 - exact.x0).abs().max() < 1e-4
     # Fewer frequencies and keys: an approximation, still a mix of the same references' pixels.
@@ -249,3 +261,19 @@ def test_a_cancel_inside_a_step_stops_between_chunks(problem):
             noise, refs, 0.5, 0.8, 3, "paper", prior, key_rows=2, should_stop=stop_on_third_check
         )
     assert len(calls) == 3
+
+
+@pytest.mark.parametrize("k", [5, 9])
+def test_features_folded_onto_principal_axes_equal_projected_features(k):
+    # The fast path folds the projection into the y pass; it must equal projecting the full features,
+    # and the full features must equal those of each patch gathered on its own.
+    g = torch.Generator().manual_seed(5)
+    image = torch.randn(3, 14 + k - 1, 17 + k - 1, generator=g)
+    space = els.FeatureSpace.for_patch(k, freqs=k, chroma_freqs=3)
+    full = els.image_features(image, space, range(2, 12), range(1, 17))  # rows × D × cols
+    patches = image.unfold(1, k, 1).unfold(2, k, 1)[:, 2:12, 1:17]  # 3 × rows × cols × k × k
+    each = els.patch_features(patches.permute(1, 2, 3, 4, 0).reshape(-1, k, k, 3), space)
+    assert torch.allclose(full.permute(0, 2, 1).reshape(-1, space.dims), each, atol=1e-4)
+    axes = torch.linalg.qr(torch.randn(space.dims, 6, generator=g)).Q
+    folded = els.image_features(image, space, range(2, 12), range(1, 17), axes)
+    assert torch.allclose(folded, axes.T @ full, atol=1e-4)
