@@ -28,11 +28,12 @@ from studio.gallery import Result
 from studio.run_controller import Lineage, RunController, layer_name
 
 
-def run_grid(runs: RunController, grid: Grid) -> Request | None:
-    """Run the panels' values as a grid (on the canvas's mode, like Generate); None after saying why not."""
+def run_grid(runs: RunController, grid: Grid, **changes: object) -> Request | None:
+    """Run the panels' values (with `changes`, e.g. a variation seed) as a grid, on the canvas's mode like
+    Generate; None after saying why not."""
     try:
         request, lineage = runs.build()
-        request = request.replace(grid=grid).validate()
+        request = request.replace(grid=grid, **changes).validate()
     except StudioError as exc:
         runs.error.emit(str(exc))
         return None

@@ -89,13 +89,25 @@ class GalleryPanel(QWidget):
             self.add(result)
 
     def add(self, result: Result) -> None:
-        """Show a new result first in the list."""
+        """Show a new result first in the list (a grid's cells show inside their grid, not here)."""
+        if result.group is not None:
+            return
         pixmap = QPixmap.fromImage(array_to_qimage(result.image)).scaled(
             THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio, Qt.TransformationMode.SmoothTransformation
         )
-        item = QListWidgetItem(untinted_icon(pixmap), f"seed {result.request.seed}")
+        grid = result.request.grid
+        label = f"seed {result.request.seed}"
+        if grid is not None and result.cells:
+            columns, rows = grid.shape
+            label = f"grid {columns}×{rows}"
+        elif result.request.upscale is not None:
+            label = f"×{result.request.upscale.factor} seed {result.request.seed}"
+        item = QListWidgetItem(untinted_icon(pixmap), label)
         item.setData(Qt.ItemDataRole.UserRole, result.id)
-        item.setToolTip(recipe_text(result))
+        tip = recipe_text(result)
+        item.setToolTip(
+            tip.replace("Click to restore these settings", "Click to open the grid") if result.cells else tip
+        )
         self.list.insertItem(0, item)
 
     def item_for(self, result_id: str) -> QListWidgetItem | None:
@@ -112,7 +124,20 @@ class GalleryPanel(QWidget):
             self.list.takeItem(self.list.row(item))
 
     def _clicked(self, item: QListWidgetItem) -> None:
-        self.session.runs.restore(item.data(Qt.ItemDataRole.UserRole))
+        result = self.session.gallery.get(item.data(Qt.ItemDataRole.UserRole))
+        if result is not None and result.cells:
+            self.open_grid(result)
+        else:
+            self.session.runs.restore(item.data(Qt.ItemDataRole.UserRole))
+
+    def open_grid(self, entry: Result) -> QWidget:
+        """Open a grid entry into its cells (a window beside the studio's)."""
+        from ui.grid_view import GridView
+
+        view = GridView(self.session, entry, self.window())
+        view.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        view.show()
+        return view
 
     def _use_selected(self) -> None:
         item = self.list.currentItem()
@@ -124,8 +149,20 @@ class GalleryPanel(QWidget):
         if item is None:
             return
         menu = QMenu(self)
-        menu.addAction("Restore settings", lambda: self._clicked(item))
-        menu.addAction(
-            "Use as init", lambda: self.session.runs.use_as_init(item.data(Qt.ItemDataRole.UserRole))
-        )
+        result = self.session.gallery.get(item.data(Qt.ItemDataRole.UserRole))
+        if result is not None and result.cells:
+            menu.addAction("Open grid", lambda: self.open_grid(result))
+            menu.addAction("Restore the grid's settings", lambda: self.session.runs.restore(result))
+        else:
+            menu.addAction("Restore settings", lambda: self._clicked(item))
+            menu.addAction(
+                "Use as init", lambda: self.session.runs.use_as_init(item.data(Qt.ItemDataRole.UserRole))
+            )
+            if result is not None:
+                menu.addAction("Upscale…", lambda: self._upscale(result))
         menu.exec(self.list.viewport().mapToGlobal(pos))
+
+    def _upscale(self, result: Result) -> None:
+        from ui.image_dialogs import upscale_result_dialog
+
+        upscale_result_dialog(self, self.session, result)

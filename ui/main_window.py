@@ -37,6 +37,7 @@ from ui.canvas import CanvasView
 from ui.dialogs import ask_canvas_size, confirm, show_error
 from ui.engine_picker import EnginePicker, discovered_models
 from ui.gallery_panel import GalleryPanel
+from ui.image_actions import ImageActions
 from ui.layers_panel import LayersPanel
 from ui.project_actions import ProjectActions
 from ui.prompt_panel import PromptPanel
@@ -226,6 +227,8 @@ class MainWindow(QMainWindow):
             generate.addAction(action)
         self.help_menu = bar.addMenu("&Help")
         self.help_menu.addAction(self.shortcuts_action)
+        # Image menu and Generate → Variations grid (ui/image_actions.py)
+        self.image_actions = ImageActions(self, self.session, generate, self.help_menu.menuAction())
 
     def _connect_session(self) -> None:
         runs, model = self.session.runs, self.session.model
