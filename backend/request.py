@@ -22,6 +22,7 @@ MAX_PROMPT_CHARS = 2000
 MAX_PINS = 32
 _COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 MAX_SEED = 2**63 - 1
+GUIDANCE_MAX = 50.0  # classifier-free guidance: the request, the prompt panel and the slider share it
 # The patch engine works in pixel space, where 512² is already a large attention problem on a CPU.
 SIZE_LIMITS = {"patch": (32, 512), "diffusers": (64, 2048)}
 # The size a front end starts with when the person names none: the patch engine's references are 128² and
@@ -163,8 +164,8 @@ def _problems(r: Request):  # noqa: ANN202 - a generator of messages
         yield f"steps must be between 1 and 150 (got {r.steps})"
     if not isinstance(r.seed, int) or not 0 <= r.seed <= MAX_SEED:
         yield f"seed must be a whole number from 0 to {MAX_SEED} (got {r.seed})"
-    if r.guidance < 0 or r.guidance > 50:
-        yield f"guidance must be between 0 and 50 (got {r.guidance})"
+    if r.guidance < 0 or r.guidance > GUIDANCE_MAX:
+        yield f"guidance must be between 0 and {GUIDANCE_MAX:g} (got {r.guidance})"
     if not 0.0 <= r.strength <= 1.0:
         yield f"strength must be between 0 and 1 (got {r.strength})"
     if not 0.0 <= r.variation_strength <= 1.0:

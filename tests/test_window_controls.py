@@ -381,3 +381,64 @@ def test_after_opening_or_restoring_the_window_says_plainly_that_history_starts_
     assert [la.name for la in doc.layers] == ["Background", "lost and found"]
     assert not undo.isEnabled() and "history starts at the restored work" in undo.text()
     assert "undo history starts here" in window.status.message.text()
+
+
+def test_a_layer_thumbnail_shows_where_an_offset_layer_lies_on_the_canvas(make_window, qtbot):
+    import numpy as np
+    from PySide6.QtCore import QSize
+
+    from studio.document import AddLayer, Layer
+
+    window = make_window(FakeEngine(steps=1))  # a 64×64 canvas
+    doc = window.document
+    corner = np.zeros((16, 16, 4), np.uint8)
+    corner[...] = (220, 20, 20, 255)
+    doc.push(AddLayer(Layer("corner", corner, x=48, y=0), len(doc.layers)))  # as an opened .ora places it
+    item = window.layers_panel.list.item(0)  # the top layer
+    assert item.text() == "corner"
+    thumb = item.icon().pixmap(QSize(64, 64)).toImage()
+    colour = lambda x, y: thumb.pixelColor(x, y).getRgb()[:3]  # noqa: E731
+    assert colour(56, 8) == (220, 20, 20)  # its own corner of the canvas
+    assert colour(8, 8) == colour(8, 56) == colour(56, 56) == (255, 255, 255)  # nothing elsewhere
+
+
+def test_the_guidance_slider_and_spin_box_cover_the_same_range(make_window, qtbot):
+    from ui.slider_panel import TICKS
+
+    window = make_window(FakeEngine(steps=1))
+    spin, slider, model = window.prompt_panel.guidance, window.slider_panel.guidance, window.session.model
+    spin.setValue(30.0)  # typed past the slider's old end (20): the slider follows it, not pinned
+    assert model.request.guidance == 30.0 and slider.value() == 30.0
+    slider.slider.setValue(TICKS)  # dragged to the slider's end: the spin box's end
+    assert model.request.guidance == spin.maximum() and spin.value() == spin.maximum()
+    slider.slider.setValue(0)
+    assert model.request.guidance == spin.minimum() == 0.0
+
+
+def test_escape_in_a_floating_panel_leaves_the_field_or_cancels(make_window, qtbot):
+    import threading
+
+    from PySide6.QtCore import Qt
+
+    gate = threading.Event()  # the run waits before its first step until cancelled
+    window = make_window(FakeEngine(steps=2, gates=[gate]))
+    runs, panel, dock = window.session.runs, window.prompt_panel, window.docks["prompt"]
+    dock.setFloating(True)  # the person dragged the prompt panel out of the window
+    with qtbot.waitSignal(runs.run_started, timeout=5000):
+        window.generate_action.trigger()
+    cancels: list[bool] = []
+    window.cancel_action.triggered.connect(lambda *_: cancels.append(True))
+
+    dock.activateWindow()
+    qtbot.waitUntil(dock.isActiveWindow)
+    panel.negative.setFocus()
+    qtbot.keyClick(panel.negative, Qt.Key.Key_Escape)  # leaves the field for the canvas, cancels nothing
+    qtbot.waitUntil(window.canvas.hasFocus)
+    assert cancels == [] and runs.running and not panel.negative.hasFocus()
+
+    dock.activateWindow()
+    qtbot.waitUntil(dock.isActiveWindow)
+    panel.tiling.setFocus()  # not a text field: Esc there is the person's "stop"
+    with qtbot.waitSignal(runs.run_ended, timeout=5000) as ended:
+        qtbot.keyClick(panel.tiling, Qt.Key.Key_Escape)
+    assert ended.args == ["cancelled"] and cancels == [True]

@@ -36,11 +36,16 @@ def untinted_icon(pixmap: QPixmap) -> QIcon:
     return icon
 
 
-def layer_icon(layer: Layer) -> QIcon:
-    """A small thumbnail of a layer over a checkerboard-free white (what it adds to the picture)."""
-    px = layer.pixels
-    step = max(1, max(px.shape[:2]) // THUMB)
-    small = px[::step, ::step].astype(np.float32)
+def layer_icon(layer: Layer, width: int, height: int) -> QIcon:
+    """A small thumbnail of a layer where it lies on a `width`×`height` canvas, over white (what it adds
+    to the picture): a layer smaller than the canvas, at an offset, shows in its corner, not stretched."""
+    step = max(1, max(width, height) // THUMB)
+    ys = np.arange(0, height, step) - layer.y  # the sampled canvas rows and columns, in layer coordinates
+    xs = np.arange(0, width, step) - layer.x
+    h, w = layer.pixels.shape[:2]
+    inside_y, inside_x = (ys >= 0) & (ys < h), (xs >= 0) & (xs < w)
+    small = np.zeros((len(ys), len(xs), 4), np.float32)
+    small[np.ix_(inside_y, inside_x)] = layer.pixels[np.ix_(ys[inside_y], xs[inside_x])]
     alpha = small[..., 3:4] / 255.0
     rgb = (small[..., :3] * alpha + 255.0 * (1 - alpha)).astype(np.uint8)
     return untinted_icon(QPixmap.fromImage(array_to_qimage(rgb)))
@@ -117,7 +122,7 @@ class LayersPanel(QWidget):
                     self.list.addItem(item)
             for row, layer in enumerate(layers):
                 item = self.list.item(row)
-                item.setIcon(layer_icon(layer))
+                item.setIcon(layer_icon(layer, doc.width, doc.height))
                 if item.text() != layer.name:
                     item.setText(layer.name)
                 item.setCheckState(Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEvent, QObject, Qt
 from PySide6.QtGui import QAction, QCloseEvent, QDragEnterEvent, QDropEvent, QKeyEvent, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractSpinBox,
@@ -187,6 +187,7 @@ class MainWindow(QMainWindow):
             area_widget.setWidget(widget)
             widget = area_widget
         dock.setWidget(widget)
+        dock.installEventFilter(self)  # Esc in the panel once it floats (see eventFilter)
         self.addDockWidget(area, dock)
         return dock
 
@@ -393,14 +394,32 @@ class MainWindow(QMainWindow):
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 - Qt override
         """Esc that no widget used: leave a text field (to the canvas), else cancel the run."""
-        if event.key() == Qt.Key.Key_Escape and event.modifiers() == Qt.KeyboardModifier.NoModifier:
-            if is_text_input(QApplication.focusWidget()):
-                self.canvas.setFocus(Qt.FocusReason.ShortcutFocusReason)
-            elif self.cancel_action.isEnabled():
-                self.cancel_action.trigger()
-            event.accept()
-            return
-        super().keyPressEvent(event)
+        if not self._escape(event):
+            super().keyPressEvent(event)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt override
+        """A floating panel is a window of its own: an Esc nobody in it used stops there, not here."""
+        if (
+            event.type() == QEvent.Type.KeyPress
+            and isinstance(watched, QDockWidget)
+            and watched.isFloating()
+            and isinstance(event, QKeyEvent)
+        ):
+            return self._escape(event)
+        return super().eventFilter(watched, event)
+
+    def _escape(self, event: QKeyEvent) -> bool:
+        """Handle a plain Esc nobody used; True when it was one."""
+        if event.key() != Qt.Key.Key_Escape or event.modifiers() != Qt.KeyboardModifier.NoModifier:
+            return False
+        if is_text_input(QApplication.focusWidget()):
+            if not self.isActiveWindow():  # from a floating panel: back to this window's canvas
+                self.activateWindow()
+            self.canvas.setFocus(Qt.FocusReason.ShortcutFocusReason)  # given on activation if not now
+        elif self.cancel_action.isEnabled():
+            self.cancel_action.trigger()
+        event.accept()
+        return True
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt override
         """Accept dragged files."""

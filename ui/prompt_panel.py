@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backend.request import MAX_SEED, Request
+from backend.request import GUIDANCE_MAX, MAX_SEED, Request
 from studio.session import Session
 
 MODES = (
@@ -129,7 +129,7 @@ class PromptPanel(QWidget):
         self.history.setToolTip("Put a recent prompt back")
         self.negative = QLineEdit(placeholderText="What to avoid (optional)")
         self.steps = QSpinBox(minimum=1, maximum=150)
-        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=50.0, singleStep=0.5, decimals=1)
+        self.guidance = QDoubleSpinBox(minimum=0.0, maximum=GUIDANCE_MAX, singleStep=0.5, decimals=1)
         self.seed = SeedEdit()
         self.size_box = QComboBox()
         for side in SIZES:

@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backend.request import Concept, Request
+from backend.request import GUIDANCE_MAX, Concept, Request
 from studio.session import Session
 from ui.prompt_panel import set_text, tool_button
 from ui.workers import Call
@@ -125,7 +125,7 @@ class SliderPanel(QWidget):
         self.variation = ValueSlider(0.0, 1.0, 0.0)
         self.prompt_b = QLineEdit(placeholderText="a second prompt to blend towards")
         self.blend = ValueSlider(0.0, 1.0, 0.0)
-        self.guidance = ValueSlider(0.0, 20.0, defaults.guidance, 1)
+        self.guidance = ValueSlider(0.0, GUIDANCE_MAX, defaults.guidance, 1)  # the spin box's range too
         self.strength = ValueSlider(0.0, 1.0, defaults.strength)
         self.locality = ValueSlider(0.0, 1.0, defaults.locality)
         self.locality.setToolTip("Patch size: 1 copies a reference whole, small values invent new images")
