@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from backend.errors import RequestError
+from backend.request import Lora
 
 # A1111's extra-network tag: <lora:name:te_weight[:unet_weight]>; ours writes <lora:name:weight>.
 _LORA_TAG = re.compile(r"[ \t]*<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
@@ -32,6 +34,22 @@ def split_lora_tags(text: str) -> tuple[str, list[tuple[str, float]]]:
         return ""
 
     return _LORA_TAG.sub(take, text), found
+
+
+def merge_lora_tags(prompt: str, loras: tuple[Lora, ...]) -> tuple[str, tuple[Lora, ...]]:
+    """The prompt without its tags, and `loras` with the tags' LoRAs: a tag naming a listed LoRA (by name or
+    file stem) sets its strength, other tags add LoRAs at the end."""
+    text, tags = split_lora_tags(prompt)
+    out = list(loras)
+    for name, strength in tags:
+        same = [
+            n for n, x in enumerate(out) if name in (x.name, PurePath(x.name).stem, PurePath(x.name).name)
+        ]
+        if same:
+            out[same[0]] = Lora(out[same[0]].name, strength)
+        else:
+            out.append(Lora(name, strength))
+    return text, tuple(out)
 
 
 def lora_tag(name: str, strength: float) -> str:

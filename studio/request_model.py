@@ -28,6 +28,8 @@ from collections.abc import Iterable
 
 from PySide6.QtCore import QObject, Signal, SignalInstance
 
+from backend.errors import RequestError
+from backend.prompt_syntax import merge_lora_tags
 from backend.request import Request
 from studio.prompts import clean_prompt
 
@@ -110,6 +112,14 @@ class RequestModel(QObject):
                 changes[key], note = clean_prompt(text)
                 if note:
                     self.notice.emit(note)
+        prompt = changes.get("prompt")
+        if isinstance(prompt, str) and "<lora:" in prompt.lower():  # A1111 tags become LoRA sliders
+            try:
+                loras = changes.get("loras", self.request.loras)
+                changes["prompt"], changes["loras"] = merge_lora_tags(prompt, loras)  # type: ignore[arg-type]
+                self.notice.emit("LoRA tags moved from the prompt to the LoRA sliders (Sliders panel).")
+            except RequestError as exc:
+                self.notice.emit(str(exc))
         old = self.request
         new = old.replace(**changes)
         if new == old:

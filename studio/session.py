@@ -7,6 +7,7 @@
     session.gallery   Gallery: results with recipes and lineage
     session.host      EngineHost: the engine thread
     session.remote    RemoteLink: runs on a studio server instead (studio/remote_link.py), when connected
+    session.controls  ControlLayers: layers bound to ControlNets, feeding the model's controls
 
 Panels edit `session.model` and listen to its field signals; actions call `session.runs`; nothing else
 connects the two. The session only builds them, restores the last settings and saves them on shutdown.
@@ -17,6 +18,7 @@ from __future__ import annotations
 from backend.engine import Engine
 from backend.engines import Engines
 from backend.request import Request
+from studio.control_layers import ControlLayers
 from studio.document import Document
 from studio.engine_host import EngineHost
 from studio.gallery import Gallery
@@ -52,6 +54,7 @@ class Session:
             history=settings.prompt_history[:HISTORY_SIZE] if settings else (),
         )
         self.runs = RunController(self.model, self.document, self.gallery, self.host)
+        self.controls = ControlLayers(self.model, self.document)
         # Runs go to a studio server when the person connects one (the engine picker's "Remote server…").
         self.remote = RemoteLink(engine, settings) if isinstance(engine, Engines) else None
 

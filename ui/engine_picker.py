@@ -32,7 +32,12 @@ def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, st
     try:
         from backend.models import discover
 
-        return [(f"{m.name} ({m.kind})", m.path) for m in discover(model_folders) if not m.pickle]
+        # The licence the model's files name, so a person sees what they may do with the pictures.
+        return [
+            (f"{m.name} ({m.kind}{f', licence {m.licence}' if m.licence else ''})", m.path)
+            for m in discover(model_folders)
+            if not m.pickle
+        ]
     except Exception as exc:  # discovery is a convenience: a broken cache must not stop the window
         log.warning("model discovery failed: %s", exc)
         return []

@@ -1,6 +1,7 @@
-"""Latent sliders: variation, prompt blend, concept sliders, guidance, strength, patch-engine locality and
-per-reference weights. Each slider shows its value and has a reset; every move is one `model.set`, and
-each slider redraws only when the request model says its own field changed.
+"""Latent sliders: variation, prompt blend, concept sliders, guidance, strength, LoRA strengths, control
+layers (ui/lora_box.py, ui/control_box.py), patch-engine locality and per-reference weights. Each slider
+shows its value and has a reset; every move is one `model.set`, and each slider redraws only when the
+request model says its own field changed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from PySide6.QtWidgets import (
 
 from backend.request import GUIDANCE_MAX, Concept, Request
 from studio.session import Session
+from ui.control_box import ControlBox
+from ui.lora_box import LoraBox
 from ui.prompt_panel import set_text, tool_button
 from ui.workers import Call
 
@@ -156,6 +159,10 @@ class SliderPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(concepts)
+        self.lora_box = LoraBox(session)  # diffusers engine only: they hide themselves otherwise
+        self.control_box = ControlBox(session)
+        layout.addWidget(self.lora_box)
+        layout.addWidget(self.control_box)
         layout.addWidget(self.patch_box)
         layout.addStretch(1)
 

@@ -1,0 +1,218 @@
+"""Control layers in the Sliders panel: any layer can steer the picture through a ControlNet.
+
+Each row: the layer, what it shows (scribble, line art, canny edges from an image, or a depth or pose map
+passed as it is), the ControlNet, its strength and the fraction of the steps it acts in. The rows live in
+`session.controls` (studio/control_layers.py), which keeps the request's controls in step with the layers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import QSignalBlocker, Slot
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QFrame,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from backend.request import CONTROL_KINDS, MAX_CONTROLS, Request
+from studio.control_layers import ControlLayers, ControlRow
+from studio.session import Session
+from ui.prompt_panel import tool_button
+from ui.workers import Call
+
+if TYPE_CHECKING:
+    from ui.slider_panel import ValueSlider
+
+KIND_LABELS = {
+    "scribble": "Scribble (from strokes)",
+    "lineart": "Line art (from lines)",
+    "canny": "Canny edges (from an image)",
+    "depth": "Depth map (as is)",
+    "pose": "Pose map (as is)",
+    "raw": "Control image (as is)",
+}
+CHOOSE_FILE, CHOOSE_FOLDER = "\x00file", "\x00folder"  # combo data of the "Choose…" items
+
+
+def _find_controlnets(folders: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(name, path) of the ControlNets found; runs on a worker thread."""
+    from backend.controlnets import discover_controlnets
+
+    return [(m.name, m.path) for m in discover_controlnets(folders) if not m.pickle]
+
+
+class ControlRowWidget(QFrame):
+    """One control: layer, kind, ControlNet, strength, start and end, and a remove button."""
+
+    def __init__(self, box: ControlBox, index: int, row: ControlRow) -> None:
+        super().__init__()
+        self.box, self.index = box, index
+        self.setFrameShape(QFrame.Shape.StyledPanel)
+        slider = box.slider_class
+        self.layer = QComboBox()
+        self.kind = QComboBox()
+        for kind in CONTROL_KINDS:
+            self.kind.addItem(KIND_LABELS.get(kind, kind), kind)
+        self.net = QComboBox()
+        for combo in (self.layer, self.kind, self.net):  # long file names must not widen the panel
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
+        self.strength: ValueSlider = slider(0.0, 2.0, 1.0)
+        self.start: ValueSlider = slider(0.0, 1.0, 0.0)
+        self.end: ValueSlider = slider(0.0, 1.0, 1.0)
+        self.start.setToolTip("The fraction of the steps after which the control starts to act")
+        self.end.setToolTip("The fraction of the steps after which it stops (early stops free the details)")
+        self.problem = QLabel()
+        self.problem.setWordWrap(True)
+        remove = tool_button("✕", "Remove this control")
+        top = QHBoxLayout()
+        top.addWidget(self.layer, 1)
+        top.addWidget(remove)
+        form = QFormLayout()
+        form.addRow("Layer", top)
+        form.addRow("Shows", self.kind)
+        form.addRow("ControlNet", self.net)
+        form.addRow("Strength", self.strength)
+        form.addRow("Start", self.start)
+        form.addRow("End", self.end)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(form)
+        layout.addWidget(self.problem)
+        self.show_row(row)
+        self.layer.activated.connect(lambda _i: box.controls.update(index, layer=self.layer.currentData()))
+        self.kind.activated.connect(lambda _i: box.controls.update(index, kind=self.kind.currentData()))
+        self.net.activated.connect(self._net_chosen)
+        self.strength.moved.connect(lambda v: box.controls.update(index, strength=v))
+        self.start.moved.connect(lambda v: box.controls.update(index, start=v))
+        self.end.moved.connect(lambda v: box.controls.update(index, end=v))
+        remove.clicked.connect(lambda: box.controls.remove(index))
+
+    def show_row(self, row: ControlRow) -> None:
+        """Show a row's settings (without echoing them back)."""
+        doc = self.box.controls.document
+        with QSignalBlocker(self.layer):
+            self.layer.clear()
+            if row.layer is None:
+                self.layer.addItem("(the recipe's image)", None)
+            for la in reversed(doc.layers):  # top layer first, as the layers panel lists them
+                self.layer.addItem(la.name, la.id)
+            self.layer.setCurrentIndex(max(0, self.layer.findData(row.layer)))
+        with QSignalBlocker(self.kind):
+            self.kind.setCurrentIndex(max(0, self.kind.findData(row.kind)))
+        with QSignalBlocker(self.net):
+            self.net.clear()
+            self.net.addItem("(choose a ControlNet)", "")
+            known = self.box.found or []
+            if row.model and all(path != row.model for _, path in known):
+                self.net.addItem(row.model.rstrip("/").rsplit("/", 1)[-1], row.model)
+            for name, path in known:
+                self.net.addItem(name, path)
+            if self.box.found is None:
+                self.net.addItem("Looking for ControlNets…", "")
+            self.net.addItem("Choose a file…", CHOOSE_FILE)
+            self.net.addItem("Choose a folder…", CHOOSE_FOLDER)
+            self.net.setCurrentIndex(max(0, self.net.findData(row.model)))
+        self.strength.show_value(row.strength)
+        self.start.show_value(row.start)
+        self.end.show_value(row.end)
+        problem = self.box.controls.problem(self.index)
+        self.problem.setText(problem)
+        self.problem.setVisible(bool(problem))
+
+    def _net_chosen(self, _index: int) -> None:
+        data = self.net.currentData()
+        if data == CHOOSE_FILE:
+            data, _ = QFileDialog.getOpenFileName(
+                self, "Choose a ControlNet", "", "ControlNet (*.safetensors)"
+            )
+        elif data == CHOOSE_FOLDER:
+            data = QFileDialog.getExistingDirectory(self, "Choose a ControlNet folder (diffusers)")
+        if data is not None and data not in (CHOOSE_FILE, CHOOSE_FOLDER):
+            self.box.controls.update(self.index, model=data)
+        self.box.refresh()
+
+
+class ControlBox(QGroupBox):
+    """The control layers (shown for the diffusers engine)."""
+
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
+        super().__init__("Control layers", parent)
+        from ui.slider_panel import ValueSlider  # imported here: slider_panel imports this module
+
+        self.slider_class = ValueSlider
+        self.controls: ControlLayers = session.controls
+        settings = session.settings
+        self.folders = tuple(settings.model_folders) if settings else ()
+        self.found: list[tuple[str, str]] | None = None  # discovered ControlNets, once looked for
+        self._finding: Call | None = None
+        self.rows: list[ControlRowWidget] = []
+        self.rows_layout = QVBoxLayout()
+        self.empty = QLabel("No control layer: a sketch or line layer can hold the composition.")
+        self.empty.setWordWrap(True)
+        self.add_button = QPushButton("Use the selected layer as a control")
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.empty)
+        layout.addLayout(self.rows_layout)
+        layout.addWidget(self.add_button)
+        self.add_button.clicked.connect(self._add)
+        self.controls.rows_changed.connect(self.refresh)
+        self.controls.document.changed.connect(self._document_changed)
+        session.model.group("engine", "model").connect(self._show_engine)
+        session.model.field("controls").connect(self._controls_changed)
+        self.refresh()
+        self._show_engine(session.model.request)
+
+    @Slot(object)
+    def _show_engine(self, request: Request) -> None:
+        diffusers = request.engine == "diffusers"
+        self.setVisible(diffusers)
+        if diffusers and self.found is None and self._finding is None:
+            self._finding = Call("controlnets", _find_controlnets, self.folders)
+            self._finding.finished.connect(self._found)
+            self._finding.start()
+
+    @Slot(object, object)
+    def _found(self, found: list[tuple[str, str]] | None, _error: object) -> None:
+        self._finding = None
+        self.found = found or []
+        self.refresh()
+
+    @Slot(str)
+    def _document_changed(self, kind: str) -> None:
+        if kind in ("layers", "reset"):  # layer names and ids in the combos
+            self.refresh()
+
+    @Slot(object)
+    def _controls_changed(self, _controls: object) -> None:
+        for widget in self.rows:  # a row that became complete (or not) says so
+            problem = self.controls.problem(widget.index)
+            widget.problem.setText(problem)
+            widget.problem.setVisible(bool(problem))
+
+    def refresh(self) -> None:
+        """Show the rows as they are."""
+        if len(self.rows) != len(self.controls.rows):
+            for widget in self.rows:
+                widget.setParent(None)
+                widget.deleteLater()
+            self.rows = [ControlRowWidget(self, n, row) for n, row in enumerate(self.controls.rows)]
+            for widget in self.rows:
+                self.rows_layout.addWidget(widget)
+        else:
+            for widget, row in zip(self.rows, self.controls.rows, strict=True):
+                widget.show_row(row)
+        self.empty.setVisible(not self.rows)
+        self.add_button.setEnabled(len(self.rows) < MAX_CONTROLS and bool(self.controls.document.layers))
+
+    def _add(self) -> None:
+        self.controls.add(None)
