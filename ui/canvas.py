@@ -46,6 +46,7 @@ class CanvasView(QWidget):
     zoom_changed = Signal(float)
     stroke_committed = Signal(str)  # tool name, after the one document operation of a stroke
     notice = Signal(str)  # something the person should know about what the tool just did
+    hovered = Signal(int, int)  # the document pixel under the cursor, while an overlay is shown
 
     def __init__(self, document: Document, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -77,6 +78,9 @@ class CanvasView(QWidget):
         self._mask_image: QImage | None = None
         self._mask_rgba: np.ndarray | None = None  # made on the first masked pixel: a canvas-size array
         self.mask_visible = True  # the red mask overlay (View → Show mask); the mask itself stays
+        # A picture over the document (the attribution map) and its legend (colour, text) in the corner.
+        self._overlay: QImage | None = None
+        self._legend: list[tuple[tuple[int, int, int], str]] = []
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
@@ -242,6 +246,31 @@ class CanvasView(QWidget):
             self.mask_visible = bool(on)
             self.update()
 
+    def set_overlay(
+        self, pixels: np.ndarray | None, legend: list[tuple[tuple[int, int, int], str]] | None = None
+    ) -> None:
+        """Show an H×W×3 picture over the document (stretched to it) with a legend, or none."""
+        self._overlay = None if pixels is None else array_to_qimage(pixels)
+        self._legend = list(legend or []) if pixels is not None else []
+        self.update()
+
+    @property
+    def overlay_shown(self) -> bool:
+        """Whether an overlay (the attribution map) is on the canvas."""
+        return self._overlay is not None
+
+    def _paint_legend(self, painter: QPainter) -> None:
+        metrics = painter.fontMetrics()
+        row = metrics.height() + 4
+        width = max(metrics.horizontalAdvance(text) for _, text in self._legend) + row + 16
+        box = QRectF(8, 8, width, row * len(self._legend) + 8)
+        painter.fillRect(box, QColor(255, 255, 255, 225))
+        painter.setPen(QPen(QColor(40, 40, 40), 1))
+        for n, (rgb, text) in enumerate(self._legend):
+            top = box.top() + 4 + n * row
+            painter.fillRect(QRectF(box.left() + 6, top + 2, row - 6, row - 6), QColor(*rgb))
+            painter.drawText(QPointF(box.left() + row + 6, top + metrics.ascent() + 2), text)
+
     # -- painting the widget --------------------------------------------------------------------------
     def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 - Qt override
         """Draw the composite, the mask and preview overlays, and the brush outline."""
@@ -267,6 +296,10 @@ class CanvasView(QWidget):
                 self._clear_after_paint = False
                 self._preview = None
                 self.update()
+        if self._overlay is not None:
+            painter.setOpacity(0.75)
+            painter.drawImage(target, self._overlay)
+            painter.setOpacity(1.0)
         # The mask is what the person is editing, so it stays above the preview too.
         if self._mask_image is not None and self.mask_visible:
             painter.drawImage(target, self._mask_image)
@@ -279,6 +312,8 @@ class CanvasView(QWidget):
             painter.drawEllipse(self._hover, radius, radius)
             painter.setPen(QPen(QColor(0, 0, 0, 200), 1))
             painter.drawEllipse(self._hover, radius + 1, radius + 1)
+        if self._overlay is not None and self._legend:
+            self._paint_legend(painter)
         painter.end()
 
     # -- input ------------------------------------------------------------------------------------------
@@ -336,6 +371,9 @@ class CanvasView(QWidget):
             return
         old = self._hover
         self._hover = pos
+        if self._overlay is not None:
+            point = self.to_doc(pos)
+            self.hovered.emit(int(point.x()), int(point.y()))
         if self._stroke is not None:
             self._show_stroke(self._stroke.add_point(self.to_doc(pos), pressure))
         elif self.tool == PICKER and self._pressed_left():

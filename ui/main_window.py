@@ -32,6 +32,7 @@ from backend.images import load_picture
 from studio.session import Session
 from studio.settings import Settings
 from ui import exports
+from ui.attribution_overlay import AttributionOverlay
 from ui.brush_bar import BrushBar
 from ui.canvas import CanvasView
 from ui.dialogs import ask_canvas_size, confirm, show_error
@@ -42,6 +43,7 @@ from ui.layers_panel import LayersPanel
 from ui.project_actions import ProjectActions
 from ui.prompt_panel import PromptPanel
 from ui.shortcuts import NAME_PROPERTY, ShortcutsDialog
+from ui.sketch_panel import SketchPanel
 from ui.slider_panel import SliderPanel
 from ui.status import StatusBar
 
@@ -88,6 +90,7 @@ class MainWindow(QMainWindow):
         self.engine_bar.addWidget(self.engine_picker)
         self.prompt_panel = PromptPanel(session, self.generate_action, self.cancel_action, self.live_action)
         self.slider_panel = SliderPanel(session)
+        self.sketch_panel = SketchPanel(session, self.canvas.composite_image)
         self.layers_panel = LayersPanel(self.document)
         self.gallery_panel = GalleryPanel(session)
         self.prompt_panel.size_requested.connect(self.request_size)
@@ -96,10 +99,12 @@ class MainWindow(QMainWindow):
         self.docks = {
             "prompt": self._dock("Prompt", self.prompt_panel, left, scroll=True),
             "sliders": self._dock("Sliders", self.slider_panel, left, scroll=True),
+            "sketch": self._dock("Sketch", self.sketch_panel, left, scroll=True),
             "layers": self._dock("Layers", self.layers_panel, right),
             "gallery": self._dock("Gallery", self.gallery_panel, right),
         }
         self.tabifyDockWidget(self.docks["prompt"], self.docks["sliders"])
+        self.tabifyDockWidget(self.docks["sliders"], self.docks["sketch"])
         self.docks["prompt"].raise_()
         self.status = StatusBar(self, self.settings.device)
         self.canvas.zoom_changed.connect(self.status.show_zoom)
@@ -107,6 +112,9 @@ class MainWindow(QMainWindow):
         self.status.show_zoom(self.canvas.zoom)
         self.setStatusBar(self.status)
         self._make_menus()
+        self.attribution = AttributionOverlay(
+            self.canvas, session, self.show_attribution_action, self.status.show_message
+        )
         # Working on the mask shows it again: choosing the mask brush, or any mask stroke or undo.
         self.brush_bar.tool_actions["mask"].triggered.connect(lambda: self.show_mask_action.setChecked(True))
         self.document.operation.connect(self._document_operation)
@@ -173,6 +181,12 @@ class MainWindow(QMainWindow):
         self.show_mask_action.setToolTip("Show the inpainting mask in red over the canvas (Shift+M)")
         self.show_mask_action.toggled.connect(self.canvas.set_mask_visible)
         self.addAction(self.show_mask_action)
+        self.show_attribution_action = QAction("Show attribution", self, checkable=True)
+        self.show_attribution_action.setShortcut(QKeySequence("Shift+A"))
+        self.show_attribution_action.setToolTip(
+            "Colour each pixel of the newest patch-engine result by the reference that fed it (Shift+A)"
+        )
+        self.addAction(self.show_attribution_action)
 
     def _dock(
         self, title: str, widget: QWidget, area: Qt.DockWidgetArea, scroll: bool = False
@@ -220,6 +234,7 @@ class MainWindow(QMainWindow):
         for action in (self.fit_action, self.actual_action, self.zoom_in_action, self.zoom_out_action):
             view.addAction(action)
         view.addAction(self.show_mask_action)
+        view.addAction(self.show_attribution_action)
         view.addSeparator()
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
