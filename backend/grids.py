@@ -12,7 +12,7 @@ import csv
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from backend.errors import RequestError
@@ -58,6 +58,13 @@ ALIASES = {
 }
 CONCEPT_PREFIX = "concept:"  # concept:N, the weight of the request's N-th concept slider (1-based)
 CONCEPT_LABEL = "Concept"
+LORA_PREFIX = "lora:"  # lora:N, the strength of the request's N-th LoRA (1-based)
+LORA_LABEL = "LoRA"
+# Numbered axes: prefix → (label, the request field holding the list, the attribute each value sets)
+NUMBERED = {
+    CONCEPT_PREFIX: (CONCEPT_LABEL, "concepts", "weight"),
+    LORA_PREFIX: (LORA_LABEL, "loras", "strength"),
+}
 
 
 @dataclass(frozen=True)
@@ -69,9 +76,11 @@ class Axis:
 
     @property
     def label(self) -> str:
-        """A1111's name for the axis ("Seed", "CFG Scale", ...)."""
-        if self.name.startswith(CONCEPT_PREFIX):
-            return f"{CONCEPT_LABEL} {self.name.removeprefix(CONCEPT_PREFIX)}"
+        """A1111's name for the axis ("Seed", "CFG Scale", ...; "Concept 1", "LoRA 2" for numbered ones)."""
+        numbered = _numbered(self.name)
+        if numbered is not None:
+            prefix, index = numbered
+            return f"{NUMBERED[prefix][0]} {index}"
         return AXES[self.name].label
 
     def value_label(self, value: Value) -> str:
@@ -113,22 +122,32 @@ class Grid:
 def canonical_axis(name: str) -> str:
     """The axis name for what a person typed ("cfg", "CFG Scale", "concept:2"); RequestError if unknown."""
     key = name.strip().lower().replace("-", "_")
-    match = re.match(r"^(concept|slider)\s*[: ]\s*(.*)$", key)
+    match = re.match(r"^(concept|slider|lora)\s*[: ]\s*(.*)$", key)
     if match is not None:
+        prefix = LORA_PREFIX if match[1] == "lora" else CONCEPT_PREFIX
         number = match[2].strip()
         if not number.isdigit() or int(number) < 1:
-            raise RequestError(f"grid axis {name!r}: name a concept slider by its number, e.g. concept:1")
-        return f"{CONCEPT_PREFIX}{int(number)}"
+            what = "LoRA" if prefix == LORA_PREFIX else "concept slider"
+            raise RequestError(f"grid axis {name!r}: name a {what} by its number, e.g. {prefix}1")
+        return f"{prefix}{int(number)}"
     key = ALIASES.get(key, key).replace(" ", "_")
     if key not in AXES:
-        known = ", ".join([*AXES, "concept:N"])
+        known = ", ".join([*AXES, "concept:N", "lora:N"])
         raise RequestError(f"unknown grid axis {name!r}; choose one of {known}")
     return key
 
 
+def _numbered(name: str) -> tuple[str, int] | None:
+    """(prefix, 1-based index) of a numbered axis name ("lora:2"), else None."""
+    for prefix in NUMBERED:
+        if name.startswith(prefix):
+            return prefix, int(name.removeprefix(prefix))
+    return None
+
+
 def axis_kind(name: str) -> type:
     """int, float or str: the type of an axis's values."""
-    return float if name.startswith(CONCEPT_PREFIX) else AXES[name].kind
+    return float if _numbered(name) is not None else AXES[name].kind
 
 
 _RANGE = re.compile(
@@ -221,11 +240,13 @@ def cell_request(base: Request, grid: Grid, column: int, row: int) -> Request:
         values.append((grid.y, grid.y.values[row]))
     prompt_sr = [(a, v) for a, v in values if a.name == "prompt"]
     for axis, value in values:
-        if axis.name.startswith(CONCEPT_PREFIX):
-            index = int(axis.name.removeprefix(CONCEPT_PREFIX)) - 1
-            concepts = list(changes.get("concepts", base.concepts))
-            concepts[index] = _with_weight(concepts[index], float(value))
-            changes["concepts"] = tuple(concepts)
+        numbered = _numbered(axis.name)
+        if numbered is not None:
+            prefix, index = numbered
+            _, field, attribute = NUMBERED[prefix]
+            items = list(changes.get(field, getattr(base, field)))
+            items[index - 1] = replace(items[index - 1], **{attribute: float(value)})
+            changes[field] = tuple(items)
         elif axis.name != "prompt":
             changes[AXES[axis.name].field] = value
     for axis, value in prompt_sr:  # A1111's Prompt S/R: the first value is the words to replace
@@ -234,12 +255,6 @@ def cell_request(base: Request, grid: Grid, column: int, row: int) -> Request:
             text = changes.get(key, getattr(base, key))
             changes[key] = text.replace(search, str(value))
     return base.replace(**changes)
-
-
-def _with_weight(concept: Any, weight: float) -> Any:
-    from dataclasses import replace
-
-    return replace(concept, weight=weight)
 
 
 def cells(request: Request) -> list[Request]:
@@ -264,10 +279,14 @@ def problems(request: Request) -> Iterator[str]:
         yield f"the grid's two axes both change {grid.x.label}; choose two different ones"
     for axis in grid.axes():
         name = axis.name
-        if name.startswith(CONCEPT_PREFIX):
-            index = int(name.removeprefix(CONCEPT_PREFIX))
-            if index > len(request.concepts):
-                yield f"grid axis {axis.label}: the request has {len(request.concepts)} concept sliders"
+        numbered = _numbered(name)
+        if numbered is not None:
+            prefix, index = numbered
+            field = NUMBERED[prefix][1]
+            have = len(getattr(request, field))
+            if index > have:
+                things = "LoRAs" if field == "loras" else "concept sliders"
+                yield f"grid axis {axis.label}: the request has {have} {things}"
         elif name not in AXES:
             yield f"unknown grid axis {name!r}"
             continue

@@ -16,9 +16,10 @@ from PIL import Image, ImageFilter
 
 from backend.errors import RequestError
 from backend.images import Picture
-from backend.request import Request
+from backend.request import SIZE_LIMITS, Request
 
 SEAM_BAND = 8  # pixels of the old image along each grown side that are repainted with the new area
+CONTEXT = 256  # pixels of the old image a cropped outpaint keeps around the new area (a large canvas)
 DIRECTIONS = ("left", "top", "right", "bottom")
 
 
@@ -124,3 +125,44 @@ def outpaint_request(base: Request, image: np.ndarray, expansion: Expansion) -> 
         grid=None,
         upscale=None,
     )
+
+
+def outpaint_crop(base: Request, image: np.ndarray, expansion: Expansion) -> tuple[Request, tuple[int, int]]:
+    """Like `outpaint_request`, for a grown canvas larger than the engine takes: the request covers the new
+    area and up to CONTEXT pixels of the picture beside it, within the engine's size limit; also returns
+    where that crop's top-left lies on the grown canvas. A canvas within the limit is taken whole."""
+    e = fitted(expansion, image.shape[1], image.shape[0])
+    filled, mask = grow(image, e)
+    height, width = filled.shape[:2]
+    limit = SIZE_LIMITS.get(base.engine, (64, 2048))[1]
+    x0, x1 = _span(width, e.left, e.right, limit, "wide")
+    y0, y1 = _span(height, e.top, e.bottom, limit, "tall")
+    request = base.replace(
+        init_image=Picture(filled[y0:y1, x0:x1]),
+        mask=Picture(mask[y0:y1, x0:x1]),
+        width=x1 - x0,
+        height=y1 - y0,
+        grid=None,
+        upscale=None,
+    )
+    return request, (x0, y0)
+
+
+def _span(length: int, before: int, after: int, limit: int, what: str) -> tuple[int, int]:
+    """The part of one axis (start, end) a cropped outpaint covers: all of it when it fits the limit."""
+    if length <= limit:
+        return 0, length
+    if before and after:
+        raise RequestError(
+            f"the grown canvas is {length} px {what}, more than the engine's {limit}: grow one side at a time"
+        )
+    if not before and not after:
+        raise RequestError(
+            f"the canvas is {length} px {what}, more than the engine's {limit}: grow it along the other side "
+            "only, or use an engine that takes larger images"
+        )
+    grow_by = before or after
+    if grow_by + SEAM_BAND > limit:
+        raise RequestError(f"grow at most {limit - SEAM_BAND} px at a time with this engine (got {grow_by})")
+    reach = min(limit, grow_by + SEAM_BAND + CONTEXT) // 8 * 8
+    return (0, reach) if before else (length - reach, length)

@@ -19,7 +19,7 @@ from backend.errors import StudioError
 from backend.events import Done
 from backend.grids import Grid
 from backend.images import Picture
-from backend.outpaint import Expansion, fitted, outpaint_request
+from backend.outpaint import Expansion, fitted, outpaint_crop
 from backend.request import Request
 from backend.upscale_spec import DEFAULT_OVERLAP, Upscale
 from studio.canvas_ops import CommandGroup, ScaleCanvas, resize_canvas
@@ -130,7 +130,9 @@ def expand_canvas(runs: RunController, expansion: Expansion, fill: bool = True) 
     try:
         e = fitted(expansion, doc.width, doc.height)
         picture = doc.composite()
-        request = outpaint_request(runs.model.request.replace(strength=1.0), picture, e) if fill else None
+        request, (x, y) = (
+            outpaint_crop(runs.model.request.replace(strength=1.0), picture, e) if fill else (None, (0, 0))
+        )
         if request is not None:
             request.validate()
     except StudioError as exc:
@@ -148,9 +150,10 @@ def expand_canvas(runs: RunController, expansion: Expansion, fill: bool = True) 
         assert done.request.mask is not None
         pixels = rgb_to_rgba(done.image)
         pixels[..., 3] = done.request.mask.pixels  # only the painted area: the layers below stay as they were
-        layer = Layer(f"Expanded: {layer_name(done.request.prompt)}", pixels, source=entry.id)
+        name = f"Expanded: {layer_name(done.request.prompt)}"
+        layer = Layer(name, pixels, source=entry.id, x=x, y=y)  # a large canvas: the crop painted
         add = AddLayer(layer, len(doc.layers), label="Add result")
-        fits = done.image.shape[:2] == (doc.height, doc.width)
+        fits = x + done.image.shape[1] <= doc.width and y + done.image.shape[0] <= doc.height
         if fits and not (isinstance(group, CommandGroup) and group.join(doc, add)):
             doc.push(add)  # the person did something after the expansion: the fill is a step of its own
         gallery.add(entry)

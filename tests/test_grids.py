@@ -264,3 +264,31 @@ def test_engines_take_single_images_only(tiny_engine, tiny_request) -> None:
     patch = Request(engine="patch", steps=2, width=32, height=32, grid=seed_grid(1, 2))
     with pytest.raises(RequestError, match="runs through backend.engines.Engines"):
         list(PatchEngine().generate(patch, threading.Event()))
+
+
+def test_a_lora_strength_axis_runs_each_strength(tiny_request, tmp_path) -> None:
+    """A LoRA's strength is set per run (peft adapters are global), so each strength is a batch of its own."""
+    from tiny_models import save_tiny_lora
+
+    from backend.request import Lora
+
+    pipe = build_tiny_sd()
+    lora = save_tiny_lora(pipe, tmp_path / "style.safetensors", seed=3)
+    engine = DiffusersEngine(device="cpu", dtype="fp32")
+    engine.use_pipeline(pipe, "tiny")
+    grid = parse_grid("lora:1=0,1;seed=1,2")
+    assert grid.x.label == "LoRA 1" and grid.x.value_label(1.0) == "LoRA 1: 1"
+    base = tiny_request.replace(loras=(Lora(str(lora), 0.5),), grid=grid)
+    assert [(c.loras[0].strength, c.seed) for c in cells(base)] == [(0.0, 1), (1.0, 1), (0.0, 2), (1.0, 2)]
+    calls = _count_unet_batches(pipe)
+    done = list(run_grid(engine, base, threading.Event()))[-1]
+    assert calls == [4] * 3 + [4] * 3  # strength 0 (both seeds), then strength 1: 3 steps each
+    for cell in done.cells:
+        single = [
+            e for e in engine.generate(cell.request.replace(), threading.Event()) if isinstance(e, Done)
+        ]
+        assert np.abs(single[0].image.astype(int) - cell.image).max() <= 1
+    assert np.abs(done.cells[0].image.astype(float) - done.cells[1].image).mean() > 1  # the LoRA acts
+    with pytest.raises(RequestError, match="has 0 LoRAs"):
+        tiny_request.replace(grid=grid).validate()
+    assert request_from_a1111(to_a1111(base))[0].grid == grid

@@ -133,3 +133,15 @@ def test_a_grid_of_many_seeds_reports_bad_values_instead_of_running(qtbot, sessi
     session.runs.error.connect(errors.append)
     assert run_grid(session.runs, seed_grid(1, 17)) is None
     assert errors and "2 to 16 cells" in errors[0] and not session.runs.running
+
+
+def test_expanding_a_canvas_larger_than_the_engine_takes_paints_a_crop(qtbot, session, monkeypatch) -> None:
+    from backend import outpaint
+
+    monkeypatch.setitem(outpaint.SIZE_LIMITS, "diffusers", (64, 64))
+    doc = session.document  # 64 × 64: growing it right by 16 makes it wider than the engine's 64
+    entry = _finish(qtbot, session, lambda: expand_canvas(session.runs, Expansion(right=16)))
+    assert (doc.width, doc.height) == (80, 64) and (entry.request.width, entry.request.height) == (64, 64)
+    fill = doc.layers[-1]
+    assert fill.bounds == (16, 0, 64, 64)  # the crop's place on the canvas
+    assert (fill.pixels[:, -16:, 3] == 255).all() and (fill.pixels[:, : 48 - SEAM_BAND, 3] == 0).all()

@@ -116,3 +116,25 @@ def test_cli_expand_grows_a_pick_with_its_own_recipe(tmp_path, capsys, tiny_sd_f
     np.testing.assert_array_equal(np.asarray(Image.open(again)), np.asarray(Image.open(wide)))
     code, _, err = run(capsys, "generate", "--expand", "right=8", "--out", tmp_path / "x.png")
     assert code == 2 and "--expand needs the image to grow" in err
+
+
+def test_a_canvas_larger_than_the_engine_takes_is_outpainted_in_a_crop(monkeypatch) -> None:
+    from backend import outpaint
+
+    monkeypatch.setitem(outpaint.SIZE_LIMITS, "patch", (32, 128))
+    base = Request(engine="patch", seed=2, steps=3, strength=1.0)
+    wide = RNG.integers(0, 256, (64, 120, 3), dtype=np.uint8)
+    request, (x, y) = outpaint.outpaint_crop(base, wide, Expansion(right=24))
+    assert (request.width, request.height, x, y) == (128, 64, 16, 0)  # the new 24 px and 104 px of context
+    np.testing.assert_array_equal(request.init_image.pixels[:, :96], wide[:, 16:112])
+    assert (request.mask.pixels[:, -24:] == 255).all() and (
+        request.mask.pixels[:, : 96 - SEAM_BAND] == 0
+    ).all()
+    small, at = outpaint.outpaint_crop(base, wide[:, :64], Expansion(right=24))
+    assert at == (0, 0) and small.width == 88  # within the limit: the whole canvas
+    with pytest.raises(RequestError, match="one side at a time"):
+        outpaint.outpaint_crop(base, wide, Expansion(left=8, right=8))
+    with pytest.raises(RequestError, match="grow at most 120 px"):
+        outpaint.outpaint_crop(base, wide, Expansion(right=128))
+    with pytest.raises(RequestError, match="along the other side"):
+        outpaint.outpaint_crop(base, RNG.integers(0, 256, (64, 136, 3), dtype=np.uint8), Expansion(bottom=8))

@@ -22,6 +22,7 @@ from backend.errors import StudioError
 from backend.grids import (
     AXES,
     CONCEPT_PREFIX,
+    LORA_PREFIX,
     MAX_CELLS,
     MIN_CELLS,
     Axis,
@@ -58,10 +59,13 @@ class GridDialog(QDialog):
         for name in OFFERED:
             self.x_axis.addItem(AXES[name].label, name)
             self.y_axis.addItem(AXES[name].label, name)
-        for n, concept in enumerate(request.concepts, 1):
-            label = f"Concept {n}: {concept.negative} → {concept.positive}"
-            self.x_axis.addItem(label, f"{CONCEPT_PREFIX}{n}")
-            self.y_axis.addItem(label, f"{CONCEPT_PREFIX}{n}")
+        numbered = [
+            (f"Concept {n}: {c.negative} → {c.positive}", f"{CONCEPT_PREFIX}{n}")
+            for n, c in enumerate(request.concepts, 1)
+        ] + [(f"LoRA {n}: {lora.name}", f"{LORA_PREFIX}{n}") for n, lora in enumerate(request.loras, 1)]
+        for label, name in numbered:
+            self.x_axis.addItem(label, name)
+            self.y_axis.addItem(label, name)
         self.y_axis.setCurrentIndex(self.y_axis.findData("guidance"))
         self.y_values.setText("4,7")
 
@@ -142,6 +146,8 @@ class GridDialog(QDialog):
         name = str(self.x_axis.currentData())
         if name in EXAMPLES:
             self.x_values.setText(EXAMPLES[name])
+        elif name.startswith((CONCEPT_PREFIX, LORA_PREFIX)):
+            self.x_values.setText("0-1.5 [4]")
 
 
 def _form(*rows: tuple[str, QWidget]) -> QWidget:
