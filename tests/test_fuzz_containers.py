@@ -10,7 +10,8 @@ Opening must end in a document that composites, or in the project's own error ra
 by the last safety net in `studio.archive.loading`, which chains the exception it caught); the file
 opened must be left as it was, and nothing may be written outside the temporary folder.
 `derandomize=True` makes every run (and CI) try the same files; `max_pixels` keeps an accepted canvas
-small so the whole run takes a few tens of seconds.
+small so the whole run takes a few tens of seconds. A third run does the same to the metadata of PNGs
+(the recipe, A1111 text and XMP that `studio-cli info` reads): it must become notes, never an exception.
 """
 
 from __future__ import annotations
@@ -200,13 +201,17 @@ def _change_members(members: list[tuple[str, bytes]], changes: list[tuple]) -> l
     return members
 
 
-manifest_change = st.one_of(
-    st.tuples(st.just("set"), st.sampled_from(PLACES), json_value),
-    st.tuples(st.just("delete"), st.sampled_from(PLACES)),
-    st.tuples(
-        st.just("add"), st.sampled_from([p for p in PLACES if len(p) <= 2]), st.text(max_size=10), json_value
-    ),
-)
+def json_change(places: list[tuple]) -> st.SearchStrategy[tuple]:
+    """One change to a JSON document: set a place to other JSON, delete it, or add a key beside it."""
+    shallow = [p for p in places if len(p) <= 2]
+    return st.one_of(
+        st.tuples(st.just("set"), st.sampled_from(places), json_value),
+        st.tuples(st.just("delete"), st.sampled_from(places)),
+        st.tuples(st.just("add"), st.sampled_from(shallow), st.text(max_size=10), json_value),
+    )
+
+
+manifest_change = json_change(PLACES)
 text_damage = st.one_of(
     st.none(),
     st.none(),
@@ -214,10 +219,11 @@ text_damage = st.one_of(
 )
 
 
-def _change_manifest(changes: list[tuple]) -> Any:
-    manifest = json.loads(json.dumps(BASE_MANIFEST))
+def _changed(document: Any, changes: list[tuple]) -> Any:
+    """A copy of a JSON document with the changes applied."""
+    document = json.loads(json.dumps(document))
     for change in changes:
-        node, place = manifest, change[1]
+        node, place = document, change[1]
         try:
             for key in place[:-1]:
                 node = node[key]
@@ -229,13 +235,14 @@ def _change_manifest(changes: list[tuple]) -> Any:
                 node[place[-1]][change[2]] = change[3]
         except (KeyError, IndexError, TypeError):
             continue  # an earlier change removed or retyped this place
-    return manifest
+    return document
 
 
+plain = st.sampled_from(["0", "1", "3", "-4", "24", "16", "0.5", "1.0", "visible", "hidden"])
 attribute = st.one_of(
-    st.sampled_from(
-        ["0", "1", "3", "-4", "24", "16", "0.5", "nan", "inf", "-1e9", "1e999", "", "abc", "9" * 12]
-    ),
+    plain,
+    plain,
+    st.sampled_from(["nan", "inf", "-1e9", "1e999", "", "abc", "9" * 12, "-0", " 3", "0x10"]),
     st.text(alphabet=st.characters(codec="utf-8", min_codepoint=32, exclude_characters="\x7f"), max_size=8),
 )
 layer_attributes = st.dictionaries(
@@ -318,7 +325,7 @@ def test_fuzzed_projects_open_or_are_refused_cleanly(tmp_path, tally):
     @FUZZ
     @given(st.lists(manifest_change, max_size=3), member_changes, text_damage)
     def run(manifest_changes, member_changes, damage):
-        text = json.dumps(_change_manifest(manifest_changes)).encode()
+        text = json.dumps(_changed(BASE_MANIFEST, manifest_changes)).encode()
         if damage is not None:
             at = damage[0] % (len(text) + 1)
             text = text[:at] + damage[1] + text[at:]
@@ -356,3 +363,59 @@ def test_fuzzed_openraster_files_open_or_are_refused_cleanly(tmp_path, tally):
 
     run()
     tally.check_and_record(".ora", path, tmp_path / "cwd")
+
+
+def test_fuzzed_png_metadata_becomes_notes_never_exceptions(tmp_path):
+    """`studio-cli info` on a PNG whose recipe, A1111 text and XMP are mutated: a note, never a crash."""
+    from PIL.PngImagePlugin import PngInfo
+
+    from backend import strict_json
+    from studio.cli import describe, describe_json
+    from studio.pngmeta import read_png_metadata
+    from studio.recipe import recipe_to_dict
+
+    base = recipe_to_dict(Request(prompt="p", width=16, height=16), {"model_hash": "abc"})
+    base["lineage"] = {"id": "x", "parents": ["y"], "painted": False, "chain": [{"id": "y", "parents": []}]}
+    places = _paths(base)[1:]
+    path = tmp_path / "fuzzed.png"
+    counts = {"with a request": 0, "without": 0, "lost": 0}
+    parameters = st.sampled_from(
+        ["p\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 16x16", "Steps: x, Size: 9", "", "\n\n"]
+    )
+
+    @settings(
+        max_examples=400,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(st.lists(json_change(places), max_size=3), text_damage, parameters, st.booleans())
+    def run(changes, damage, a1111, xmp):
+        recipe = _changed(base, changes)
+        text = json.dumps(recipe).encode()
+        if damage is not None:
+            at = damage[0] % (len(text) + 1)
+            text = text[:at] + damage[1] + text[at:]
+        info = PngInfo()
+        info.add_itxt("studio:recipe", text.decode("utf-8", "replace"))
+        info.add_text("parameters", a1111)
+        if xmp:
+            info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta xmlns:x='adobe:ns:meta/'><oops")
+        Image.new("RGB", (16, 16)).save(path, pnginfo=info)
+        before = faults.snapshot(files=[path])
+        meta = read_png_metadata(path)  # must not raise: unreadable metadata is a note
+        counts["lost"] += faults.bytes_lost(before, faults.snapshot(files=[path]))
+        strict_json.loads(describe_json(str(path), meta))
+        describe(str(path), meta)
+        counts["with a request" if meta.request is not None else "without"] += 1
+
+    run()
+    assert counts["with a request"] > 0 and counts["without"] > 0, counts
+    outcome = (
+        f"{counts['with a request']} gave a request, {counts['without']} only notes; `info` (text and JSON) "
+        "never raised"
+    )
+    faults.record(
+        "fuzzing", "400 PNGs with mutated recipe, A1111 text and XMP (hypothesis)", outcome, counts["lost"]
+    )
