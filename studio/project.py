@@ -52,10 +52,11 @@ FORMAT_VERSION = 1
 MIMETYPE = "application/x-studio-project"
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # recipes embed init images as base64, so allow a roomy manifest
-# Embedded images keep a real manifest from compressing much (base64 PNG: about 1.3:1); a manifest that
-# inflates far beyond its stored size is filler (a history of a million repeated prompts).
-FREE_MANIFEST_BYTES = 16 * 1024 * 1024
-MAX_MANIFEST_RATIO = 20
+# Embedded images keep a real manifest from compressing much (base64 PNG: about 1.3:1; 3000 varied
+# results without images: 9.5:1); one that inflates far beyond its stored size is filler (a history of a
+# million repeated prompts). Within the free 4 MB the worst JSON (empty objects) parses to ~120 MB.
+FREE_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_MANIFEST_RATIO = 50
 MAX_HISTORY = 1000  # prompts kept from a file's history (the session keeps 50)
 MAX_SIDE = 16384
 MAX_LAYERS = 2000  # far beyond any painting; bounds the work a hostile manifest can ask for

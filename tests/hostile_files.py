@@ -263,6 +263,14 @@ COSTLY = [
         lambda p, good: rewrite(good, p, replace={"manifest.json": history_manifest(good)}),
     ),
     Case(
+        "manifest of 4 MB of empty JSON objects (the worst JSON the free allowance admits)",
+        "refused",
+        "the manifest has the wrong format",
+        lambda p, good: rewrite(
+            good, p, replace={"manifest.json": repeated(b"[", b"{}," * 4000, 349, b"{}]")}
+        ),
+    ),
+    Case(
         "history of 5,000 different prompts",
         "opened",
         "kept the 1000 newest of the 5000 prompts",
