@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any, NoReturn
 
 from backend import strict_json, wire
+from backend.cli_numbers import amount
 from backend.errors import StudioError
 
 PROG = "studio-serve"
@@ -56,18 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--address", help="join this Ray cluster (e.g. auto, or HEAD:6379) instead of starting Ray"
     )
-    p.add_argument("--num-cpus", type=float, help="CPUs the private Ray may use (default: all)")
-    p.add_argument("--num-gpus", type=float, help="GPUs the private Ray may use (default: all it finds)")
+    p.add_argument("--num-cpus", type=amount, help="CPUs the private Ray may use (default: all)")
+    p.add_argument("--num-gpus", type=amount, help="GPUs the private Ray may use (default: all it finds)")
     p.add_argument("--replicas", type=int, default=None, help="engine replicas (default 1)")
     p.add_argument("--min-replicas", type=int, help="autoscaling: fewest engine replicas")
     p.add_argument("--max-replicas", type=int, help="autoscaling: most engine replicas")
     p.add_argument(
         "--gpus-per-replica",
-        type=float,
+        type=amount,
         help="GPUs each replica reserves; 0.5 puts two on a GPU (default 1 with GPUs)",
     )
     p.add_argument(
-        "--cpus-per-replica", type=float, default=1.0, help="CPUs each replica reserves (default 1)"
+        "--cpus-per-replica", type=amount, default=1.0, help="CPUs each replica reserves (default 1)"
     )
     p.add_argument(
         "--models-per-replica", type=int, default=2, help="models each replica keeps loaded (default 2)"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import secrets
 import sys
@@ -22,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 from PIL import Image
 
 from backend import strict_json
+from backend.cli_numbers import finite_number
 from backend.engine import Engine
 from backend.errors import StudioError
 from backend.images import Picture, load_picture
@@ -52,17 +52,6 @@ def _seed(text: str) -> int:
     return value
 
 
-def _finite(text: str) -> float:
-    """A float option: NaN and infinity parse as floats but are no setting anyone can run or write down."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
-
-
-_finite.__name__ = "finite number"  # argparse says "invalid finite number value: 'nan'"
-
-
 def _pin(text: str) -> tuple[str, str]:
     colour, sep, reference = text.partition("=")
     colour = colour.strip() if colour.strip().startswith("#") else "#" + colour.strip()
@@ -91,28 +80,30 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--references", metavar="DIR", help="patch engine: a folder of reference images")
     g.add_argument("--seed", type=_seed, help="default: a random seed")
     g.add_argument("--steps", type=int)
-    g.add_argument("--guidance", type=_finite)
+    g.add_argument("--guidance", type=finite_number)
     g.add_argument("--width", type=int, help="default: 256 (patch), 512 (diffusers), or the init image's")
     g.add_argument("--height", type=int, help="default: 256 (patch), 512 (diffusers), or the init image's")
     g.add_argument("--scheduler", help="euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, lcm, ...")
     g.add_argument("--init-image", metavar="IMAGE", help="start from this image (img2img)")
-    g.add_argument("--strength", type=_finite, help="how much of the init image to repaint, 0 to 1")
+    g.add_argument("--strength", type=finite_number, help="how much of the init image to repaint, 0 to 1")
     g.add_argument("--mask", metavar="IMAGE", help="inpaint: white repaints, black keeps")
     g.add_argument("--tile", action=argparse.BooleanOptionalAction, default=None, help="seamless tiling")
     g.add_argument("--variation-seed", type=_seed, help="default with a strength: the seed + 1")
     g.add_argument(
-        "--variation-strength", type=_finite, help="0 = the seed's image, 1 = the variation seed's"
+        "--variation-strength", type=finite_number, help="0 = the seed's image, 1 = the variation seed's"
     )
     g.add_argument(
-        "--locality", type=_finite, help="patch engine: 0 makes new images, 1 reproduces references"
+        "--locality", type=finite_number, help="patch engine: 0 makes new images, 1 reproduces references"
     )
     g.add_argument(
         "--structure",
-        type=_finite,
+        type=finite_number,
         help="patch engine with an init image: low-pass size kept from it, 0 exact colours to 1 broad layout",
     )
     g.add_argument(
-        "--structure-steps", type=_finite, help="fraction of the steps the structure applies to (0 = off)"
+        "--structure-steps",
+        type=finite_number,
+        help="fraction of the steps the structure applies to (0 = off)",
     )
     g.add_argument(
         "--pin",

@@ -129,6 +129,16 @@ def test_scaling_options_become_serves_deployment_options() -> None:
         Scaling(min_replicas=3, max_replicas=2).deployment_options()
 
 
+@pytest.mark.parametrize("option", ["--num-cpus", "--num-gpus", "--gpus-per-replica", "--cpus-per-replica"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_resource_options_refuse_what_is_no_amount(option: str, value: str) -> None:
+    from backend.serve_command import _parser
+
+    with pytest.raises(StudioError, match=f"{option}: invalid amount value: '{value}'"):
+        _parser().parse_args([option, value])
+    assert getattr(_parser().parse_args([option, "0.5"]), option[2:].replace("-", "_")) == 0.5
+
+
 def test_the_token_is_made_once_kept_private_and_printed_only_then(tmp_path: Path, capsys) -> None:
     from backend.serve_command import _saved_token
 
