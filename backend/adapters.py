@@ -19,6 +19,7 @@ from backend.controlnets import (
     load_controlnet,
     prepare_control,
 )
+from backend.device_memory import free_memory
 from backend.loras import LoraSet, resolve_lora
 from backend.models import LoadedModel, model_hash
 from backend.request import Control, Request
@@ -54,7 +55,7 @@ class Adapters:
         names = {c.model for c in r.controls}
         if set(self.controlnets) - names:  # free the ones this request does not use before loading others
             self.controlnets = {k: v for k, v in self.controlnets.items() if k in names}
-            _free_memory()
+            free_memory()
         kept: dict[str, LoadedControlNet] = {}
         for c in r.controls:
             loaded = kept.get(c.model) or self.controlnets.get(c.model)
@@ -129,11 +130,3 @@ class Adapters:
         if self.loras is not None and self.lora_files and r.loras:
             out["loras"] = self.loras.extras(self.lora_files)
         return out
-
-
-def _free_memory() -> None:
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

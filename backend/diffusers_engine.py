@@ -9,7 +9,6 @@ concept acting from a later step, the run resumes from a snapshot at that step (
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -25,6 +24,7 @@ from backend.adapters import Adapters
 from backend.batching import batch_groups, batch_key, batch_limit, is_out_of_memory, per_request
 from backend.conditioning import PromptSchedule, TextEncoder, schedule_for
 from backend.controlnets import PreparedControl, control_residuals
+from backend.device_memory import free_memory
 from backend.devices import describe, pick_device, pick_dtype
 from backend.engine import single_image
 from backend.errors import ModelError, RequestError, StudioError
@@ -119,7 +119,7 @@ class DiffusersEngine:
         self.adapters.reset()
         if self.model is not None:
             self.model = None
-            _free_memory()
+            free_memory()
 
     # --- running -----------------------------------------------------------------------------------------
 
@@ -151,7 +151,7 @@ class DiffusersEngine:
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
-            _free_memory()
+            free_memory()
             if len(rs) == 1:
                 raise self._out_of_memory(rs[0]) from None
             half = len(rs) // 2  # too big a batch for the device: run it in two halves
@@ -446,7 +446,7 @@ class DiffusersEngine:
         }
 
     def _out_of_memory(self, r: Request) -> StudioError:
-        _free_memory()
+        free_memory()
         return ModelError(
             f"ran out of memory on {describe(self.device)} at {r.width}×{r.height}; lower the size or steps, "
             "or close other programs"
@@ -508,9 +508,3 @@ def _with_pooled(
         return None
     pooled = torch.cat([uncond.pooled, cond.pooled]) if guided else cond.pooled
     return {"text_embeds": pooled, **added}
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -8,7 +8,6 @@ when unpickled: they are refused unless the person allows them, and even then re
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from backend.device_memory import free_memory
 from backend.errors import ModelError
 from backend.licences import model_licence
 
@@ -159,12 +159,12 @@ def load_model(
     except ModelError:
         raise
     except torch.OutOfMemoryError:
-        _free_memory()
+        free_memory()
         raise ModelError(
             f"{ref}: does not fit in memory on {device}; close other programs, use fp16, or a smaller model"
         ) from None
     except Exception as exc:  # diffusers/transformers raise many types for a bad model: name it, no traceback
-        _free_memory()
+        free_memory()
         raise ModelError(f"{ref}: cannot be loaded ({short_error(exc)})") from None
     pipe.set_progress_bar_config(disable=True)
     return LoadedModel(
@@ -389,12 +389,6 @@ def pickle_state_dict(path: Path) -> dict[str, Any]:
 def short_error(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{exc.__class__.__name__}: {text[:300]}"
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # --- Hashes ------------------------------------------------------------------------------------------------

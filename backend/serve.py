@@ -18,7 +18,6 @@ same client, or by the client hanging up) sets the engine's cancel Event, so it 
 import asyncio
 import contextlib
 import dataclasses
-import gc
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from ray import serve
 from ray.exceptions import TaskCancelledError
 
 from backend import wire
+from backend.device_memory import free_memory
 from backend.errors import StudioError, describe_error
 from backend.request import ENGINES, Request
 
@@ -189,12 +189,7 @@ class _Loaded:
 
     def __del__(self) -> None:  # Serve calls this when it evicts the model: free the device memory now
         self.engine = None
-        gc.collect()
-        with contextlib.suppress(Exception):
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        free_memory()
 
 
 def _default_device() -> str:
@@ -284,7 +279,7 @@ class EngineWorker:
             if not isinstance(exc, StudioError):
                 log.error("generation failed", exc_info=exc)
             put(wire.line("error", message=describe_error(exc)))
-            gc.collect()
+            free_memory()
         finally:
             if events is not None and hasattr(events, "close"):
                 with contextlib.suppress(Exception):

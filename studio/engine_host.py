@@ -12,14 +12,13 @@ lambdas included, runs there. The GUI thread never waits on the engine thread, e
 
 from __future__ import annotations
 
-import gc
 import logging
-import sys
 import threading
 from dataclasses import dataclass
 
 from PySide6.QtCore import QCoreApplication, QObject, Qt, Signal, Slot
 
+from backend.device_memory import free_memory
 from backend.engine import Engine
 from backend.errors import StudioError, describe_error
 from backend.events import Done, StepEvent
@@ -237,19 +236,3 @@ class EngineHost(QObject):
     def _on_idle(self) -> None:
         if not self._closed and not self.busy:
             self.idle.emit()
-
-
-def free_memory() -> None:
-    """Release what a failed run left behind: Python garbage and, if torch is loaded, cached GPU memory."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    try:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
-        mps = getattr(torch, "mps", None)
-        if mps is not None and torch.backends.mps.is_available():
-            mps.empty_cache()
-    except Exception:  # freeing memory is best effort; never let it take the engine thread down
-        log.debug("could not empty the device cache", exc_info=True)
