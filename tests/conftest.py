@@ -15,9 +15,28 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
+from studio.gui_gc import GuiThreadCollector  # noqa: E402
+
 # Tiny diffusers models and engines (tests/fixtures_diffusers.py); sessions (tests/session_fixtures.py);
 # windows (tests/window_fixtures.py); the limited child that opens hostile files (tests/hostile_child.py).
 pytest_plugins = ["fixtures_diffusers", "session_fixtures", "window_fixtures", "hostile_child"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gui_thread_collector(qapp):
+    """As in the app: only the main thread collects reference cycles, so no engine, saver or server
+    thread of a test ever finalises a window's Qt objects (studio/gui_gc.py)."""
+    collector = GuiThreadCollector()
+    collector.start()
+    yield collector
+    collector.stop()
+
+
+@pytest.fixture(autouse=True)
+def collect_after_each_test(gui_thread_collector):
+    """Tests that never run the event loop still have their cycles collected, between tests."""
+    yield
+    gui_thread_collector.collect_due()
 
 
 @pytest.fixture(autouse=True)

@@ -10,12 +10,14 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtWidgets import QApplication
 
 from studio.document import Document
+from studio.gui_gc import GuiThreadCollector
 from studio.session import Session
 from studio.settings import Settings
 from ui.main_window import MainWindow
@@ -67,10 +69,12 @@ class AfterFirstPaint(QObject):
     holds the GIL for long stretches while it loads) and model discovery (walks folders and the hub cache).
 
     Started before the window was built, the import delayed the first paint by about 2 s under load.
-    `painted` is emitted after the first paint, with the work started; `painted_at` is its perf_counter.
+    `painted` is emitted after the first paint, with the work started; `painted_at` is its perf_counter;
+    `warmed` once the engine import has finished (or failed).
     """
 
     painted = Signal()
+    warmed = Signal()
 
     def __init__(self, window: MainWindow) -> None:
         super().__init__(window)
@@ -89,7 +93,7 @@ class AfterFirstPaint(QObject):
     @Slot()
     def _start(self) -> None:
         self.window.removeEventFilter(self)
-        self.warm = warm_up_engine()
+        self.warm = warm_up_engine(self.warmed.emit)
         self.window.engine_picker.start_discovery()
         self.painted.emit()
 
@@ -167,22 +171,25 @@ def limit_torch_threads() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
 
 
-def warm_up_engine() -> threading.Thread:
+def warm_up_engine(done: Callable[[], None] | None = None) -> threading.Thread:
     """Import the default engine (and torch) in the background, so the first Generate does not stall.
 
     Importing torch holds the GIL for long stretches; done inside the first run, it froze the window
     for about 150 ms. A daemon thread: it only imports, and a quit during the import must not wait on it.
+    `done` is called on that thread when the import has finished or failed.
     """
-    worker = threading.Thread(target=_import_engine, name="studio-warm-up", daemon=True)
+    worker = threading.Thread(target=_import_engine, args=(done,), name="studio-warm-up", daemon=True)
     worker.start()
     return worker
 
 
-def _import_engine() -> None:
+def _import_engine(done: Callable[[], None] | None) -> None:
     try:
         importlib.import_module("backend.patch_engine")
     except Exception:  # the first run reports a broken install properly; a warm-up never does
         log.debug("engine warm-up failed", exc_info=True)
+    if done is not None:
+        done()
 
 
 def build_window(
@@ -222,9 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(str(Path(scratch.name) / "demo.ini"))
     else:
         settings = Settings()
+    collector = GuiThreadCollector(parent=app)  # no engine or worker thread ever finalises Qt objects
+    collector.start()
     size = (args.size, args.size) if args.size else DEFAULT_CANVAS
     window = build_window(settings, size, args.steps)
     launch = AfterFirstPaint(window)
+    collector.freeze()
+    launch.warmed.connect(collector.freeze)  # torch and the engine: loaded once, kept for the session
     window.show()
     if args.file:
         window.open_path(args.file)
