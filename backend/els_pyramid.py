@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from backend.els import alpha_sigma, noise_to
+from backend.els import EXCLUDED, alpha_sigma, noise_to
 
 # The smallest level's side: the paper's calibration is for 32² images, where the highest-noise patch
 # (21 px) is still a patch. Each later time in FINER_AT doubles the side the steps after it run at, up to
@@ -92,6 +92,20 @@ def shrink(x: torch.Tensor, factor: int) -> torch.Tensor:
     return flat.reshape(*x.shape[:-2], *flat.shape[-2:])
 
 
+def shrink_prior(prior: torch.Tensor, factor: int) -> torch.Tensor:
+    """A per-pixel log-prior (S×H×W) at a level `factor` times smaller: the log of its mean weight.
+
+    Not the mean of the logs: a block half inside a stroke must still let the stroke's material in (log ½),
+    where averaging an excluded pixel's -1e4 with an allowed 0 would shut it out of every block a thin
+    stroke crosses.
+    """
+    if factor == 1:
+        return prior
+    top = prior.amax(dim=0, keepdim=True).clamp(min=EXCLUDED)  # keeps exp() in range
+    mean = shrink((prior - top).double().exp(), factor)
+    return (mean.log() + shrink(top.double(), factor)).clamp(min=EXCLUDED).to(prior.dtype)
+
+
 def shrink_noise(eps: torch.Tensor, factor: int) -> torch.Tensor:
     """White noise at a level `factor` times smaller: block means, scaled back to unit variance."""
     return shrink(eps, factor) * factor
@@ -159,7 +173,7 @@ class Level:
             stage,
             shrink(images, f),
             shrink_noise(eps, f),
-            prior if prior.dim() == 1 else shrink(prior, f),
+            prior if prior.dim() == 1 else shrink_prior(prior, f),
             None if init is None else shrink(init, f),
             None if mask is None else shrink(mask, f),
             None if key_mask is None else shrink_mask(key_mask, f),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -89,3 +91,16 @@ def test_a_full_key_mask_changes_nothing_and_an_empty_one_excludes_the_reference
     excluded = estimate("exact", x, refs, torch.tensor([0.0, 0.0, els.EXCLUDED]))
     assert torch.allclose(without.x0, excluded.x0, atol=1e-5)
     assert float(without.ref_weights[2].max()) == 0.0
+
+
+def test_a_coarse_level_keeps_a_material_in_every_block_its_stroke_crosses():
+    from backend.els_pyramid import shrink_prior
+
+    prior = torch.full((2, 8, 8), els.EXCLUDED)
+    prior[0, :, :] = 0.0  # reference 0 allowed everywhere
+    prior[1, :, 3] = 0.0  # reference 1 only along a one-pixel line
+    prior[0, :, 3] = els.EXCLUDED
+    coarse = shrink_prior(prior, 4)  # 2×2 blocks of 4×4 pixels
+    assert torch.allclose(coarse[1, :, 0], torch.full((2,), math.log(4 / 16)), atol=1e-5)
+    assert torch.allclose(coarse[0, :, 0], torch.full((2,), math.log(12 / 16)), atol=1e-5)
+    assert torch.all(coarse[1, :, 1] == els.EXCLUDED) and torch.all(coarse[0, :, 1] == 0.0)
