@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from backend.engine import Engine
@@ -32,6 +32,15 @@ class Engines:
         if name not in self._engines:
             self._engines[name] = _create(name, self.options)
         return self._engines[name]
+
+    def add_folders(self, model_folders: Sequence[str] = (), lora_folders: Sequence[str] = ()) -> None:
+        """Look in these folders too from the next request on (folders a person adds in the window)."""
+        for key, more in (("model_folders", model_folders), ("lora_folders", lora_folders)):
+            merged = tuple(dict.fromkeys((*self.options.get(key, ()), *more)))
+            self.options[key] = merged
+            for engine in self._engines.values():
+                if hasattr(engine, key):  # a tuple swapped whole: the engine thread reads one or the other
+                    setattr(engine, key, merged)
 
     def use_remote(self, engine: Engine | None) -> None:
         """Run every request from the next one on with `engine` (a RemoteEngine); None: on this machine."""

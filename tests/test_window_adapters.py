@@ -110,3 +110,25 @@ def test_control_rows_show_every_layer_top_first(make_window) -> None:
     combo.setCurrentIndex(0)
     combo.activated.emit(0)
     assert window.session.controls.rows[0].layer == doc.layers[1].id
+
+
+def test_a_folder_added_in_the_window_is_kept_searched_and_given_to_the_engine(make_window, qtbot, tmp_path):
+    from backend.engines import Engines
+    from ui.model_folders import add_folder
+
+    install, own = tmp_path / "webui", tmp_path / "my loras"
+    (install / "models" / "Lora").mkdir(parents=True)
+    (install / "models" / "Lora" / "ink.safetensors").write_bytes(b"x")
+    own.mkdir()
+    (own / "wc.safetensors").write_bytes(b"x")
+    engines = Engines()
+    window = make_window(engines)
+    session, box = window.session, window.slider_panel.lora_box
+    assert add_folder(session, str(install)) == "model" and add_folder(session, str(own)) == "lora"
+    assert session.settings.model_folders == [str(install)] and session.settings.lora_folders == [str(own)]
+    assert engines.options["model_folders"] == (str(install),)
+    assert engines.options["lora_folders"] == (str(own),)
+    box.folders = (tuple(session.settings.model_folders), tuple(session.settings.lora_folders))
+    box._look()
+    qtbot.waitUntil(lambda: box.found is not None)
+    assert sorted(name for name, _ in box.found) == ["ink", "wc"]

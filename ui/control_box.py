@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from backend.request import CONTROL_KINDS, MAX_CONTROLS, Request
 from studio.control_layers import ControlLayers, ControlRow
 from studio.session import Session
+from ui.model_folders import choose_folder
 from ui.prompt_panel import tool_button
 from ui.workers import Call
 
@@ -40,7 +41,7 @@ KIND_LABELS = {
     "pose": "Pose map (as is)",
     "raw": "Control image (as is)",
 }
-CHOOSE_FILE, CHOOSE_FOLDER = "\x00file", "\x00folder"  # combo data of the "Choose…" items
+CHOOSE_FILE, CHOOSE_FOLDER, LOOK_IN = "\x00file", "\x00folder", "\x00look"  # the combo's "…" items
 
 
 def _find_controlnets(folders: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -121,6 +122,7 @@ class ControlRowWidget(QFrame):
                 self.net.addItem("Looking for ControlNets…", "")
             self.net.addItem("Choose a file…", CHOOSE_FILE)
             self.net.addItem("Choose a folder…", CHOOSE_FOLDER)
+            self.net.addItem("Add a folder to look in…", LOOK_IN)
             self.net.setCurrentIndex(max(0, self.net.findData(row.model)))
         self.strength.show_value(row.strength)
         self.start.show_value(row.start)
@@ -131,13 +133,19 @@ class ControlRowWidget(QFrame):
 
     def _net_chosen(self, _index: int) -> None:
         data = self.net.currentData()
-        if data == CHOOSE_FILE:
-            data, _ = QFileDialog.getOpenFileName(
-                self, "Choose a ControlNet", "", "ControlNet (*.safetensors)"
-            )
+        if data == CHOOSE_FILE:  # a cancelled dialog gives "": nothing changes
+            data = QFileDialog.getOpenFileName(self, "Choose a ControlNet", "", "ControlNet (*.safetensors)")[
+                0
+            ]
+            data = data or None
         elif data == CHOOSE_FOLDER:
-            data = QFileDialog.getExistingDirectory(self, "Choose a ControlNet folder (diffusers)")
-        if data is not None and data not in (CHOOSE_FILE, CHOOSE_FOLDER):
+            data = QFileDialog.getExistingDirectory(self, "Choose a ControlNet folder (diffusers)") or None
+        elif data == LOOK_IN:
+            folder = choose_folder(self, self.box.session)
+            if folder is not None:
+                self.box.look_again((*self.box.folders, folder))
+            data = None
+        if data is not None:  # a ControlNet, or "" for "(choose a ControlNet)"
             self.box.controls.update(self.index, model=data)
         self.box.refresh()
 
@@ -150,6 +158,7 @@ class ControlBox(QGroupBox):
         from ui.slider_panel import ValueSlider  # imported here: slider_panel imports this module
 
         self.slider_class = ValueSlider
+        self.session = session
         self.controls: ControlLayers = session.controls
         settings = session.settings
         self.folders = tuple(settings.model_folders) if settings else ()
@@ -181,8 +190,18 @@ class ControlBox(QGroupBox):
             self._finding.finished.connect(self._found)
             self._finding.start()
 
+    def look_again(self, folders: tuple[str, ...]) -> None:
+        """Discover ControlNets again in these folders (and the HF cache)."""
+        self.folders, self.found = folders, None
+        self._finding = Call("controlnets", _find_controlnets, self.folders)
+        self._finding.finished.connect(self._found)
+        self._finding.start()
+        self.refresh()
+
     @Slot(object, object)
     def _found(self, found: list[tuple[str, str]] | None, _error: object) -> None:
+        if self.sender() is not self._finding:
+            return  # an earlier look, overtaken by one with more folders
         self._finding = None
         self.found = found or []
         self.refresh()

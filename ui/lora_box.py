@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 
 from backend.request import MAX_LORAS, Lora, Request
 from studio.session import Session
+from ui.model_folders import add_kind, choose_folder
 from ui.prompt_panel import tool_button
 from ui.workers import Call
 
@@ -46,7 +47,7 @@ class LoraBox(QGroupBox):
         from ui.slider_panel import ValueSlider  # the panel that holds this box defines the slider
 
         self._slider_class = ValueSlider  # imported here: slider_panel imports this module
-        self.model = session.model
+        self.session, self.model = session, session.model
         settings = session.settings
         self.folders = (
             tuple(settings.model_folders) if settings else (),
@@ -153,6 +154,10 @@ class LoraBox(QGroupBox):
         choose = QAction("Choose a file…", self.menu)
         choose.triggered.connect(self._choose_file)
         self.menu.addAction(choose)
+        folder = QAction("Add a folder to look in…", self.menu)
+        folder.setToolTip("An A1111 or ComfyUI install, or a folder of LoRA files; kept in the settings")
+        folder.triggered.connect(self._add_folder)
+        self.menu.addAction(folder)
 
     def _note(self, text: str) -> None:
         note = QAction(text, self.menu)
@@ -167,10 +172,22 @@ class LoraBox(QGroupBox):
 
     @Slot(object, object)
     def _found(self, found: list[tuple[str, str]] | None, _error: object) -> None:
+        if self.sender() is not self._finding:
+            return  # an earlier look, overtaken by one with more folders
         self._finding = None
         self.found = found or []
         if self.menu.isVisible():
             self._fill_menu()
+
+    def _add_folder(self) -> None:
+        folder = choose_folder(self, self.session)
+        if folder is not None:
+            models, loras = self.folders
+            self.folders = (
+                (models, (*loras, folder)) if add_kind(folder) == "lora" else ((*models, folder), loras)
+            )
+            self.found, self._finding = None, None  # look again, with the new folder
+            self._look()
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a LoRA", "", "LoRA files (*.safetensors)")
