@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from backend.errors import RequestError
 
 if TYPE_CHECKING:
+    from backend.images import Picture
     from backend.request import Request
 
 FACTORS = (2, 3, 4)
@@ -67,6 +68,20 @@ def problems(r: Request) -> Iterator[str]:
         yield f"the refine tile must be a multiple of 8 from 64 to 2048 (got {u.tile})"
     if not 0 <= u.overlap <= 256 or (u.tile and 2 * u.overlap >= u.tile):
         yield f"the tile overlap must be from 0 to 256 pixels and under half a tile (got {u.overlap})"
+
+
+def upscale_request(base: Request, source: Picture, settings: Upscale, strength: float) -> Request:
+    """`base`'s prompt, model and settings upscaling `source` as `settings` say, refined at `strength`."""
+    return base.replace(
+        init_image=source,
+        mask=None,
+        grid=None,
+        controls=(),
+        width=source.width * settings.factor,
+        height=source.height * settings.factor,
+        strength=strength,
+        upscale=settings,
+    )
 
 
 def upscale_to_json(u: Upscale) -> dict[str, Any]:

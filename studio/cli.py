@@ -204,7 +204,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.attribution and request.engine != "patch":
         raise UsageError("--attribution needs the patch engine")
     try:
-        request = cli_upscale.upscale_request(args, cli_grid.grid_for(args, request))
+        request = cli_upscale.with_upscale(args, cli_grid.grid_for(args, request))
         request = cli_outpaint.outpaint(args, request)
     except (cli_grid.GridUsageError, cli_upscale.UpscaleUsageError, cli_outpaint.OutpaintUsageError) as exc:
         raise UsageError(str(exc)) from None

@@ -13,7 +13,7 @@ import argparse
 from backend.errors import StudioError
 from backend.images import load_picture
 from backend.request import Request
-from backend.upscale_spec import DEFAULT_OVERLAP, DEFAULT_REFINE, FACTORS, Upscale
+from backend.upscale_spec import DEFAULT_OVERLAP, DEFAULT_REFINE, FACTORS, Upscale, upscale_request
 
 
 class UpscaleUsageError(StudioError):
@@ -40,7 +40,7 @@ def add_arguments(g: argparse.ArgumentParser) -> None:
     )
 
 
-def upscale_request(args: argparse.Namespace, request: Request) -> Request:
+def with_upscale(args: argparse.Namespace, request: Request) -> Request:
     """The request with the upscale the options ask for (or the recipe's own), or unchanged."""
     if args.upscale is None:
         if args.upscaler or args.upscale_tile or args.upscale_overlap is not None:
@@ -66,13 +66,5 @@ def upscale_request(args: argparse.Namespace, request: Request) -> Request:
         tile=args.upscale_tile or 0,
         overlap=args.upscale_overlap if args.upscale_overlap is not None else DEFAULT_OVERLAP,
     )
-    return request.replace(
-        init_image=source,
-        mask=None,
-        grid=None,
-        controls=(),
-        width=source.width * args.upscale,
-        height=source.height * args.upscale,
-        strength=args.strength if args.strength is not None else DEFAULT_REFINE,
-        upscale=settings,
-    )
+    strength = args.strength if args.strength is not None else DEFAULT_REFINE
+    return upscale_request(request, source, settings, strength)

@@ -21,7 +21,7 @@ from backend.grids import Grid
 from backend.images import Picture
 from backend.outpaint import Expansion, fitted, outpaint_crop
 from backend.request import Request
-from backend.upscale_spec import DEFAULT_OVERLAP, Upscale
+from backend.upscale_spec import DEFAULT_OVERLAP, Upscale, upscale_request
 from studio.canvas_ops import CommandGroup, ScaleCanvas, resize_canvas
 from studio.document import AddLayer, Document, Layer, new_id, rgb_to_rgba
 from studio.gallery import Result
@@ -72,17 +72,7 @@ def upscale_result(runs: RunController, result: Result, settings: Upscale, stren
     if result.cells:
         runs.error.emit("Upscale one of the grid's cells: open the grid and choose a cell.")
         return None
-    source = Picture(result.image)
-    request = result.request.replace(
-        init_image=source,
-        mask=None,
-        grid=None,
-        controls=(),
-        width=source.width * settings.factor,
-        height=source.height * settings.factor,
-        strength=strength,
-        upscale=settings,
-    )
+    request = upscale_request(result.request, Picture(result.image), settings, strength)
     gallery = runs.gallery
 
     def place(done: Done, lineage: Lineage) -> Result:
@@ -97,14 +87,7 @@ def upscale_canvas(runs: RunController, settings: Upscale, strength: float) -> R
     """Upscale what the canvas shows with the panels' prompt and model; the document scales with it."""
     doc = runs.document
     source = Picture(doc.composite())
-    request = runs.model.request.replace(
-        init_image=source,
-        mask=None,
-        width=source.width * settings.factor,
-        height=source.height * settings.factor,
-        strength=strength,
-        upscale=settings,
-    )
+    request = upscale_request(runs.model.request, source, settings, strength)
     gallery = runs.gallery
 
     def place(done: Done, lineage: Lineage) -> Result:
