@@ -18,8 +18,14 @@ from PySide6.QtCore import QObject, Signal
 
 from backend.errors import StudioError
 from studio.history import SavePoint
-from studio.journal import SaveMark
 from studio.project import ProjectData, keep_original, save_project
+
+
+@dataclass(frozen=True)
+class SaveMark:
+    """Where a save (or a recovery snapshot) began in the journal: the id the file it writes will carry."""
+
+    save_id: str
 
 
 @dataclass
@@ -54,8 +60,9 @@ class BackgroundSaver(QObject):
 
     finished = Signal(object)
 
-    def __init__(self, parent: QObject | None = None) -> None:
+    def __init__(self, parent: QObject | None = None, name: str = "studio-save") -> None:
         super().__init__(parent)
+        self.name = name  # the worker thread's name
         self._worker: threading.Thread | None = None
         self.job: SaveJob | None = None
 
@@ -68,7 +75,7 @@ class BackgroundSaver(QObject):
         """Run `job` on a new worker thread (the previous one must have finished)."""
         assert not self.running, "one save at a time"
         self.job = job
-        self._worker = threading.Thread(target=self._run, args=(job,), name="studio-save")
+        self._worker = threading.Thread(target=self._run, args=(job,), name=self.name)
         self._worker.start()
 
     def join(self) -> SaveJob | None:

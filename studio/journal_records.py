@@ -25,6 +25,7 @@ from studio.document import (
     Command,
     Document,
     Layer,
+    MergeDown,
     MoveLayer,
     Paint,
     PaintMask,
@@ -127,6 +128,14 @@ def operation_record(what: str, command: Command, doc: Document) -> Record | Non
     if isinstance(command, PaintMask):
         pixels = command.after if forward else command.before
         return {"op": "mask", "x": command.x, "y": command.y, "active": active}, [pixels]
+    if isinstance(command, MergeDown):
+        lower = command.after if forward else command.before
+        state = {key: value for key, value in lower.items() if key != "pixels"}
+        header = {"op": "merge_down" if forward else "unmerge", "index": command.index, "lower": state}
+        if forward:
+            return {**header, "active": active}, [lower["pixels"]]
+        upper = command.upper.properties()
+        return {**header, "upper": upper, "active": active}, [lower["pixels"], command.upper.pixels]
     return None
 
 
@@ -179,6 +188,8 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
             patch = arrays[0]
             _check_rect(patch, int(header["x"]), int(header["y"]), doc.mask.shape)
             PaintMask(int(header["x"]), int(header["y"]), patch, patch).apply(doc)
+        elif op in ("merge_down", "unmerge"):
+            _merge_record(doc, header, arrays)
         elif op == "add_result":
             results[str(header["result"]["id"])] = (header["result"], arrays)
         elif op == "remove_result":
@@ -195,6 +206,44 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
         raise ProjectError(f"the recovery journal does not fit its document ({op}: {exc})") from None
     if "active" in header and any(layer.id == header["active"] for layer in doc.layers):
         doc.active_id = header["active"]
+
+
+def _merge_record(doc: Document, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+    """Replay a merge down (the lower layer's new state, the upper one gone) or its undo."""
+    index = int(header["index"])
+    meta = header["lower"]
+    state = {
+        "pixels": arrays[0],
+        "x": int(meta["x"]),
+        "y": int(meta["y"]),
+        "opacity": float(meta["opacity"]),
+        "painted": bool(meta["painted"]),
+    }
+    if (
+        arrays[0].dtype != np.uint8
+        or arrays[0].ndim != 3
+        or arrays[0].shape[2] != 4
+        or not 0 < index <= len(doc.layers)
+    ):
+        raise ValueError("a merge that does not fit the layers")
+    if header["op"] == "merge_down":
+        if index >= len(doc.layers):
+            raise ValueError("no layer to merge down")
+        MergeDown(doc.layers[index], index, state, state).apply(doc)
+        return
+    up = header["upper"]
+    upper = Layer(
+        str(up["name"]),
+        arrays[1],
+        float(up["opacity"]),
+        bool(up["visible"]),
+        str(up["id"]),
+        up["source"],
+        bool(up["painted"]),
+        int(up.get("x", 0)),
+        int(up.get("y", 0)),
+    )
+    MergeDown(upper, index, state, state).revert(doc)
 
 
 def _check_rect(patch: np.ndarray, x: int, y: int, shape: tuple[int, ...]) -> None:

@@ -202,6 +202,18 @@ def load_project(path: str | Path, max_pixels: int = MAX_CANVAS_PIXELS) -> Proje
     return data
 
 
+def project_save_id(path: str | Path) -> str | None:
+    """The save id in a project file (only its manifest is read); None if it has none or is unreadable."""
+    label = Path(path).name
+    try:
+        with loading(label), open_archive(path, "studio project") as archive:
+            manifest = _read_manifest(archive, label)
+    except StudioError:
+        return None
+    save_id = manifest.get("save_id") if isinstance(manifest, dict) else None
+    return save_id if isinstance(save_id, str) and save_id else None
+
+
 def _read_manifest(archive: Any, label: str) -> Any:
     try:
         info = archive.getinfo(MANIFEST)

@@ -350,6 +350,7 @@ def test_compaction_and_unknown_commands_take_a_snapshot(tmp_path, qtbot):
     journal.start()
     assert find_recovery(tmp_path) is None  # a blank canvas is not worth offering
     _work(doc, gallery, history, upto=14)  # results add full layers: the size limit forces compactions
+    journal.wait()  # snapshots are written on a worker (tests/test_background_snapshots.py)
     assert journal.path is not None and snapshot_path(journal.path).exists()
     assert os.path.getsize(journal.path) < 20_000 + 48 * 40 * 8
 
@@ -361,6 +362,7 @@ def test_compaction_and_unknown_commands_take_a_snapshot(tmp_path, qtbot):
             pass
 
     doc.push(Crop())
+    journal.wait()
     journal.abandon()
     found = find_recovery(tmp_path)
     assert found is not None

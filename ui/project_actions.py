@@ -195,7 +195,10 @@ class ProjectActions(QObject):
         self._apply(data, path if is_project else None)
         if is_project and data.source_version < FORMAT_VERSION:
             self._migrated = (path.absolute(), data.source_version)
-        self.journal.start(self.path, data.save_id if is_project else None)
+        if is_project:
+            self.journal.start(self.path, data.save_id)
+        else:  # builds on the .ora itself; its snapshot is written in the background
+            self.journal.start(opened=path, max_pixels=limit)
         if is_project:
             self._remember(path)
         self.history_started.emit(f"the opened {path.name}")
@@ -293,12 +296,14 @@ class ProjectActions(QObject):
     def _finish_save(self, job: SaveJob) -> bool:
         job.handled = True
         if job.error is not None or job.save_id is None:
+            self.journal.end_save(job.mark)
             self._error(job.error or f"{job.path.name}: could not save")
             return False
         if job.kept is not None:
             self._status(f"Kept the original (an older format) as {job.kept.name}")
         epoch, extra_changes = cast(tuple[int, int], job.tag)
         if epoch != self._epoch:  # another document replaced the one that was saved meanwhile
+            self.journal.end_save(job.mark)
             self._remember(job.path)
             self._status(f"Saved {job.path.name}")
             return True
@@ -370,9 +375,7 @@ class ProjectActions(QObject):
             self._error(f"Could not restore {found.title}: {exc}. The recovery files were kept.")
             return False
         self._apply(data, found.project, unsaved=True)
-        self.journal.start(found.project, None, unsaved_work=True)  # the restored work is journalled first
-        if found.journal != self.journal.path:
-            discard_recovery(found)
+        self.journal.adopt(found)  # its journal already holds the restored work: go on writing it
         self.history_started.emit("the restored work")
         self._status(
             f"Restored {_what(found)} as it was before the crash (undo history starts here); "
