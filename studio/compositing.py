@@ -170,6 +170,22 @@ class Compositor:
         if replace is None:
             self._sigs = sigs
 
+    def composite_of(self, layers: Sequence[Layer], width: int, height: int) -> np.ndarray:
+        """The composite of `layers` as a new H×W×3 array, equal to `composite()`. Taken from the picture
+        when it shows exactly these layers, or blended over the cache below the pivot when that holds their
+        first layers (a live run's input: the canvas under its own result, which is on top); else blended
+        from scratch. Reads the caches only."""
+        if self.pixels.shape[:2] == (height, width):
+            sigs = [_signature(layer) for layer in layers]
+            if sigs == self._sigs:
+                return np.ascontiguousarray(self.pixels[..., :3])
+            cached = len(self._below_sigs)
+            if self._below is not None and sigs[:cached] == self._below_sigs:
+                out = np.empty((height, width, 3), np.uint8)
+                blend_into(out, layers[cached:], (0, 0, width, height), self._below)
+                return out
+        return composite(layers, width, height)
+
     def mark_current(self, layers: Sequence[Layer]) -> None:
         """The caller has already shown exactly these layers (a committed stroke it previewed)."""
         self._sigs = [_signature(layer) for layer in layers]

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from studio.compositing import composite
+from studio.compositing import Compositor, composite
 from studio.history import History, SavePoint
 
 __all__ = ["composite"]  # re-exported: the one compositing function, for callers that import it here
@@ -374,6 +375,8 @@ class Document(QObject):
         self.mask = np.zeros((height, width), dtype=np.uint8)
         self.active_id: str | None = self.layers[-1].id if self.layers else None
         self.history: History[Command] = History(UNDO_LIMIT_BYTES)
+        # The picture a view keeps up to date (the canvas draws it); others read its caches, GUI thread only.
+        self.compositor = Compositor()
 
     def _background(self) -> Layer:
         return Layer("Background", blank_pixels(self.width, self.height, (255, 255, 255, 255)))
@@ -398,6 +401,11 @@ class Document(QObject):
     def composite(self) -> np.ndarray:
         """What the person sees: visible layers over white, H×W×3 uint8."""
         return composite(self.layers, self.width, self.height)
+
+    def composite_of(self, layers: Sequence[Layer]) -> np.ndarray:
+        """The composite of some of this document's layers, from the view's caches (`compositor`) when
+        they hold it: a live img2img run's input costs a copy, not a blend of every layer. GUI thread."""
+        return self.compositor.composite_of(layers, self.width, self.height)
 
     def set_active(self, layer_id: str) -> None:
         """Choose the layer strokes go to (KeyError if none): no undo step, but a journal records it."""

@@ -38,7 +38,7 @@ from studio.atomic import atomic_write
 from studio.background_save import BackgroundSaver, SaveJob, SaveMark
 from studio.document import Command, Document
 from studio.gallery import Gallery, Result
-from studio.journal_records import encode, operation_record
+from studio.journal_records import encode, encode_parts, operation_record
 from studio.journal_recovery import (
     JOURNAL_SUFFIX,
     SNAPSHOT_SUFFIX,
@@ -481,11 +481,11 @@ class Journal(QObject):
         """Write one record durably; returns the journal's length after it (None when not written)."""
         if self._paused or self._fd is None:
             return None
-        data = encode(header, arrays)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
+            for part in encode_parts(header, arrays):
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(self._fd, view) :]
             os.fsync(self._fd)  # durable before the next operation can start
             end = os.fstat(self._fd).st_size
         except OSError as exc:

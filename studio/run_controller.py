@@ -38,7 +38,7 @@ from backend.errors import RequestError, StudioError
 from backend.events import Done, StepEvent
 from backend.images import Picture
 from backend.request import Request
-from studio.document import Command, Document, Layer, MoveLayer, blank_pixels, composite, new_id, rgb_to_rgba
+from studio.document import Command, Document, Layer, MoveLayer, blank_pixels, new_id, rgb_to_rgba
 from studio.engine_host import EngineHost
 from studio.gallery import Gallery, Result
 from studio.request_model import RequestModel
@@ -273,7 +273,7 @@ class RunController(QObject):
                 raise RequestError(NOTHING_TO_CHANGE)
             # A live result that the next live run replaces is not part of that run's input.
             layers = [la for la in doc.layers if not (live and la.id == self._live_layer)]
-            init = Picture(composite(layers, doc.width, doc.height))
+            init = Picture(doc.composite_of(layers))  # the canvas's cached picture under a live result
             changes["init_image"] = init
             sources = [la for la in layers if la.visible and la.opacity > 0 and la.source]
             parents = [la.source for la in sources if la.source]

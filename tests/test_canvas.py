@@ -239,3 +239,28 @@ def test_a_change_during_a_stroke_still_leaves_the_canvas_equal_to_the_document(
     qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=QPoint(int(off.x()) + 50, int(off.y()) + 30))
     assert layer.pixels[..., 3].any()
     assert np.array_equal(shown(canvas), doc.composite())
+
+
+def test_releasing_a_stroke_commits_what_its_segments_showed_without_blending_it_again(qtbot, monkeypatch):
+    from ui.tools import Stroke
+
+    canvas = make_canvas(qtbot)
+    doc = canvas.document
+    layer = doc.add_layer("ink")
+    doc.paint(layer.id, 0, 0, np.random.default_rng(3).integers(0, 255, (48, 64, 4), dtype=np.uint8))
+    canvas.brush.size, canvas.brush.color, canvas.brush.opacity = 9, (200, 40, 10), 0.7
+    off = canvas.offset
+    at = lambda x, y: QPoint(int(off.x()) + x, int(off.y()) + y)  # noqa: E731
+    qtbot.mousePress(canvas, Qt.MouseButton.LeftButton, pos=at(5, 5))
+    for x, y in ((20, 30), (40, 8), (22, 12), (60, 40)):  # the path crosses itself: coverage keeps growing
+        qtbot.mouseMove(canvas, at(x, y))
+    stroke = canvas._stroke
+    b = stroke.bounds
+    expected = stroke.apply(layer.region(b.x(), b.y(), b.width(), b.height()), b)  # one blend of the whole
+    blends: list[int] = []
+    original = Stroke.apply
+    monkeypatch.setattr(Stroke, "apply", lambda self, *a: (blends.append(1), original(self, *a))[1])
+    qtbot.mouseRelease(canvas, Qt.MouseButton.LeftButton, pos=at(60, 40))
+    assert blends == []  # the release reuses the segments' results
+    assert np.array_equal(layer.region(b.x(), b.y(), b.width(), b.height()), expected)
+    assert np.array_equal(shown(canvas), doc.composite())

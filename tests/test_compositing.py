@@ -131,3 +131,19 @@ def test_compositor_region_with_a_stroke_in_progress_matches_the_committed_resul
     comp.update_region(layers, rect, replace=(layers[2].id, stroke))
     layers[2].place(5, 6, stroke)
     assert np.array_equal(comp.rgb, composite(layers, 40, 30))
+
+
+def test_composite_of_reads_the_caches_and_equals_a_full_composite():
+    rng = np.random.default_rng(4)
+    layers = random_layers(rng, 64, 48)
+    comp = Compositor()
+    comp.update(layers, 64, 48, 2)
+    layers[3].opacity = 0.5  # a change above the pivot: the layers below it are cached
+    comp.update(layers, 64, 48, 2)
+    picture = comp.pixels.copy()
+    for chosen in (layers, layers[:2], layers[:4], layers[1:], [layers[0], layers[4]]):
+        out = comp.composite_of(chosen, 64, 48)
+        assert np.array_equal(out, composite(chosen, 64, 48))
+        assert out.base is None or out.base is not comp.pixels  # a copy the caller may keep
+    assert np.array_equal(comp.pixels, picture)  # reading never changes what the canvas shows
+    assert comp.composite_of(layers[:2], 32, 48).shape == (48, 32, 3)  # another size: blended afresh

@@ -93,3 +93,67 @@ def test_many_layer_changes_between_two_paints_cost_one_composite(qtbot):
     image = canvas.composite_image()
     assert canvas._compositor.blends - before <= len(doc.layers)  # one pass over the layers, not six
     assert image.pixelColor(5, 5).red() == int(doc.composite()[5, 5, 0])
+
+
+def test_a_live_img2img_run_takes_its_input_from_the_canvas_cache(make_window, qtbot, monkeypatch):
+    import studio.compositing
+
+    window = make_window(FakeEngine(steps=1), size=96)
+    doc, runs, model = window.document, window.session.runs, window.session.model
+    rng = np.random.default_rng(7)
+    for i in range(4):  # a painted document: every layer would have to be blended again
+        layer = doc.add_layer(f"ink {i}")
+        doc.paint(layer.id, 0, 0, rng.integers(0, 255, (96, 96, 4), dtype=np.uint8))
+    model.set_mode("img2img")
+    model.set(strength=0.5)
+    with qtbot.waitSignal(runs.result_added, timeout=5000):
+        window.live_action.setChecked(True)  # the live result lands on top, where the canvas shows it
+    window.canvas.composite_image()  # as the paint after it did
+    blended: list[int] = []
+    original = studio.compositing._blend_layer
+    monkeypatch.setattr(studio.compositing, "_blend_layer", lambda *a: (blended.append(1), original(*a))[1])
+    request, _ = runs.build(live=True)  # the next slider move's input: the canvas under the live result
+    # The canvas keeps the layers below the one being painted (ink 3) blended: only ink 3 is blended
+    # again over that cache, not all five layers (the live result on top is not part of the input).
+    assert doc.active.name == "ink 3" and blended == [1]
+    below = studio.compositing.composite(doc.layers[:-1], 96, 96)
+    assert np.array_equal(request.init_image.pixels, below)
+
+
+def test_exports_are_written_on_a_worker_from_the_canvas_as_it_was(make_window, qtbot, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import ui.exports
+    from studio.ora import import_ora
+    from studio.pngmeta import read_png_metadata
+
+    window = make_window(FakeEngine(steps=1))
+    doc = window.document
+    with qtbot.waitSignal(window.session.runs.result_added, timeout=5000):
+        window.generate_action.trigger()
+    before = doc.composite()
+    gate, threads = threading.Event(), []
+    original = ui.exports.composite
+
+    def held(*args):  # noqa: ANN002, ANN202 - the export's composite, held until the test lets it go
+        threads.append(threading.current_thread().name)
+        gate.wait(10)
+        return original(*args)
+
+    monkeypatch.setattr(ui.exports, "composite", held)
+    png = tmp_path / "out.png"
+    assert window.start_export(str(png), "png")
+    doc.fill(doc.active_id, (10, 200, 30, 255))  # the window is free while the file is written
+    assert not png.exists() and threads == ["studio-export"]
+    gate.set()
+    qtbot.waitUntil(lambda: "Saved" in window.status.message.text(), timeout=10_000)
+    written = np.asarray(Image.open(png).convert("RGB"))
+    assert np.array_equal(written, before)  # the canvas when Export was chosen, not the fill after it
+    assert read_png_metadata(png).request is not None  # with the recipe of the result it shows
+
+    ora = tmp_path / "out.ora"
+    assert window.start_export(str(ora), "ora")
+    qtbot.waitUntil(lambda: str(ora) in window.status.message.text(), timeout=10_000)
+    width, height, layers = import_ora(ora)
+    assert (width, height) == (doc.width, doc.height) and len(layers) == len(doc.layers)
+    assert threads[-1] == "studio-export"

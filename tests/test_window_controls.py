@@ -442,3 +442,24 @@ def test_escape_in_a_floating_panel_leaves_the_field_or_cancels(make_window, qtb
     with qtbot.waitSignal(runs.run_ended, timeout=5000) as ended:
         qtbot.keyClick(panel.tiling, Qt.Key.Key_Escape)
     assert ended.args == ["cancelled"] and cancels == [True]
+
+
+def test_a_stroke_redraws_only_its_own_layer_thumbnail(make_window, qtbot, monkeypatch):
+    import numpy as np
+
+    import ui.layers_panel
+
+    window = make_window(FakeEngine(steps=1))
+    doc = window.document
+    for i in range(4):
+        doc.add_layer(f"ink {i}")
+    made: list[str] = []
+    original = ui.layers_panel.layer_icon
+    monkeypatch.setattr(
+        ui.layers_panel, "layer_icon", lambda layer, *a: (made.append(layer.name), original(layer, *a))[1]
+    )
+    doc.paint(doc.active_id, 4, 4, np.full((8, 8, 4), 200, np.uint8))
+    assert made == ["ink 3"]  # not one thumbnail per layer for every stroke
+    made.clear()
+    doc.set_layer(doc.layers[1].id, opacity=0.5)  # the thumbnail shows pixels, not opacity
+    assert made == []

@@ -22,8 +22,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QWidget
 
-from studio.compositing import Compositor
-from studio.document import Command, Document, Paint, PaintMask
+from studio.document import Command, Document, Layer, Paint, PaintMask
 from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke, qimage_to_array
 
 MASK_RGBA = (230, 30, 30, 0.45)  # the mask shows as translucent red
@@ -65,13 +64,17 @@ class CanvasView(QWidget):
         # over the preview overlay so a person painting during a run sees their brush.
         self._stroke_rgba: np.ndarray | None = None
         self._stroke_image: QImage | None = None
+        # The active layer's pixels with the stroke applied, kept as each segment is shown: every pixel
+        # was last computed with its final coverage, so on release this is the commit, not a second blend.
+        self._stroke_after: np.ndarray | None = None
+        self._stroke_base: tuple | None = None  # the layer's state the kept pixels were computed from
         self._dirty: QRect | None = None  # the rectangle the last paint command changed
         self._stroke_exact = False  # the composite shows the stroke in progress exactly as it will commit
         self._shown: QRect | None = None  # a committed stroke's rectangle the composite already shows
         self._pan_from: QPointF | None = None
         self._space = False
         self._hover: QPointF | None = None
-        self._compositor = Compositor()
+        self._compositor = document.compositor  # shared: a live run reads its caches
         self._full_pending = True  # a change the dirty rectangles do not describe: recomposite
         self._dirty_rects: list[QRect] = []  # painted rectangles not composited yet
         self._image = QImage()
@@ -116,7 +119,10 @@ class CanvasView(QWidget):
         if kind in ("reset", "canvas"):  # a new document, or this one's canvas grew or shrank
             self._auto_fit = True
             self.fit()
-        self.update()
+        if kind == "pixels" and dirty is not None:
+            self.update(self._view_rect(dirty))  # a stroke's rectangle, not the whole canvas (ms at 2048²)
+        else:
+            self.update()
 
     def _refresh(self) -> None:
         """Bring the composite up to date with every change since the last paint (at most one full pass)."""
@@ -359,6 +365,7 @@ class CanvasView(QWidget):
             self.notice.emit(f"“{layer.name}” is hidden: tick it in Layers to see what you paint on it")
         erase = self.tool == MASK and bool(modifiers & Qt.KeyboardModifier.AltModifier)
         self._stroke = Stroke(self.tool, self.brush, self.document.width, self.document.height, erase)
+        self._stroke_after = None
         self._stroke_exact = True
         self._show_stroke(self._stroke.add_point(point, pressure))
 
@@ -449,8 +456,15 @@ class CanvasView(QWidget):
             return
         self._recomposite(rect, stroke)
         self._overlay_stroke(rect, stroke)
-        view = QRectF(self.offset + QPointF(x, y) * self.zoom, QPointF(w, h) * self.zoom)
-        self.update(view.toAlignedRect().adjusted(-2, -2, 2, 2))
+        self.update(self._view_rect(rect))
+
+    def _view_rect(self, rect: QRect) -> QRect:
+        """The widget rectangle that shows a document rectangle (with a margin for smoothing)."""
+        view = QRectF(
+            self.offset + QPointF(rect.x(), rect.y()) * self.zoom,
+            QPointF(rect.size().width(), rect.size().height()) * self.zoom,
+        )
+        return view.toAlignedRect().adjusted(-2, -2, 2, 2)
 
     def _overlay_stroke(self, rect: QRect, stroke: Stroke) -> None:
         """Copy one rectangle of the composite (stroke applied) into the stroke overlay, alpha = coverage."""
@@ -481,12 +495,17 @@ class CanvasView(QWidget):
         self._refresh()
         x, y, w, h = rect.x(), rect.y(), rect.width(), rect.height()
         pixels = stroke.apply(layer.region(x, y, w, h), rect)
+        if self._stroke_after is None:
+            self._stroke_after = np.empty((self.document.height, self.document.width, 4), np.uint8)
+            self._stroke_base = _state(layer)
+        self._stroke_after[y : y + h, x : x + w] = pixels
         self._compositor.update_region(self.document.layers, (x, y, w, h), replace=(layer.id, pixels))
         self._wrap_rgb()
 
     def commit_stroke(self) -> None:
         """End the stroke in progress with ONE document operation (one undo step)."""
         stroke, self._stroke = self._stroke, None
+        kept, self._stroke_after = self._stroke_after, None
         self._drop_stroke_overlay()
         if stroke is None or stroke.bounds.isEmpty():
             return
@@ -498,7 +517,13 @@ class CanvasView(QWidget):
             doc.paint_mask(x, y, after, label="Erase mask" if stroke.erase else "Mask")
         elif doc.active is not None:
             layer = doc.active
-            after = stroke.apply(layer.region(x, y, w, h), b)
+            if kept is not None and self._stroke_base == _state(layer):  # the layer is as the stroke found it
+                # Pixels inside the bounds that no segment reached were never written: they keep the layer's.
+                after = np.where(
+                    stroke.reached(b)[..., None], kept[y : y + h, x : x + w], layer.region(x, y, w, h)
+                )
+            else:
+                after = stroke.apply(layer.region(x, y, w, h), b)
             # Every segment was composited with the stroke applied: the composite already shows this.
             self._shown = b if self._stroke_exact else None
             try:
@@ -512,6 +537,12 @@ class CanvasView(QWidget):
         if self._stroke is not None:
             self._dirty_rects.append(self._stroke.bounds)  # shown as if painted: show the layers again
             self._stroke = None
+            self._stroke_after = None
             self._drop_stroke_overlay()
             self._rebuild_mask()
             self.update()
+
+
+def _state(layer: Layer) -> tuple:
+    """What a change to a layer's pixels or place changes (its revision counter only grows)."""
+    return (layer.id, layer.rev, id(layer.pixels), layer.x, layer.y)

@@ -57,6 +57,7 @@ class LayersPanel(QWidget):
     def __init__(self, document: Document, parent=None) -> None:  # noqa: ANN001
         super().__init__(parent)
         self.document = document
+        self._icons: dict[str, tuple[tuple, QIcon]] = {}  # layer id → (what it was made from, thumbnail)
         self.list = QListWidget()
         self.list.setIconSize(QSize(THUMB, THUMB))
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -110,6 +111,7 @@ class LayersPanel(QWidget):
         """
         doc = self.document
         layers = list(reversed(doc.layers))
+        self._icons = {layer.id: self._icons[layer.id] for layer in layers if layer.id in self._icons}
         with QSignalBlocker(self.list):
             ids = [self.list.item(row).data(Qt.ItemDataRole.UserRole) for row in range(self.list.count())]
             if ids != [layer.id for layer in layers]:
@@ -122,7 +124,7 @@ class LayersPanel(QWidget):
                     self.list.addItem(item)
             for row, layer in enumerate(layers):
                 item = self.list.item(row)
-                item.setIcon(layer_icon(layer, doc.width, doc.height))
+                item.setIcon(self._icon(layer))
                 if item.text() != layer.name:
                     item.setText(layer.name)
                 item.setCheckState(Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
@@ -130,6 +132,16 @@ class LayersPanel(QWidget):
                     self.list.setCurrentItem(item)
         self._show_opacity()
         self.buttons["delete"].setEnabled(len(doc.layers) > 1)
+
+    def _icon(self, layer: Layer) -> QIcon:
+        """A layer's thumbnail, made again only when its pixels, place or the canvas size changed: a
+        stroke redraws one thumbnail, not one per layer."""
+        key = (layer.rev, id(layer.pixels), layer.x, layer.y, self.document.width, self.document.height)
+        kept = self._icons.get(layer.id)
+        if kept is None or kept[0] != key:
+            kept = (key, layer_icon(layer, self.document.width, self.document.height))
+            self._icons[layer.id] = kept
+        return kept[1]
 
     def _show_opacity(self) -> None:
         layer = self.document.active

@@ -46,6 +46,7 @@ from ui.shortcuts import NAME_PROPERTY, ShortcutsDialog
 from ui.sketch_panel import SketchPanel
 from ui.slider_panel import SliderPanel
 from ui.status import StatusBar
+from ui.workers import Call
 
 PROJECT_SUFFIXES = (".studio", ".ora")
 
@@ -71,6 +72,7 @@ class MainWindow(QMainWindow):
         self.document.history.limit_bytes = self.settings.undo_limit_bytes
         self.error_box: QMessageBox | None = None
         self.shortcuts_dialog: ShortcutsDialog | None = None
+        self.exports: list[Call] = []  # exports being written on worker threads
         self._history_origin: str | None = None  # an opened or restored file: undo cannot reach before it
         self.ask_before_closing = True  # False for `studio --demo`, whose work is its own and unattended
         self.setObjectName("studio-window")
@@ -468,21 +470,39 @@ class MainWindow(QMainWindow):
         """Save the visible image as a PNG carrying the recipe of the newest result on the canvas."""
         path, _ = QFileDialog.getSaveFileName(self, "Export PNG", "studio.png", "PNG (*.png)")
         if path:
-            self._export(exports.export_png, path)
+            self.start_export(path, "png")
 
     def export_ora(self) -> None:
         """Save every layer as an OpenRaster file (Krita, GIMP and MyPaint open it)."""
         path, _ = QFileDialog.getSaveFileName(self, "Export layers", "studio.ora", "OpenRaster (*.ora)")
         if path:
-            self._export(exports.export_ora, path)
+            self.start_export(path, "ora")
 
-    def _export(self, write, path: str) -> None:  # noqa: ANN001
+    def start_export(self, path: str, kind: str) -> bool:
+        """Export the canvas as it is now ("png" or "ora") on a worker thread; the window stays usable.
+
+        The file is written atomically; the status bar says when it is there (or the error dialog why
+        not). True when the export started."""
+        take = exports.png_export if kind == "png" else exports.ora_export
         try:
-            write(path, self.session)
+            write = take(path, self.session)
         except StudioError as exc:
             self.show_error(str(exc))
-            return
-        self.status.show_message(f"Saved {path}")
+            return False
+        call = Call("export", write, daemon=False)  # a quit waits for a file being written
+        call.finished.connect(self._exported)
+        self.exports.append(call.start())
+        self.status.show_message(f"Exporting {Path(path).name}…")
+        return True
+
+    def _exported(self, path: str | None, error: BaseException | None) -> None:
+        self.exports = [call for call in self.exports if call.running]
+        if error is None:
+            self.status.show_message(f"Saved {path}")
+        elif isinstance(error, StudioError):
+            self.show_error(str(error))
+        else:
+            self.show_error(f"The export failed ({error.__class__.__name__}: {error})")
 
     # -- closing ---------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 - Qt override
@@ -491,6 +511,8 @@ class MainWindow(QMainWindow):
         if projects is not None and not projects.confirm_close():
             event.ignore()
             return
+        for call in self.exports:
+            call.join()  # an export being written finishes before the window goes
         self.settings.set_value("window/geometry", self.saveGeometry())
         self.settings.set_value("window/state", self.saveState())
         self.settings.sync()

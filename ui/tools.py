@@ -99,6 +99,10 @@ class Stroke:
         cov = qimage_to_array(self.coverage.copy(rect)).astype(np.float32) / 255.0
         return cov * float(self.settings.opacity)
 
+    def reached(self, rect: QRect) -> np.ndarray:
+        """Where inside `rect` the stroke changes anything (what `apply` does not leave as it was)."""
+        return (qimage_to_array(self.coverage.copy(rect)) > 0) & (self.settings.opacity > 0)
+
     def apply(self, before: np.ndarray, rect: QRect) -> np.ndarray:
         """`before` (the layer's RGBA pixels, or the mask, inside `rect`) with this stroke applied."""
         a = self.alpha(rect)

@@ -21,16 +21,29 @@ class Call(QObject):
 
     finished = Signal(object, object)  # the result (None on error), the exception (None on success)
 
-    def __init__(self, name: str, fn: Callable[..., Any], *args: Any) -> None:
+    def __init__(self, name: str, fn: Callable[..., Any], *args: Any, daemon: bool = True) -> None:
         super().__init__()
         self.name = name
         self._fn = fn
         self._args = args
+        self._thread = threading.Thread(target=self._run, name=f"studio-{name}", daemon=daemon)
 
     def start(self) -> Call:
-        """Start the call; keep the returned object until `finished` arrives."""
-        threading.Thread(target=self._run, name=f"studio-{self.name}", daemon=True).start()
+        """Start the call; keep the returned object until `finished` arrives.
+
+        A daemon call (the default: look-ups) never holds up a quit; a writer should not be one."""
+        self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """True until the function has returned or raised."""
+        return self._thread.is_alive()
+
+    def join(self) -> None:
+        """Wait for the function to return (closing while a file is written)."""
+        if self._thread.ident is not None:
+            self._thread.join()
 
     def _run(self) -> None:
         try:
