@@ -71,6 +71,11 @@ class EngineHost(QObject):
         self._stopping = False
         self._closed = False
         self._frame: StepEvent | None = None  # the one pending frame, guarded by _cond
+        self._posted = 0  # frames the engine thread has posted, and the GUI thread has handed on (_cond)
+        self._handed = 0
+        # True: after each frame the engine thread waits until the GUI thread has handed it on, so no
+        # frame is ever dropped (`studio --demo`, which shows every step). False: a slow GUI drops frames.
+        self.keep_every_frame = False
         self._w_started.connect(self._on_started)
         self._w_frame.connect(self._on_frame)
         self._w_done.connect(self._on_done)
@@ -173,7 +178,7 @@ class EngineHost(QObject):
                 if cancel.is_set():
                     break
                 if isinstance(ev, StepEvent):
-                    self._post_frame(ev)
+                    self._post_frame(ev, cancel)
                 elif isinstance(ev, Done):
                     finished = True
                     self._w_done.emit(ev)
@@ -197,12 +202,18 @@ class EngineHost(QObject):
         else:
             self._w_failed.emit(request, message or "The engine stopped without producing an image.")
 
-    def _post_frame(self, ev: StepEvent) -> None:
+    def _post_frame(self, ev: StepEvent, cancel: threading.Event) -> None:
         with self._cond:
             notify = self._frame is None
             self._frame = ev
+            self._posted += 1
+            posted = self._posted
         if notify:
             self._w_frame.emit()
+        if self.keep_every_frame:
+            with self._cond:
+                while self._handed < posted and not cancel.is_set() and not self._stopping:
+                    self._cond.wait(0.05)
 
     # -- back on the host's thread ---------------------------------------------------------------------
     @Slot(object)
@@ -214,8 +225,12 @@ class EngineHost(QObject):
     def _on_frame(self) -> None:
         with self._cond:
             ev, self._frame = self._frame, None
+            posted = self._posted
         if ev is not None and not self._closed:
-            self.step.emit(ev)
+            self.step.emit(ev)  # connected directly: the canvas has the frame when this returns
+        with self._cond:
+            self._handed = posted
+            self._cond.notify_all()
 
     @Slot(object)
     def _on_done(self, done: Done) -> None:

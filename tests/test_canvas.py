@@ -264,3 +264,17 @@ def test_releasing_a_stroke_commits_what_its_segments_showed_without_blending_it
     assert blends == []  # the release reuses the segments' results
     assert np.array_equal(layer.region(b.x(), b.y(), b.width(), b.height()), expected)
     assert np.array_equal(shown(canvas), doc.composite())
+
+
+def test_every_preview_frame_that_reaches_the_canvas_is_painted_once(qtbot):
+    canvas = make_canvas(qtbot)
+    frames = [np.full((48, 64, 3), v, np.uint8) for v in (40, 120, 200)]
+    canvas.set_preview(frames[0])
+    qtbot.waitUntil(lambda: canvas.frames_painted == 1)  # the event loop paints it, as any update
+    canvas.set_preview(frames[1])
+    canvas.set_preview(frames[2])  # arrived before the second was painted: Qt alone would merge the two
+    assert canvas.frames_painted == 2
+    canvas.clear_preview()  # the run ended before the last frame's paint: it is painted first
+    assert canvas.frames_painted == 3 and not canvas.has_preview
+    canvas.repaint()
+    assert canvas.frames_painted == 3  # a repaint of the same picture is no new frame

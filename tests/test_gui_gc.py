@@ -5,10 +5,9 @@ from __future__ import annotations
 import gc
 import subprocess
 import sys
-import threading
+import tempfile
 import textwrap
-
-from studio.gui_gc import GuiThreadCollector
+import threading
 
 
 class _Finalised:
@@ -74,8 +73,6 @@ def test_the_app_runs_with_the_collector_and_freezes_what_start_up_made():
         sys.exit(app.main(["--settings", sys.argv[1]]))
         """
     )
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.run(
             [sys.executable, "-c", code, f"{tmp}/s.ini"], capture_output=True, text=True, timeout=300

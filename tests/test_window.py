@@ -187,7 +187,9 @@ def test_demo_command_prints_its_line_and_writes_the_screenshot(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     match = re.fullmatch(r"frames=(\d+) steps=4 max_stall_ms=\d+", lines[0]) if len(lines) == 1 else None
-    assert match and int(match.group(1)) >= 1, proc.stdout  # N = S is measured in bench/, not asserted
+    # Every step's preview painted: the demo's engine waits for each frame to reach the canvas, which
+    # paints every frame it gets, so this holds on a loaded machine too (only slower).
+    assert match and int(match.group(1)) == 4, proc.stdout
     assert out.stat().st_size > 10_000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

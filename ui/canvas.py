@@ -58,7 +58,6 @@ class CanvasView(QWidget):
         self._auto_fit = True  # keep fitting the window until the person zooms or pans
         self._preview: QImage | None = None
         self._preview_pending = False
-        self._clear_after_paint = False
         self._stroke: Stroke | None = None
         # The stroke in progress as the composite seen through its coverage (straight-alpha RGBA): drawn
         # over the preview overlay so a person painting during a run sees their brush.
@@ -177,10 +176,14 @@ class CanvasView(QWidget):
 
     # -- preview overlay ------------------------------------------------------------------------------
     def set_preview(self, pixels: np.ndarray) -> None:
-        """Show a generation step's preview (H×W×3 uint8) over the canvas until cleared."""
+        """Show a generation step's preview (H×W×3 uint8) over the canvas until cleared.
+
+        Every frame that reaches the canvas is painted: one not painted yet when the next arrives (Qt
+        would merge the two repaints) is painted first. The engine host already keeps at most one frame
+        waiting, so this paints no more often than frames arrive."""
+        self._paint_pending_frame()
         self._preview = array_to_qimage(pixels)
         self._preview_pending = True
-        self._clear_after_paint = False
         self.update()
 
     def clear_preview(self) -> None:
@@ -189,11 +192,14 @@ class CanvasView(QWidget):
         A frame that arrived but was not painted yet is painted once first: the last step's frame often
         comes just before the result, and every frame that reached the canvas should be seen.
         """
-        if self._preview_pending:
-            self._clear_after_paint = True
-        else:
-            self._preview = None
+        self._paint_pending_frame()
+        self._preview = None
+        self._preview_pending = False
         self.update()
+
+    def _paint_pending_frame(self) -> None:
+        if self._preview_pending and self.isVisible():
+            self.repaint()
 
     @property
     def has_preview(self) -> bool:
@@ -295,13 +301,12 @@ class CanvasView(QWidget):
             # Without a preview the stroke is already in the composite; with one it would be hidden.
             if self._stroke_image is not None:
                 painter.drawImage(target, self._stroke_image)
-            if self._preview_pending:
+            # Counted once, and only when this paint put the whole frame on screen (not one stroke's rect).
+            if self._preview_pending and event.rect().contains(
+                target.toAlignedRect().intersected(self.rect())
+            ):
                 self.frames_painted += 1
                 self._preview_pending = False
-            if self._clear_after_paint:
-                self._clear_after_paint = False
-                self._preview = None
-                self.update()
         if self._overlay is not None:
             painter.setOpacity(0.75)
             painter.drawImage(target, self._overlay)
