@@ -368,13 +368,8 @@ def _edge_band(
         t.to(refs.device) for t in sample_positions(counts, [torch.arange(len(along))] * n, generator)
     )
     pos = along.start + index
-    start = torch.full_like(pos, band.start)
-    if rows_own:
-        strip = _gather(padded_refs, owner, start, pos, len(band) + k - 1, k)
-    else:
-        # Gathered transposed (rows ↔ columns), so one code path serves both; features swap back below.
-        strip = _gather(padded_refs, owner, pos, start, k, len(band) + k - 1).transpose(1, 2)
-    keys = project(strip_features(strip, space, transposed=not rows_own), axes)  # len(band) × M × d
+    strip = _strip(padded_refs, owner, pos, band.start, len(band) + k - 1, k, transposed=not rows_own)
+    keys = strip_features(strip, space, transposed=not rows_own, axes=axes)  # len(band) × M × d
     queries = image_features(padded_x, space, region.ys, region.xs, axes)  # rows × d × cols
     for offset, line in enumerate(band):
         if rows_own:
@@ -396,19 +391,65 @@ def _edge_band(
         run(ys, xs, q, _block(keys[offset], a, values, owner, counts, [len(along)] * n, excluded))
 
 
-def strip_features(strip: torch.Tensor, space: FeatureSpace, transposed: bool = False) -> torch.Tensor:
-    """Features of every k×k window down a strip M×(L+k−1)×k×3 (channels last): L × M × D.
+def _strip(
+    padded: torch.Tensor,
+    owner: torch.Tensor,
+    pos: torch.Tensor,
+    start: int,
+    length: int,
+    k: int,
+    transposed: bool,
+) -> torch.Tensor:
+    """For each key, the strip of `length` rows from `start` and k columns from `pos` of its reference
+    (channels-last N×H×W×C, padded): M × length × C × k. `transposed` swaps rows and columns (a strip down
+    the left or right edge), so one code path serves both edges.
 
-    `transposed`: the strip was gathered with rows and columns swapped, so its windows' frequencies are
-    swapped back to the order of `patch_features`.
+    Unfolded views of one slab, indexed by (reference, position): each key copies whole runs of k pixels.
+    """
+    if transposed:
+        slab = padded[:, :, start : start + length]  # N × H × length × C
+    else:
+        slab = padded[:, start : start + length].transpose(1, 2)  # N × W × length × C
+    return slab.unfold(1, k, 1)[owner, pos]  # M × length × C × k
+
+
+def strip_features(
+    strip: torch.Tensor, space: FeatureSpace, transposed: bool = False, axes: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Features of every k×k window down a strip M × (L+k−1) × C × k (see `_strip`): L × M × D.
+
+    Separable like `image_features`: a pass across the strip (its k columns), laid out as rows ×
+    frequencies × keys, then one down it as a single strided matrix product over each window of k rows.
+    With `axes` (D×d) the projection is folded into that pass (L × M × d). `transposed`: the strip was
+    taken with rows and columns swapped, so its frequencies swap back to the order of `patch_features`.
     """
     k = space.k
+    length, m = strip.shape[1], strip.shape[0]
+    rows = length - k + 1
     luma, chroma = space.bases(strip)
-    out = []
-    for basis, channels in ((luma, strip[..., :1]), (chroma, strip[..., 1:])):
-        along_x = torch.einsum("myxc,fx->mcyf", channels, basis)
-        windows = along_x.unfold(2, k, 1)  # M × c × L × f × k
-        spec = "mclfy,ey->lmcfe" if transposed else "mclfy,ey->lmcef"
-        coef = torch.einsum(spec, windows, basis)
-        out.append(coef.reshape(coef.shape[0], coef.shape[1], -1))
-    return torch.cat(out, 2)
+    out: torch.Tensor | None = None
+    pieces = []
+    offset = 0
+    for channel in range(strip.shape[2]):
+        basis = luma if channel == 0 else chroma
+        f = basis.shape[0]
+        across = torch.matmul(strip[:, :, channel], basis.T).permute(1, 2, 0).contiguous()  # length × f × M
+        coef = axes[offset : offset + f * f].reshape(f, f, -1) if axes is not None else None
+        offset += f * f
+        if coef is None:
+            windows = across.as_strided((rows, k, f * m), (f * m, f * m, 1))
+            part = torch.matmul(basis, windows).reshape(rows, f, f, m)  # down-frequency, across, keys
+            if transposed:
+                part = part.transpose(1, 2)
+            pieces.append(part.reshape(rows, f * f, m))
+            continue
+        if transposed:
+            coef = coef.transpose(0, 1)
+        # Σ_e coef[e, q, d]·basis[e, y]: one d × (k·f) matrix for the pass down the strip.
+        fold = torch.einsum("eqd,ey->dyq", coef, basis).reshape(coef.shape[2], k * f)
+        windows = across.as_strided((rows, k * f, m), (f * m, m, 1))
+        part = torch.matmul(fold, windows)  # rows × d × M
+        out = part if out is None else out.add_(part)
+    if out is None:
+        out = torch.cat(pieces, 1)
+    return out.transpose(1, 2)

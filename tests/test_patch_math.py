@@ -277,3 +277,31 @@ def test_features_folded_onto_principal_axes_equal_projected_features(k):
     axes = torch.linalg.qr(torch.randn(space.dims, 6, generator=g)).Q
     folded = els.image_features(image, space, range(2, 12), range(1, 17), axes)
     assert torch.allclose(folded, axes.T @ full, atol=1e-4)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("with_axes", [False, True])
+def test_edge_strip_features_equal_each_window_gathered_on_its_own(transposed, with_axes):
+    # The edge bands take the features of every window down a strip in one strided product; they must
+    # equal each k×k window's own features (rows and columns swapped back for a strip down a side edge).
+    from backend.els_fast import _strip, patch_features, strip_features
+
+    k, length = 7, 11
+    g = torch.Generator().manual_seed(6)
+    padded = torch.randn(2, 20, 24, 3, generator=g)  # channels last, as the fast path keeps references
+    owner, pos = torch.tensor([0, 1, 1]), torch.tensor([2, 0, 9])
+    space = els.FeatureSpace.for_patch(k, freqs=5, chroma_freqs=3)
+    axes = torch.linalg.qr(torch.randn(space.dims, 6, generator=g)).Q if with_axes else None
+    start = 4
+    out = strip_features(_strip(padded, owner, pos, start, length, k, transposed), space, transposed, axes)
+    for row in range(length - k + 1):
+        if transposed:  # the windows go right along rows pos..pos+k from column start
+            ys, xs = pos[:, None] + torch.arange(k), start + row + torch.arange(k)
+        else:
+            ys, xs = start + row + torch.arange(k), pos[:, None] + torch.arange(k)
+        ys = ys if ys.dim() == 2 else ys.expand(3, k)
+        xs = xs if xs.dim() == 2 else xs.expand(3, k)
+        windows = padded[owner[:, None, None], ys[:, :, None], xs[:, None, :]]  # M×k×k×3
+        expected = patch_features(windows, space)
+        expected = expected if axes is None else expected @ axes
+        assert torch.allclose(out[row], expected, atol=1e-4)
