@@ -23,8 +23,8 @@ from studio.settings import Settings
 from ui.main_window import MainWindow
 
 log = logging.getLogger(__name__)
-# The patch engine on a 2-core CPU at 256², 12 steps: first preview after 0.5 s, the picture after about
-# 6 s (bench/RESULTS.md, "Window demo"); 20 steps under load took 40-60 s, too long for a first impression.
+# A fresh install's first run: the patch engine at 256², 12 steps (its own default is 20). bench/DEMO.md
+# (bench/bench_demo.py) times that first image at 128² and 256² on the machine it ran on.
 DEFAULT_CANVAS = (256, 256)
 DEFAULT_STEPS = 12  # a fresh install's first runs; later runs start from the person's last settings
 DEMO_PROMPT = "hammered gold"
@@ -68,7 +68,8 @@ class AfterFirstPaint(QObject):
     """Starts the window's background work once the person can see the window: the engine import (torch
     holds the GIL for long stretches while it loads) and model discovery (walks folders and the hub cache).
 
-    Started before the window was built, the import delayed the first paint by about 2 s under load.
+    Started before the window was built, the import delayed the first paint (bench/GUI.md, "launch → first
+    paint", measured both ways by bench/bench_gui.py).
     `painted` is emitted after the first paint, with the work started; `painted_at` is its perf_counter;
     `warmed` once the engine import has finished (or failed).
     """
@@ -167,8 +168,8 @@ class Demo(QObject):
 def limit_torch_threads() -> None:
     """Leave one core to the GUI thread: on a 2-core CPU torch's spinning workers otherwise starve it.
 
-    Measured with the patch engine at 64², 6 steps, on a busy 2-core machine: one torch thread ran the
-    generation in 4.5 s with 18 event-loop gaps over 20 ms; two threads took 15.5 s with 245 such gaps.
+    bench/DEMO.md (bench/bench_demo.py) runs the first image with this choice and with two threads on
+    the same machine: the longest GUI stall and the wall time of each.
     Must run before torch is imported (it reads OMP_NUM_THREADS once); a value already set wins.
     """
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
@@ -178,7 +179,7 @@ def warm_up_engine(done: Callable[[], None] | None = None) -> threading.Thread:
     """Import the default engine (and torch) in the background, so the first Generate does not stall.
 
     Importing torch holds the GIL for long stretches; done inside the first run, it froze the window
-    for about 150 ms. A daemon thread: it only imports, and a quit during the import must not wait on it.
+    while torch loaded. A daemon thread: it only imports, and a quit during the import must not wait on it.
     `done` is called on that thread when the import has finished or failed.
     """
     worker = threading.Thread(target=_import_engine, args=(done,), name="studio-warm-up", daemon=True)
