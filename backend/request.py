@@ -102,7 +102,7 @@ class Request:
     locality: float = 0.5
     reference_weights: tuple[tuple[str, float], ...] = ()  # (reference name or tag, log-prior)
     patch_mode: str = "els"
-    exact: bool = False
+    exact: bool = False  # the exact ELS softmax over every patch, not the fast path's approximation
     # A variation grid: the cells are this request with each axis value put in (backend/grids.py).
     grid: Grid | None = None
     # Make the init image larger (then refine it at `strength`); width and height are the final size.
