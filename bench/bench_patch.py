@@ -10,13 +10,24 @@
 3. Whole runs at --small size, where the exact path is affordable: both paths' times and how far apart the
    final images land (trajectories diverge, so this is a looser measure than 2).
 Prints a table and appends it, with the machine, to bench/RESULTS.md under "## Patch engine".
+
+    python bench/bench_patch.py --targets          # issue 11's speed targets, each size in its own process
+
+`--targets` instead measures, one torch thread, each run in a fresh child process (so its peak memory is
+its own): the default first image (256², 12 steps) in CPU seconds, 512² in CPU seconds and peak memory
+(the process's maximum resident set: torch and the references included), their ratio, and at 128² (Live)
+the step events per second a preview is drawn from, and the first one's delay.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import os
+import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -26,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from machine import describe  # noqa: E402
+from machine import describe, provenance  # noqa: E402
 
 from backend import els  # noqa: E402
 from backend.patch_engine import PatchEngine, initial_noise  # noqa: E402
@@ -109,8 +120,69 @@ def trajectory_errors(engine: PatchEngine, request: Request, rows: int, device: 
     return out
 
 
+def child_run(size: int, steps: int) -> dict:
+    """In this process: one warm-up run at `size` (loads and fits the references), then one timed run."""
+    torch.set_num_threads(1)
+    engine = PatchEngine()
+    list(engine.generate(Request(width=size, height=size, steps=1, seed=1), threading.Event()))
+    cpu, wall = time.process_time(), time.perf_counter()
+    stamps = []
+    for _ in engine.generate(Request(width=size, height=size, steps=steps, seed=0), threading.Event()):
+        stamps.append(time.perf_counter() - wall)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    return {"cpu": time.process_time() - cpu, "wall": stamps[-1], "steps": stamps[:-1], "peak": peak}
+
+
+def in_child(size: int, steps: int) -> dict:
+    """child_run in a fresh interpreter, so the peak memory is that run's alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", f"{size},{steps}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def targets(no_append: bool) -> None:
+    """Issue 11's speed targets: 256² CPU time, 512² memory and time ratio, Live preview rate at 128²."""
+    runs = {size: in_child(size, 12) for size in (128, 256, 512)}
+    live = runs[128]["steps"]
+    fps = (len(live) - 1) / (live[-1] - live[0])
+    rows = [
+        ("256², 12 steps: CPU time, one thread (target ≤ 4.5 s)", f"{runs[256]['cpu']:.2f} s"),
+        ("512², 12 steps: CPU time, one thread", f"{runs[512]['cpu']:.2f} s"),
+        ("512² / 256² CPU time (target ≤ 2.5)", f"{runs[512]['cpu'] / runs[256]['cpu']:.2f}"),
+        ("512²: peak resident memory of the process (target ≤ 1 GB)", f"{runs[512]['peak'] / 1e9:.2f} GB"),
+        ("256²: peak resident memory of the process", f"{runs[256]['peak'] / 1e9:.2f} GB"),
+        ("128², 12 steps: step events per second (target ≥ 2)", f"{fps:.1f}"),
+        ("128²: first step event after the run starts", f"{live[0]:.2f} s"),
+        ("128², 12 steps: CPU time", f"{runs[128]['cpu']:.2f} s"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    table = [f"| {'measure':<{width}} | {'value':>9} |", f"|{'-' * (width + 2)}|{'-' * 11}|"]
+    table += [f"| {name:<{width}} | {value:>9} |" for name, value in rows]
+    command = " ".join(["python bench/bench_patch.py", *sys.argv[1:]])
+    text = "\n".join(
+        [
+            f"### Speed targets (issue 11), CPU, 12 steps ({provenance()})",
+            f"Machine: {describe()}. `{command}`",
+        ]
+        + ["", *table, ""]
+    )
+    print(text)
+    if not no_append:
+        append(text)
+
+
 def main() -> None:
     """Run the three measurements, print the table and append it to bench/RESULTS.md."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        size, steps = (int(v) for v in sys.argv[2].split(","))
+        print(json.dumps(child_run(size, steps)))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -120,7 +192,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1, help="rows the exact path is sampled on per step")
     parser.add_argument("--small", type=int, default=32, help="size of the exact whole-run comparison")
     parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--targets", action="store_true", help="issue 11's speed and memory targets only")
     args = parser.parse_args()
+    if args.targets:
+        targets(args.no_append)
+        return
     torch.set_num_threads(args.threads)
     engine = PatchEngine(device=args.device)
     n_refs = len(engine.references("").references)
