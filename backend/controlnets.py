@@ -24,6 +24,7 @@ import torch
 
 from backend.errors import ModelError
 from backend.models import (
+    ALLOW_PICKLE_HINT,
     PICKLE_SUFFIXES,
     ModelInfo,
     pickle_to_safetensors,
@@ -197,7 +198,7 @@ def _load_folder(folder: Path, unet_config: Any, dtype: torch.dtype, allow_pickl
     if not allow_pickle and not any(w.suffix == ".safetensors" for w in weights):
         raise ModelError(
             f"ControlNet {folder}: holds only pickle weights (.bin), which can run code when loaded; "
-            "convert them to .safetensors or allow pickle files in the settings"
+            f"convert them to .safetensors or {ALLOW_PICKLE_HINT}"
         )
     return ControlNetModel.from_pretrained(
         str(folder), torch_dtype=dtype, local_files_only=True, use_safetensors=None if allow_pickle else True
@@ -210,7 +211,7 @@ def _load_file(path: Path, unet_config: Any, dtype: torch.dtype, allow_pickle: b
         if not allow_pickle:
             raise ModelError(
                 f"ControlNet {path}: is a pickle file ({suffix}), which can run code when loaded; use a "
-                ".safetensors version or allow pickle files in the settings"
+                f".safetensors version or {ALLOW_PICKLE_HINT}"
             )
         with tempfile.TemporaryDirectory() as tmp:
             return _load_file(pickle_to_safetensors(path, Path(tmp)), unet_config, dtype, False)

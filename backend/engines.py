@@ -22,23 +22,39 @@ class Engines:
     """
 
     def __init__(self, **options: Any) -> None:
-        self.options = options  # device, dtype, taesd folder, model folders: passed to each engine
+        self.options = options  # device, dtype, taesd, model folders, allow_pickle: passed to each engine
         self._engines: dict[str, Engine] = {}
         self.remote: Engine | None = None  # a studio server's engine (backend/remote.py) that runs everything
-        self._upscaler: tuple[tuple[str, float], Upscaler] | None = None  # (file, mtime), the loaded model
+        self._upscaler: tuple[tuple[str, float, bool], Upscaler] | None = (
+            None  # (file, mtime, pickles?), model
+        )
 
     def get(self, name: str) -> Engine:
-        """The engine called `name`, created on first use."""
-        if name not in self._engines:
-            self._engines[name] = _create(name, self.options)
-        return self._engines[name]
+        """The engine called `name`, created on first use, and again when pickles were allowed or refused
+        since it was made (its loaded model and adapters were read under the other rule)."""
+        engine, options = self._engines.get(name), self.options  # options: read once (swapped whole)
+        allow = bool(options.get("allow_pickle"))
+        if engine is None or bool(getattr(engine, "allow_pickle", allow)) != allow:
+            self._engines.pop(name, None)
+            del engine  # the old model goes before the next one loads
+            engine = self._engines[name] = _create(name, options)
+        return engine
+
+    def allow_pickle(self, allow: bool) -> None:
+        """Load pickle files (read with torch's weights-only loader) from the next request on, or not.
+
+        Called from the window's thread: it only swaps the options; the engine thread drops an engine made
+        under the other rule at its next `get` (the run going on keeps its own reference and ends as begun).
+        An engine being made meanwhile carries the old rule, so the next `get` makes it again.
+        """
+        self.options = {**self.options, "allow_pickle": bool(allow)}
 
     def add_folders(self, model_folders: Sequence[str] = (), lora_folders: Sequence[str] = ()) -> None:
         """Look in these folders too from the next request on (folders a person adds in the window)."""
         for key, more in (("model_folders", model_folders), ("lora_folders", lora_folders)):
             merged = tuple(dict.fromkeys((*self.options.get(key, ()), *more)))
             self.options[key] = merged
-            for engine in self._engines.values():
+            for engine in tuple(self._engines.values()):  # the engine thread may add or drop one
                 if hasattr(engine, key):  # a tuple swapped whole: the engine thread reads one or the other
                     setattr(engine, key, merged)
 
@@ -52,11 +68,12 @@ class Engines:
         from backend.sr_models import load_upscaler, resolve_upscaler
 
         path = resolve_upscaler(ref, tuple(self.options.get("model_folders", ())))
-        key = (str(path), path.stat().st_mtime)
+        allow = bool(self.options.get("allow_pickle"))
+        key = (str(path), path.stat().st_mtime, allow)
         if self._upscaler is None or self._upscaler[0] != key:
             self._upscaler = None  # free the old one before loading the next
             device = pick_device(self.options.get("device"))
-            self._upscaler = key, load_upscaler(path, device, bool(self.options.get("allow_pickle")))
+            self._upscaler = key, load_upscaler(path, device, allow)
         return self._upscaler[1]
 
     def generate(self, request: Request, cancel: threading.Event) -> Iterator[Event]:

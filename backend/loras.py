@@ -18,6 +18,7 @@ from typing import Any
 
 from backend.errors import ModelError
 from backend.models import (
+    ALLOW_PICKLE_HINT,
     PICKLE_SUFFIXES,
     ModelInfo,
     file_sha256,
@@ -145,7 +146,7 @@ class LoraSet:
             if not self.allow_pickle:
                 raise ModelError(
                     f"LoRA {path}: is a pickle file ({suffix}), which can run code when loaded; use a "
-                    ".safetensors version or allow pickle files in the settings"
+                    f".safetensors version or {ALLOW_PICKLE_HINT}"
                 )
             with tempfile.TemporaryDirectory() as tmp:
                 return self._load(pickle_to_safetensors(path, Path(tmp)), adapter)

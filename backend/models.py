@@ -29,6 +29,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "assets" / "configs"
 CONFIG_FOR_FAMILY = {"sd1": "sd15", "sd2": "sd21", "sdxl": "sdxl"}
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 WEIGHT_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
+# Where a person allows pickles: every refusal names the real switches.
+ALLOW_PICKLE_HINT = (
+    "allow pickle files (in the window: Models → Allow pickle model files; studio-cli: --allow-pickle)"
+)
 # Where A1111 and ComfyUI keep checkpoints below the folder a person adds.
 CHECKPOINT_SUBFOLDERS = ("models/Stable-diffusion", "models/checkpoints")
 # Folders of an A1111/ComfyUI install that hold other kinds of weights: never listed as checkpoints.
@@ -223,7 +227,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, allow_pickle: bool) -> Any:
     if not allow_pickle and not any(w.suffix == ".safetensors" for w in weights):
         raise ModelError(
             f"{folder}: holds only pickle weights (.bin), which can run code when loaded; convert them to "
-            ".safetensors or allow pickle files in the settings"
+            f".safetensors or {ALLOW_PICKLE_HINT}"
         )
     for weight in weights:
         if weight.suffix == ".safetensors":
@@ -254,7 +258,7 @@ def _load_file(path: Path, dtype: torch.dtype, allow_pickle: bool, config: str |
         if not allow_pickle:
             raise ModelError(
                 f"{path}: is a pickle checkpoint ({suffix}), which can run code when loaded; use a "
-                ".safetensors version of the model or allow pickle files in the settings"
+                f".safetensors version of the model or {ALLOW_PICKLE_HINT}"
             )
         with tempfile.TemporaryDirectory() as tmp:
             return _load_file(pickle_to_safetensors(path, Path(tmp)), dtype, False, config)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from backend.errors import ModelError
-from backend.models import PICKLE_SUFFIXES, file_sha256, pickle_state_dict, short_error
+from backend.models import ALLOW_PICKLE_HINT, PICKLE_SUFFIXES, file_sha256, pickle_state_dict, short_error
 from backend.tiles import Blender, tile_boxes
 
 SPANDREL_INSTALL = ".venv/bin/pip install --no-deps spandrel==0.4.2"
@@ -164,7 +164,7 @@ def load_upscaler(path: str | Path, device: torch.device, allow_pickle: bool = F
         if not allow_pickle:
             raise ModelError(
                 f"upscale model {file}: is a pickle file ({suffix}), which can run code when loaded; use a "
-                ".safetensors version or allow pickle files in the settings"
+                f".safetensors version or {ALLOW_PICKLE_HINT}"
             )
         state = pickle_state_dict(file)
     elif suffix == ".safetensors":

@@ -121,6 +121,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--model-folder", action="append", default=[], metavar="DIR", help="also look for models here"
     )
+    g.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load pickle files (.ckpt, .pt, .pth, .bin) for the model, ControlNets, LoRAs and upscaler; "
+        "they are read with torch's weights-only loader, which refuses code, but .safetensors is safer",
+    )
     g.add_argument("--recipe", metavar="IMAGE", help="re-run the recipe in IMAGE; other options override it")
     g.add_argument("--out", metavar="PNG", help="default: studio-SEED.png in the current folder")
     g.add_argument("--events", action="store_true", help="print one JSON line per step on stdout")
@@ -296,6 +302,8 @@ def _local_options(args: argparse.Namespace, request: Request) -> dict[str, Any]
         options["lora_folders"] = cli_adapters.lora_folders(args)
     if args.device:
         options["device"] = args.device
+    if args.allow_pickle:
+        options["allow_pickle"] = True
     return options
 
 
@@ -634,9 +642,10 @@ def _models(args: argparse.Namespace) -> int:
     found = discover(_model_folders(args), include_hub=not args.no_hub)
     width = max((len(m.name) for m in found), default=0)
     for m in found:
-        note = "  (pickle: refused unless allowed)" if m.pickle else ""
+        note = f"  ({cli_adapters.PICKLE_NOTE})" if m.pickle else ""
         licence = f"  licence: {m.licence}" if m.licence else ""
         print(f"{m.name:<{width}}  {m.kind:<6}  {m.path}{note}{licence}")
+    cli_adapters.say_how_to_allow_pickles(found)
     if not found:
         print("no models found; add a folder with --model-folder, or give --model a path", file=sys.stderr)
     return 0

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from backend.errors import StudioError
 from backend.images import load_picture
 from backend.prompt_syntax import split_lora_tags
 from backend.request import CONTROL_KINDS, Control, Lora, Request
+
+if TYPE_CHECKING:
+    from backend.models import ModelInfo  # torch loads only once the arguments are known to be good
 
 
 class AdapterUsageError(StudioError):
@@ -130,6 +134,20 @@ def lora_folders(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(dict.fromkeys(folders))
 
 
+PICKLE_NOTE = "pickle: refused unless allowed"
+
+
+def say_how_to_allow_pickles(found: Sequence[ModelInfo]) -> None:
+    """After a listing with pickle files in it: how to use them, and what that risks (on stderr)."""
+    if any(m.pickle for m in found):
+        print(
+            "pickle files can carry code: they load only with generate --allow-pickle (in the window: "
+            "Models → Allow pickle model files), read by torch's weights-only loader, which refuses code; "
+            "a .safetensors version is safer",
+            file=sys.stderr,
+        )
+
+
 def list_models(args: argparse.Namespace, model_folders: tuple[str, ...]) -> bool:
     """Print the ControlNets or LoRAs found, when `models` was asked for them; False otherwise."""
     if not (args.controlnets or args.loras):
@@ -144,8 +162,9 @@ def list_models(args: argparse.Namespace, model_folders: tuple[str, ...]) -> boo
         found = discover_loras(model_folders, lora_folders(args))
     width = max((len(m.name) for m in found), default=0)
     for m in found:
-        note = "  (pickle: refused unless allowed)" if m.pickle else ""
+        note = f"  ({PICKLE_NOTE})" if m.pickle else ""
         print(f"{m.name:<{width}}  {m.kind:<6}  {m.path}{note}")
+    say_how_to_allow_pickles(found)
     if not found:
         what = "ControlNets" if args.controlnets else "LoRAs"
         print(f"no {what} found; add a folder with --model-folder", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Preferences kept between runs (QSettings): model folders, TAESD folder, device, last request, history."""
+"""Preferences kept between runs (QSettings): model folders, pickles, TAESD, device, last request, history."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ class Settings:
     def device(self, device: str) -> None:
         self.qsettings.setValue("engine/device", str(device))
 
+    @property
+    def allow_pickle(self) -> bool:
+        """Load pickle model files (.ckpt, .pt, .pth, .bin) with torch's weights-only loader (default off)."""
+        return str(self.qsettings.value("models/allow_pickle", "false")).lower() == "true"
+
+    @allow_pickle.setter
+    def allow_pickle(self, allow: bool) -> None:
+        self.qsettings.setValue("models/allow_pickle", "true" if allow else "false")
+
     def engine_options(self) -> dict[str, Any]:
         """Keyword options for `backend.engines.Engines`: only what the person set."""
         options: dict[str, Any] = {}
@@ -85,6 +94,8 @@ class Settings:
             options["model_folders"] = tuple(self.model_folders)
         if self.lora_folders:
             options["lora_folders"] = tuple(self.lora_folders)
+        if self.allow_pickle:
+            options["allow_pickle"] = True
         return options
 
     @property
