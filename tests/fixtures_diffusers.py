@@ -4,6 +4,7 @@
 - `tiny_sdxl_folder`: the same for SDXL
 - `tiny_engine`: a CPU DiffusersEngine with a fresh tiny SD1.x pipeline under the model name "tiny"
 - `tiny_request`: a fast 64×64, 3-step diffusers Request for that engine
+- `tiny_configs`: single SD1.x files (.safetensors, .ckpt) load with the tiny model's configs
 """
 
 from __future__ import annotations
@@ -56,3 +57,12 @@ def tiny_request():
         width=64,
         height=64,
     )
+
+
+@pytest.fixture
+def tiny_configs(monkeypatch, tiny_sd_folder):
+    """Single SD1.x files load with the tiny model's configs instead of the shipped full-size ones, so a tiny
+    checkpoint runs through the engines, the CLI and the window as a real one does."""
+    from backend import models
+
+    monkeypatch.setitem(models.CONFIG_FOR_FAMILY, "sd1", str(tiny_sd_folder))

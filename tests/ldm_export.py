@@ -152,7 +152,8 @@ def open_clip_to_ldm(encoder: Any, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def save_ldm_checkpoint(pipe: Any, path: str | Path) -> Path:
-    """Save an SD 1.x, 2.x or SDXL pipeline (UNet, VAE, text towers) as one LDM-layout .safetensors file."""
+    """Save an SD 1.x, 2.x or SDXL pipeline (UNet, VAE, text towers) as one LDM-layout file (.safetensors, or
+    a pickle checkpoint for any other suffix, as .ckpt files were)."""
     tensors = {**unet_to_ldm(pipe.unet), **vae_to_ldm(pipe.vae)}
     if getattr(pipe, "text_encoder_2", None) is not None:
         tensors.update(clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
@@ -162,5 +163,8 @@ def save_ldm_checkpoint(pipe: Any, path: str | Path) -> Path:
     else:
         tensors.update(clip_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
     path = Path(path)
+    if path.suffix.lower() != ".safetensors":  # an A1111-era pickle checkpoint: {"state_dict": tensors}
+        torch.save({"state_dict": tensors}, path)
+        return path
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
     return path

@@ -8,12 +8,9 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from ldm_export import save_ldm_checkpoint
-from safetensors.torch import load_file
 from tiny_models import build_tiny_sd
 
-from backend import models
 from backend.engines import Engines
 from backend.errors import ModelError
 from backend.events import Done
@@ -31,24 +28,10 @@ class CodeInPickle:
         return (Path.touch, (self.marker,))
 
 
-def save_tiny_ckpt(path: Path) -> Path:
-    """A tiny SD1.x model as an A1111-style pickle checkpoint ({"state_dict": LDM tensors})."""
-    flat = save_ldm_checkpoint(build_tiny_sd(), path.with_suffix(".tmp.safetensors"))
-    torch.save({"state_dict": load_file(str(flat))}, path)
-    flat.unlink()
-    return path
-
-
 def save_hostile_ckpt(path: Path, marker: Path) -> Path:
     """A .ckpt whose unpickling would touch `marker`."""
     path.write_bytes(pickle.dumps({"state_dict": CodeInPickle(marker)}))
     return path
-
-
-@pytest.fixture
-def tiny_configs(monkeypatch, tiny_sd_folder):
-    """Single SD1.x files load with the tiny model's configs (the shipped ones are for full-size models)."""
-    monkeypatch.setitem(models.CONFIG_FOR_FAMILY, "sd1", str(tiny_sd_folder))
 
 
 def cli(capsys, *argv: object) -> tuple[int, str, str]:
@@ -58,7 +41,7 @@ def cli(capsys, *argv: object) -> tuple[int, str, str]:
 
 
 def test_cli_allow_pickle_loads_a_ckpt_that_is_refused_without_it(tmp_path, capsys, tiny_configs) -> None:
-    ckpt = save_tiny_ckpt(tmp_path / "a1111-model.ckpt")
+    ckpt = save_ldm_checkpoint(build_tiny_sd(), tmp_path / "a1111-model.ckpt")
     out = tmp_path / "out.png"
     argv = ["generate", "--model", ckpt, "--width", 64, "--height", 64, "--steps", 2, "--out", out, "-q"]
     code, _, err = cli(capsys, *argv)
@@ -92,7 +75,7 @@ def test_cli_a_pickle_that_runs_code_stays_refused_when_allowed(tmp_path, capsys
 
 def test_engines_switch_takes_effect_from_the_next_run(tmp_path, tiny_configs, tiny_request) -> None:
     """Turning pickles off also stops a pickle model that is already loaded: the engine is made again."""
-    ckpt = save_tiny_ckpt(tmp_path / "m.ckpt")
+    ckpt = save_ldm_checkpoint(build_tiny_sd(), tmp_path / "m.ckpt")
     request = tiny_request.replace(model=str(ckpt), steps=2)
     engines = Engines(device="cpu")
     with pytest.raises(ModelError, match="pickle checkpoint"):

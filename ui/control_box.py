@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from backend.request import CONTROL_KINDS, MAX_CONTROLS, Request
 from studio.control_layers import ControlLayers, ControlRow
 from studio.session import Session
-from ui.model_folders import choose_folder
+from ui.model_folders import choose_folder, file_filter, pickles_allowed
 from ui.prompt_panel import tool_button
 from ui.workers import Call
 
@@ -44,11 +44,15 @@ KIND_LABELS = {
 CHOOSE_FILE, CHOOSE_FOLDER, LOOK_IN = "\x00file", "\x00folder", "\x00look"  # the combo's "…" items
 
 
-def _find_controlnets(folders: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(name, path) of the ControlNets found; runs on a worker thread."""
+def _find_controlnets(folders: tuple[str, ...], allow_pickle: bool) -> list[tuple[str, str]]:
+    """(name, path) of the ControlNets found (pickles only when allowed, marked); runs on a worker thread."""
     from backend.controlnets import discover_controlnets
 
-    return [(m.name, m.path) for m in discover_controlnets(folders) if not m.pickle]
+    return [
+        (f"{m.name} (pickle)" if m.pickle else m.name, m.path)
+        for m in discover_controlnets(folders)
+        if allow_pickle or not m.pickle
+    ]
 
 
 class ControlRowWidget(QFrame):
@@ -134,9 +138,9 @@ class ControlRowWidget(QFrame):
     def _net_chosen(self, _index: int) -> None:
         data = self.net.currentData()
         if data == CHOOSE_FILE:  # a cancelled dialog gives "": nothing changes
-            data = QFileDialog.getOpenFileName(self, "Choose a ControlNet", "", "ControlNet (*.safetensors)")[
-                0
-            ]
+            data = QFileDialog.getOpenFileName(
+                self, "Choose a ControlNet", "", file_filter("ControlNet", self.box.session)
+            )[0]
             data = data or None
         elif data == CHOOSE_FOLDER:
             data = QFileDialog.getExistingDirectory(self, "Choose a ControlNet folder (diffusers)") or None
@@ -186,17 +190,18 @@ class ControlBox(QGroupBox):
         diffusers = request.engine == "diffusers"
         self.setVisible(diffusers)
         if diffusers and self.found is None and self._finding is None:
-            self._finding = Call("controlnets", _find_controlnets, self.folders)
-            self._finding.finished.connect(self._found)
-            self._finding.start()
+            self._look()
 
-    def look_again(self, folders: tuple[str, ...]) -> None:
-        """Discover ControlNets again in these folders (and the HF cache)."""
-        self.folders, self.found = folders, None
-        self._finding = Call("controlnets", _find_controlnets, self.folders)
+    def look_again(self, folders: tuple[str, ...] | None = None) -> None:
+        """Discover ControlNets again in these folders (default: the same) and the HF cache."""
+        self.folders, self.found = folders if folders is not None else self.folders, None
+        self._look()
+        self.refresh()
+
+    def _look(self) -> None:
+        self._finding = Call("controlnets", _find_controlnets, self.folders, pickles_allowed(self.session))
         self._finding.finished.connect(self._found)
         self._finding.start()
-        self.refresh()
 
     @Slot(object, object)
     def _found(self, found: list[tuple[str, str]] | None, _error: object) -> None:

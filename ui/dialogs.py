@@ -18,8 +18,14 @@ ADVICE = (
         "Try a smaller size or fewer steps, close other programs, or use the patch engine.",
     ),
     (
+        ("cannot be read safely",),
+        "The file holds more than weights (it may try to run code), so it was not loaded: use a "
+        ".safetensors version from a source you trust.",
+    ),
+    (
         ("safetensors", "pickle", ".ckpt"),
-        "Choose a .safetensors file or a diffusers folder in the model picker.",
+        "Choose a .safetensors file or a diffusers folder in the model picker, or allow pickle files "
+        "(Models → Allow pickle model files).",
     ),
     (
         ("model", "weights", "config"),

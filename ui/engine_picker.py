@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from backend.request import Request
 from studio.session import Session
+from ui.model_folders import file_filter, pickles_allowed
 from ui.remote_dialog import RemoteDialog
 from ui.workers import Call
 
@@ -25,8 +26,11 @@ SEARCHING = "searching"  # the placeholder shown while discovery runs
 CHOOSE_REMOTE, USE_LOCAL = "remote", "local"
 
 
-def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, str]]:
-    """(label, path) of the diffusers models `backend.models` finds here; [] when it cannot look."""
+def discovered_models(
+    model_folders: tuple[str, ...] = (), allow_pickle: bool = False
+) -> list[tuple[str, str]]:
+    """(label, path) of the diffusers models `backend.models` finds here (pickle checkpoints only when
+    allowed, marked as such); [] when it cannot look."""
     if importlib.util.find_spec("backend.models") is None:
         return []
     try:
@@ -34,13 +38,17 @@ def discovered_models(model_folders: tuple[str, ...] = ()) -> list[tuple[str, st
 
         # The licence the model's files name, so a person sees what they may do with the pictures.
         return [
-            (f"{m.name} ({m.kind}{f', licence {m.licence}' if m.licence else ''})", m.path)
+            (f"{m.name} ({m.kind}{', pickle' if m.pickle else ''}{_licence(m.licence)})", m.path)
             for m in discover(model_folders)
-            if not m.pickle
+            if allow_pickle or not m.pickle
         ]
     except Exception as exc:  # discovery is a convenience: a broken cache must not stop the window
         log.warning("model discovery failed: %s", exc)
         return []
+
+
+def _licence(licence: str) -> str:
+    return f", licence {licence}" if licence else ""
 
 
 class EnginePicker(QComboBox):
@@ -78,6 +86,11 @@ class EnginePicker(QComboBox):
         self.rebuild()
         self._discovery.start()
 
+    def rediscover(self, discover: Callable[[], list[tuple[str, str]]]) -> None:
+        """Look for models again now (a setting that changes what is listed changed)."""
+        self.discover = discover
+        self.start_discovery()
+
     @property
     def searching(self) -> bool:
         """True while discovery runs."""
@@ -111,11 +124,14 @@ class EnginePicker(QComboBox):
                     self.model().item(self.count() - 1).setEnabled(False)  # type: ignore[attr-defined]
                 self.insertSeparator(self.count())
                 self.addItem("Diffusers model folder…", CHOOSE_FOLDER)
-                self.addItem("Diffusers model file (.safetensors)…", CHOOSE_FILE)
+                self.addItem(f"Diffusers model file ({self._file_kinds()})…", CHOOSE_FILE)
                 self.addItem("Patch engine with my reference images…", CHOOSE_REFERENCES)
                 if remote is not None:
                     self.addItem("Remote server…", CHOOSE_REMOTE)
         self.show_request(self.session.model.request)
+
+    def _file_kinds(self) -> str:
+        return ".safetensors, .ckpt" if pickles_allowed(self.session) else ".safetensors"
 
     def _add_server_models(self, server: str, models: tuple[dict[str, str], ...]) -> None:
         for m in models:
@@ -145,7 +161,7 @@ class EnginePicker(QComboBox):
             data = f"diffusers|{path}" if path else None
         elif data == CHOOSE_FILE:
             path, _ = QFileDialog.getOpenFileName(
-                self, "Choose a model file", "", "Safetensors (*.safetensors)"
+                self, "Choose a model file", "", file_filter("Model files", self.session)
             )
             data = f"diffusers|{path}" if path else None
         elif data == CHOOSE_REFERENCES:

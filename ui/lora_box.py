@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 
 from backend.request import MAX_LORAS, Lora, Request
 from studio.session import Session
-from ui.model_folders import add_kind, choose_folder
+from ui.model_folders import add_kind, choose_folder, file_filter, pickles_allowed
 from ui.prompt_panel import tool_button
 from ui.workers import Call
 
@@ -32,11 +32,17 @@ if TYPE_CHECKING:
     from ui.slider_panel import ValueSlider
 
 
-def _find_loras(model_folders: tuple[str, ...], lora_folders: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(name, path) of the LoRAs found; runs on a worker thread."""
+def _find_loras(
+    model_folders: tuple[str, ...], lora_folders: tuple[str, ...], allow_pickle: bool
+) -> list[tuple[str, str]]:
+    """(name, path) of the LoRAs found (pickles only when allowed, marked); runs on a worker thread."""
     from backend.loras import discover_loras
 
-    return [(m.name, m.path) for m in discover_loras(model_folders, lora_folders) if not m.pickle]
+    return [
+        (f"{m.name} (pickle)" if m.pickle else m.name, m.path)
+        for m in discover_loras(model_folders, lora_folders)
+        if allow_pickle or not m.pickle
+    ]
 
 
 class LoraBox(QGroupBox):
@@ -166,7 +172,7 @@ class LoraBox(QGroupBox):
 
     def _look(self) -> None:
         if self._finding is None:
-            self._finding = Call("loras", _find_loras, *self.folders)
+            self._finding = Call("loras", _find_loras, *self.folders, pickles_allowed(self.session))
             self._finding.finished.connect(self._found)
             self._finding.start()
 
@@ -186,10 +192,16 @@ class LoraBox(QGroupBox):
             self.folders = (
                 (models, (*loras, folder)) if add_kind(folder) == "lora" else ((*models, folder), loras)
             )
-            self.found, self._finding = None, None  # look again, with the new folder
-            self._look()
+            self.look_again()
+
+    def look_again(self) -> None:
+        """Discover the LoRAs again (a folder was added, or pickles were allowed or refused)."""
+        self.found, self._finding = None, None  # an earlier look still running is ignored when it ends
+        self._look()
 
     def _choose_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a LoRA", "", "LoRA files (*.safetensors)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a LoRA", "", file_filter("LoRA files", self.session)
+        )
         if path:
             self.add(path)

@@ -40,6 +40,7 @@ from ui.engine_picker import EnginePicker, discovered_models
 from ui.gallery_panel import GalleryPanel
 from ui.image_actions import ImageActions
 from ui.layers_panel import LayersPanel
+from ui.model_options import ModelOptions
 from ui.project_actions import ProjectActions
 from ui.prompt_panel import PromptPanel
 from ui.shortcuts import NAME_PROPERTY, ShortcutsDialog
@@ -127,7 +128,7 @@ class MainWindow(QMainWindow):
         self.project_actions.history_started.connect(self._history_started)
         self._restore_layout()
         # Listing models scans folders and the hub cache (seconds on a busy disk): only when the list opens.
-        self.engine_picker.discover = self._discover_models
+        self.engine_picker.discover = self.discover_models
 
     # -- building ---------------------------------------------------------------------
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:  # noqa: ANN001
@@ -247,6 +248,8 @@ class MainWindow(QMainWindow):
         self.help_menu.addAction(self.shortcuts_action)
         # Image menu and Generate → Variations grid (ui/image_actions.py)
         self.image_actions = ImageActions(self, self.session, generate, self.help_menu.menuAction())
+        # Models menu: folders to look in, pickle files (ui/model_options.py)
+        self.model_options = ModelOptions(self, self.session, self.help_menu.menuAction())
 
     def _connect_session(self) -> None:
         runs, model = self.session.runs, self.session.model
@@ -300,8 +303,9 @@ class MainWindow(QMainWindow):
                 [self.docks["layers"], self.docks["gallery"]], [300, 420], Qt.Orientation.Vertical
             )
 
-    def _discover_models(self) -> list[tuple[str, str]]:
-        return discovered_models(tuple(self.settings.model_folders))
+    def discover_models(self) -> list[tuple[str, str]]:
+        """The models in the folders the settings name (pickle checkpoints when allowed); runs on a worker."""
+        return discovered_models(tuple(self.settings.model_folders), self.settings.allow_pickle)
 
     # -- generation ---------------------------------------------------------------------
     def generate(self) -> None:

@@ -1,7 +1,8 @@
-"""Adding a folder to look for models in, from the window: an A1111 or ComfyUI install, or a LoRA folder.
+"""Where the window looks for models and what it loads: folders to look in (an A1111 or ComfyUI install,
+or a LoRA folder) and whether pickle files are allowed.
 
-The folder goes into the settings (kept for the next start) and into the running engines, so that names
-typed in a prompt (`<lora:NAME:0.8>`) are found from the next run on.
+Each goes into the settings (kept for the next start) and into the running engines, so that names typed in a
+prompt (`<lora:NAME:0.8>`) are found, and pickles loaded or refused, from the next run on.
 """
 
 from __future__ import annotations
@@ -39,6 +40,29 @@ def add_folder(session: Session, folder: str) -> str:
             model_folders=(folder,) if install else (), lora_folders=() if install else (folder,)
         )
     return "model" if install else "lora"
+
+
+def pickles_allowed(session: Session) -> bool:
+    """Whether the person allowed pickle model files (.ckpt, .pt, .pth, .bin)."""
+    return session.settings is not None and session.settings.allow_pickle
+
+
+def set_pickles_allowed(session: Session, allow: bool) -> None:
+    """Allow pickle files or not: kept in the settings, and the running engines follow from the next run."""
+    if session.settings is not None:
+        session.settings.allow_pickle = allow
+    engines = session.host.engine
+    if isinstance(engines, Engines):
+        engines.allow_pickle(allow)
+
+
+def file_filter(what: str, session: Session) -> str:
+    """A file dialog's filter for `what` ("Model files"): .safetensors, and pickles when they are allowed."""
+    return (
+        f"{what} (*.safetensors *.ckpt *.pt *.pth *.bin)"
+        if pickles_allowed(session)
+        else f"{what} (*.safetensors)"
+    )
 
 
 def choose_folder(parent: QWidget, session: Session) -> str | None:
