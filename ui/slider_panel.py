@@ -190,6 +190,7 @@ class SliderPanel(QWidget):
         model.field("reference_weights").connect(self._show_weights)
         self._references_for: str | None = None
         self._listing: Call | None = None  # reading a reference folder on a worker thread
+        self.skipped_note: QLabel | None = None  # the images of the reference folder left out, if any
         self.show_request(model.request)
 
     def _prompt_b_edited(self, text: str) -> None:
@@ -276,6 +277,7 @@ class SliderPanel(QWidget):
         while self.references_form.rowCount():
             self.references_form.removeRow(0)
         self.reference_sliders.clear()
+        self.skipped_note = None
         self.references_form.addRow(QLabel("Reading the reference images…"))
         self._listing = Call("references", _reference_names, folder)
         self._listing.finished.connect(self._references_listed)
@@ -287,18 +289,25 @@ class SliderPanel(QWidget):
         return self._listing is not None
 
     @Slot(object, object)
-    def _references_listed(self, listed: tuple[str, list[str], str], _error: object) -> None:
-        folder, names, problem = listed
+    def _references_listed(self, listed: ReferenceListing, _error: object) -> None:
+        folder, names, problem, skipped = listed
         if folder != self._references_for:
             return  # a folder chosen since then is being read
         self._listing = None
         self.references_form.removeRow(0)
+        self.skipped_note = None
         if problem:  # a missing or broken folder: the engine reports it on Generate
             self.references_form.addRow(QLabel(f"References: {problem}"))
             return
         heading = QLabel("Reference weights: how much each reference feeds the picture")
         heading.setWordWrap(True)
         self.references_form.addRow(heading)
+        if skipped:  # the engine leaves them out too: say which, and why, where the folder's sliders are
+            self.skipped_note = QLabel(skipped_text(skipped))
+            self.skipped_note.setWordWrap(True)
+            self.skipped_note.setToolTip("\n".join(skipped))
+            self.skipped_note.setObjectName("skipped-references")
+            self.references_form.addRow(self.skipped_note)
         for name in names:
             slider = ValueSlider(-5.0, 5.0, 0.0, 1)
             slider.setToolTip(f"How much “{name}” feeds the image (log-prior weight)")
@@ -318,14 +327,29 @@ class SliderPanel(QWidget):
         return set_weight
 
 
-def _reference_names(folder: str) -> tuple[str, list[str], str]:
-    """The folder, the names of its references (the default set for "") and what went wrong, if anything.
+# (folder, reference names, what went wrong with the folder, one line per image file left out)
+ReferenceListing = tuple[str, list[str], str, tuple[str, ...]]
+SKIPPED_SHOWN = 3  # lines in the panel; the tooltip holds them all
 
-    Runs on a worker thread.
+
+def skipped_text(skipped: tuple[str, ...]) -> str:
+    """The panel's note on images of a reference folder that could not be used (each line names one)."""
+    count = len(skipped)
+    head = f"{count} image{'s' if count > 1 else ''} in this folder could not be used and are left out:"
+    lines = list(skipped[:SKIPPED_SHOWN])
+    if count > SKIPPED_SHOWN:
+        lines.append(f"and {count - SKIPPED_SHOWN} more (see the tooltip)")
+    return "\n".join([head, *(f"• {line}" for line in lines)])
+
+
+def _reference_names(folder: str) -> ReferenceListing:
+    """The folder, the names of its references (the default set for ""), what went wrong, if anything, and
+    the image files left out. Runs on a worker thread.
     """
     from backend.references import DEFAULT_FOLDER, load_references
 
     try:
-        return folder, load_references(folder or DEFAULT_FOLDER).names, ""
+        found = load_references(folder or DEFAULT_FOLDER)
     except Exception as exc:  # noqa: BLE001 - shown in the panel; the engine reports it on Generate
-        return folder, [], str(exc)
+        return folder, [], str(exc), ()
+    return folder, found.names, "", found.skipped
