@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe, provenance  # noqa: E402
 
 from studio.document import Document  # noqa: E402
+from studio.files.journal import Journal, find_recovery, recover  # noqa: E402
+from studio.files.project import load_project, save_project  # noqa: E402
 from studio.gallery import Gallery  # noqa: E402
-from studio.journal import Journal, find_recovery, recover  # noqa: E402
-from studio.project import load_project, save_project  # noqa: E402
 
 OUT = Path(__file__).with_name("PROJECTS.md")
 

@@ -7,8 +7,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from backend.grids import Grid
+from studio.files.pngmeta import save_png
 from studio.gallery import Result
-from studio.pngmeta import save_png
 from studio.recipe import Provenance
 
 BACKGROUND = (255, 255, 255)

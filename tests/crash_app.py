@@ -109,7 +109,7 @@ def _wait_forever() -> None:
 
 def save_loop(path: Path) -> None:
     """Save state A (unless the file exists), then B, A, B... over the same file until killed."""
-    from studio.project import save_project
+    from studio.files.project import save_project
 
     states = [big_state(640, 640, 1), big_state(640, 640, 2)]
     if not path.exists():  # later runs start saving at once, so more of each run is a kill window
@@ -124,7 +124,7 @@ def work(data_dir: Path, seed: int) -> None:
     """Journal a scripted session, acknowledging each finished operation."""
     from PySide6.QtCore import QCoreApplication
 
-    from studio.journal import Journal
+    from studio.files.journal import Journal
 
     _app = QCoreApplication.instance() or QCoreApplication([])
     deterministic_ids(seed)
@@ -144,8 +144,8 @@ def generate(data_dir: Path, out: Path) -> None:
     """A real Session: strokes, layer ops, a generation on its engine thread, journalled; await the kill."""
     from PySide6.QtCore import QCoreApplication
 
-    from studio.journal import Journal
-    from studio.project import save_project
+    from studio.files.journal import Journal
+    from studio.files.project import save_project
     from studio.session import Session
 
     app = QCoreApplication.instance() or QCoreApplication([])
@@ -195,8 +195,8 @@ def export_zygote(side: int) -> None:
     import tempfile
     import time
 
-    from studio.ora import export_ora
-    from studio.pngmeta import save_png
+    from studio.files.ora import export_ora
+    from studio.files.pngmeta import save_png
 
     states = export_states(side)
     pictures = [doc.composite() for doc in states]

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from studio.atomic import atomic_write
+from studio.files.atomic import atomic_write
 
 TABLE = Path(__file__).resolve().parents[1] / "bench" / "FAULTS.md"
 MODULES = (

@@ -160,11 +160,11 @@ def open_as_window(path: str, kind: str) -> str:
     import numpy as np
 
     from studio.document import Document
-    from studio.project import ProjectData, load_project
+    from studio.files.project import ProjectData, load_project
 
     if kind in ("studio", "ora"):
         if kind == "ora":
-            from studio.ora import import_ora
+            from studio.files.ora import import_ora
 
             width, height, layers = import_ora(path)
             data = ProjectData(width, height, layers, np.zeros((height, width), np.uint8))
@@ -181,7 +181,7 @@ def open_as_window(path: str, kind: str) -> str:
         picture = load_picture(path)
         return f"{picture.width}×{picture.height}"
     if kind == "png-info":
-        from studio.pngmeta import read_png_metadata
+        from studio.files.pngmeta import read_png_metadata
 
         meta = read_png_metadata(path)
         return f"{meta.size[0]}×{meta.size[1]}; notes: {'; '.join(meta.notes) or 'none'}"
@@ -270,9 +270,9 @@ def serve() -> None:
     import PIL.Image  # noqa: F401
 
     import backend.references  # noqa: F401
-    import studio.ora  # noqa: F401
-    import studio.pngmeta  # noqa: F401
-    import studio.project  # noqa: F401
+    import studio.files.ora  # noqa: F401
+    import studio.files.pngmeta  # noqa: F401
+    import studio.files.project  # noqa: F401
 
     stdout = io.TextIOWrapper(os.fdopen(os.dup(1), "wb"), encoding="utf-8", line_buffering=True)
     print(json.dumps({"ready": True}), file=stdout)

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from backend.request import Request
-from studio.archive import png_bytes
 from studio.document import Document, Layer
+from studio.files.archive import png_bytes
+from studio.files.project import save_project
 from studio.gallery import Gallery, Result
-from studio.project import save_project
 
 
 def chunk(tag: bytes, data: bytes) -> bytes:

@@ -14,8 +14,8 @@ from tiny_models import build_tiny_sd
 from backend.engines import Engines
 from backend.errors import ModelError
 from backend.events import Done
-from studio.cli import main
-from studio.pngmeta import read_png_metadata
+from studio.cli.main import main
+from studio.files.pngmeta import read_png_metadata
 
 
 class CodeInPickle:

@@ -11,8 +11,8 @@ from fake_engine import FakeEngine
 from PySide6.QtWidgets import QMainWindow
 
 from studio.document import Document
-from studio.journal import find_recovery, recover
-from studio.project import load_project, project_data
+from studio.files.journal import find_recovery, recover
+from studio.files.project import load_project, project_data
 from studio.session import Session
 from studio.settings import Settings
 from ui.project_actions import ProjectActions

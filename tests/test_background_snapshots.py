@@ -16,13 +16,13 @@ from fake_engine import FakeEngine
 from test_background_save import Window, paint
 from test_crash_safety import _work, digest
 
-import studio.background_save
-from studio.background_save import BackgroundSaver
+import studio.files.background_save
 from studio.document import Command, Document
+from studio.files.background_save import BackgroundSaver
+from studio.files.journal import Journal, find_recovery, recover, snapshot_path
+from studio.files.ora import export_ora
+from studio.files.project import load_project, project_data
 from studio.gallery import Gallery
-from studio.journal import Journal, find_recovery, recover, snapshot_path
-from studio.ora import export_ora
-from studio.project import load_project, project_data
 from studio.session import Session
 from studio.settings import Settings
 from ui.project_actions import ProjectActions
@@ -55,14 +55,14 @@ class Gate:
 def no_snapshot_on_the_gui_thread(monkeypatch):
     """Names every snapshot or save written on the GUI thread (the list should stay empty)."""
     calls: list[str] = []
-    original = studio.background_save.save_project
+    original = studio.files.background_save.save_project
 
     def watched(path, *args, **kwargs):  # noqa: ANN001, ANN202
         if threading.current_thread() is threading.main_thread():
             calls.append(str(path))
         return original(path, *args, **kwargs)
 
-    monkeypatch.setattr(studio.background_save, "save_project", watched)
+    monkeypatch.setattr(studio.files.background_save, "save_project", watched)
     return calls
 
 

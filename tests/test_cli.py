@@ -12,8 +12,8 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from backend.images import Picture
-from studio.cli import main
-from studio.pngmeta import COMPOSITE, GENERATED, read_png_metadata
+from studio.cli.main import main
+from studio.files.pngmeta import COMPOSITE, GENERATED, read_png_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIO_CLI = ROOT / ".venv" / "bin" / "studio-cli"
@@ -271,7 +271,7 @@ def test_ctrl_c_exits_130_quietly_and_writes_nothing(tmp_path, capsys, refs, mon
     def interrupted(self, step, total, elapsed_s):
         raise KeyboardInterrupt  # what Ctrl+C raises in the main thread mid-run
 
-    monkeypatch.setattr("studio.cli.Progress.update", interrupted)
+    monkeypatch.setattr("studio.cli.main.Progress.update", interrupted)
     code, stdout, err = generate(capsys, refs, tmp_path / "never.png", "--seed", "1")
     assert code == 130 and stdout == "" and "Traceback" not in err
     assert not (tmp_path / "never.png").exists()
@@ -310,7 +310,7 @@ def test_diffusers_model_folder_generates_and_reruns(tmp_path, capsys):
 
 def test_default_size_follows_the_engine_and_a_recipe_keeps_its_own(tmp_path):
     from backend.request import Request
-    from studio.cli import _parser, build_request
+    from studio.cli.main import _parser, build_request
 
     patch, _ = build_request(_parser().parse_args(["generate", "--prompt", "brick"]), Request())
     assert (patch.engine, patch.width, patch.height) == ("patch", 256, 256)

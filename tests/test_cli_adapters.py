@@ -12,9 +12,9 @@ from tiny_models import build_tiny_controlnet, build_tiny_sd, save_tiny_lora, sa
 
 from backend.licences import model_licence
 from backend.models import discover
-from studio.cli import main
-from studio.cli_adapters import _peel_numbers
-from studio.pngmeta import read_png_metadata
+from studio.cli.adapters import _peel_numbers
+from studio.cli.main import main
+from studio.files.pngmeta import read_png_metadata
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from test_cli import generate, one_clear_line, refs, run  # noqa: F401 - refs is a fixture
 
-from studio.pngmeta import read_png_metadata
+from studio.files.pngmeta import read_png_metadata
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -25,9 +25,9 @@ import studio.document
 from backend.errors import StudioError
 from backend.images import load_picture
 from studio.document import Document
+from studio.files.journal import Journal, find_recovery, journal_path, recover, snapshot_path
+from studio.files.project import ProjectData, ProjectError, load_project, project_data, save_project
 from studio.gallery import Gallery
-from studio.journal import Journal, find_recovery, journal_path, recover, snapshot_path
-from studio.project import ProjectData, ProjectError, load_project, project_data, save_project
 
 APP = Path(__file__).with_name("crash_app.py")
 
@@ -146,8 +146,8 @@ def test_sigkill_during_saves_leaves_the_old_or_the_new_file(tmp_path):
 
 def _exported(kind: str, path: Path) -> dict[str, bytes] | None:
     """What an exported file holds (the picture and its recipe, or every layer), None if unreadable."""
-    from studio.ora import import_ora
-    from studio.pngmeta import read_png_metadata
+    from studio.files.ora import import_ora
+    from studio.files.pngmeta import read_png_metadata
 
     try:
         if kind == "png":
@@ -393,7 +393,7 @@ def test_a_long_session_of_signal_emits_does_not_abort_the_process(tmp_path):
     code = (
         "import sys\n"
         "from studio.document import Document\n"
-        "from studio.project import save_project\n"
+        "from studio.files.project import save_project\n"
         "doc = Document(8, 8)\n"
         "doc.paint(doc.layers[0].id, 2, 2, __import__('numpy').full((3, 3, 4), 7, 'uint8'))\n"
         "save_project(sys.argv[1], doc)\n"

@@ -7,7 +7,7 @@ attributes and elements, members renamed (`..`, absolute paths, backslashes, dup
 truncated, bit-flipped or swapped for other PNGs (other sizes and modes, bombs, broken ones).
 
 Opening must end in a document that composites, or in the project's own error raised on purpose (not
-by the last safety net in `studio.archive.loading`, which chains the exception it caught); the file
+by the last safety net in `studio.files.archive.loading`, which chains the exception it caught); the file
 opened must be left as it was, and nothing may be written outside the temporary folder.
 `derandomize=True` makes every run (and CI) try the same files; `max_pixels` keeps an accepted canvas
 small so the whole run takes a few tens of seconds. A third run does the same to the metadata of PNGs
@@ -33,11 +33,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from backend.request import Request
-from studio.archive import png_bytes
 from studio.document import Document, Layer
+from studio.files.archive import png_bytes
+from studio.files.ora import import_ora
+from studio.files.project import ProjectData, ProjectError, load_project, save_project
 from studio.gallery import Result
-from studio.ora import import_ora
-from studio.project import ProjectData, ProjectError, load_project, save_project
 
 EXAMPLES = 1500  # files per container
 MAX_PIXELS = 1 << 16  # a larger canvas is refused before anything is decoded: keeps each example fast
@@ -407,8 +407,8 @@ def test_fuzzed_png_metadata_becomes_notes_never_exceptions(tmp_path):
     from PIL.PngImagePlugin import PngInfo
 
     from backend import strict_json
-    from studio.cli import describe, describe_json
-    from studio.pngmeta import read_png_metadata
+    from studio.cli.info import describe, describe_json
+    from studio.files.pngmeta import read_png_metadata
     from studio.recipe import recipe_to_dict
 
     base = recipe_to_dict(Request(prompt="p", width=16, height=16), {"model_hash": "abc"})

@@ -124,8 +124,8 @@ def test_exports_are_written_on_a_worker_from_the_canvas_as_it_was(make_window, 
     from PIL import Image
 
     import ui.exports
-    from studio.ora import import_ora
-    from studio.pngmeta import read_png_metadata
+    from studio.files.ora import import_ora
+    from studio.files.pngmeta import read_png_metadata
 
     window = make_window(FakeEngine(steps=1))
     doc = window.document

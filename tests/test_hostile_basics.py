@@ -20,8 +20,8 @@ from PIL import Image
 from backend.errors import ImageError, ModelError, StudioError
 from backend.images import load_picture
 from backend.request import MAX_PROMPT_CHARS, Request
-from studio.archive import png_bytes
 from studio.document import Document
+from studio.files.archive import png_bytes
 from studio.prompts import clean_prompt
 
 
@@ -71,7 +71,7 @@ def test_a_pickle_checkpoint_never_runs_its_payload(tmp_path, allow_pickle):
 
 
 def test_studio_cli_refuses_a_pickle_checkpoint(tmp_path, capsys, monkeypatch):
-    from studio.cli import main
+    from studio.cli.main import main
 
     path, marker = _evil_ckpt(tmp_path)
     monkeypatch.chdir(tmp_path)
@@ -263,8 +263,8 @@ def test_the_session_cleans_prompts_where_they_enter(qtbot):
 
 def test_the_cli_cleans_prompts_and_the_recipe_still_writes(tmp_path, capsys):
     """The CLI's request path cleans the prompt; the cleaned recipe writes and reads back from a PNG."""
-    from studio.cli import _parser, build_request
-    from studio.pngmeta import read_png_metadata, save_png
+    from studio.cli.main import _parser, build_request
+    from studio.files.pngmeta import read_png_metadata, save_png
 
     prompt = "a fox\x1b[31m\x00 🦊 " + "y" * 3000
     args = _parser().parse_args(["generate", "--prompt", prompt, "--width", "32", "--height", "32"])

@@ -22,10 +22,10 @@ from hostile_files import COSTLY, bomb_png, good_project, rewrite, setter
 from PIL import Image
 
 from backend.request import Request
-from studio.archive import png_bytes
 from studio.document import Document, Layer
+from studio.files.archive import png_bytes
+from studio.files.project import FORMAT_VERSION, ProjectError, load_project, save_project
 from studio.gallery import Gallery, Result
-from studio.project import FORMAT_VERSION, ProjectError, load_project, save_project
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -193,7 +193,7 @@ def test_the_cost_limits_let_honest_files_through(tmp_path):
     """Incompressible noise, 16-bit and palette layers and a long honest manifest all open exactly."""
     from hostile_files import ora
 
-    from studio.ora import import_ora
+    from studio.files.ora import import_ora
 
     rng = np.random.default_rng(3)
     noise = rng.integers(0, 256, (200, 300, 4), dtype=np.uint8)
@@ -243,7 +243,7 @@ def test_the_window_survives_every_hostile_file(make_window, qtbot, tmp_path):
     [("--guidance", "nan"), ("--guidance", "inf"), ("--strength", "nan"), ("--locality", "-inf")],
 )
 def test_the_cli_refuses_nan_and_infinity(tmp_path, capsys, monkeypatch, option, value):
-    from studio.cli import main
+    from studio.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "o.png"
@@ -269,8 +269,8 @@ def _png_with_texts(path: Path, texts: dict[str, str]) -> Path:
 def test_a_recipe_holding_nan_is_not_run_and_info_stays_json(tmp_path, capsys, monkeypatch):
     """`"guidance":NaN` in the studio recipe and `CFG scale: nan` beside it: neither gives a request."""
     from backend import strict_json
-    from studio.cli import main
-    from studio.pngmeta import read_png_metadata
+    from studio.cli.main import main
+    from studio.files.pngmeta import read_png_metadata
     from studio.recipe import recipe_to_json
 
     text = recipe_to_json(Request(prompt="p", width=16, height=16)).replace(
@@ -366,8 +366,8 @@ def test_a_project_holding_nan_is_refused(tmp_path, prober, label, old, new):
 def test_nan_is_never_written_into_a_file(tmp_path):
     """Exports refuse a NaN that got past every check; extras that hold one are written as null."""
     from backend import strict_json
-    from studio.ora import export_ora
-    from studio.pngmeta import ExportError, save_png
+    from studio.files.ora import export_ora
+    from studio.files.pngmeta import ExportError, save_png
 
     doc = Document(8, 8, [Layer("odd", np.zeros((8, 8, 4), np.uint8), opacity=float("nan"))])
     with pytest.raises(ProjectError, match="not a number"):
@@ -413,8 +413,8 @@ def test_a_png_with_a_text_chunk_too_large_to_read_opens_without_it(tmp_path, ca
     from hostile_files import chunk
 
     from backend.images import load_picture
-    from studio.cli import main
-    from studio.pngmeta import read_png_metadata
+    from studio.cli.main import main
+    from studio.files.pngmeta import read_png_metadata
 
     pixels = np.random.default_rng(1).integers(0, 256, (16, 24, 3), dtype=np.uint8)
     png = png_bytes(pixels)
@@ -445,8 +445,8 @@ def test_a_png_with_a_text_chunk_too_large_to_read_opens_without_it(tmp_path, ca
 
 def test_one_unreadable_reference_is_skipped_and_named(tmp_path, capsys, monkeypatch):
     from backend.references import load_references
-    from studio.cli import main
-    from studio.pngmeta import read_png_metadata
+    from studio.cli.main import main
+    from studio.files.pngmeta import read_png_metadata
 
     folder = tmp_path / "refs"
     folder.mkdir()
@@ -480,7 +480,7 @@ def test_models_that_share_a_name_are_listed_apart_and_a_bare_name_is_not_guesse
 
     from backend.errors import ModelError
     from backend.models import load_model
-    from studio.cli import main
+    from studio.cli.main import main
 
     (tmp_path / "evil.ckpt").write_bytes(b"\x80\x02}q\x00.")
     save_file({"w": torch.zeros(1)}, str(tmp_path / "evil.safetensors"))

@@ -14,10 +14,10 @@ from backend.outpaint import SEAM_BAND, Expansion
 from backend.upscale_spec import Upscale
 from studio.canvas_ops import resize_canvas
 from studio.document import Document
+from studio.files.pngmeta import read_png_metadata
+from studio.files.project import load_project, save_project
 from studio.grid_sheet import save_grid
 from studio.jobs import expand_canvas, run_grid, upscale_canvas, upscale_result
-from studio.pngmeta import read_png_metadata
-from studio.project import load_project, save_project
 
 
 @pytest.fixture

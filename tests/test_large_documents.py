@@ -17,10 +17,10 @@ import pytest
 from hostile_child import GIB, REFUSAL_BUDGET, REFUSAL_CPU_S, declared_bytes, opening_budget
 from hostile_files import blank_png, good_project, ora, rewrite
 
-from studio.archive import png_bytes
 from studio.document import MAX_CANVAS_PIXELS, Document
-from studio.ora import import_ora
-from studio.project import ProjectError, load_project
+from studio.files.archive import png_bytes
+from studio.files.ora import import_ora
+from studio.files.project import ProjectError, load_project
 
 OPEN_CPU_S = 60.0  # an 8192² canvas is a lot of pixels for a busy 2-core machine; what matters is memory
 

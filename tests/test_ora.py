@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.archive import ProjectError, png_bytes
 from studio.document import Document, Layer
-from studio.ora import export_ora, import_ora
+from studio.files.archive import ProjectError, png_bytes
+from studio.files.ora import export_ora, import_ora
 
 
 def _document() -> Document:

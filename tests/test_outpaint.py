@@ -95,7 +95,7 @@ def test_patch_engine_outpaints_too() -> None:
 def test_cli_expand_grows_a_pick_with_its_own_recipe(tmp_path, capsys, tiny_sd_folder) -> None:
     from test_cli import run
 
-    from studio.pngmeta import read_png_metadata
+    from studio.files.pngmeta import read_png_metadata
 
     pick = tmp_path / "pick.png"
     base = ["generate", "--model", tiny_sd_folder, "--steps", "3", "-q"]

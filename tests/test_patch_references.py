@@ -164,7 +164,7 @@ def test_fit_covers_and_crops_to_any_aspect():
 
 
 def test_engine_and_command_line_report_unmatched_words(tmp_path, capsys):
-    from studio.cli import main
+    from studio.cli.main import main
 
     done = list(
         PatchEngine().generate(

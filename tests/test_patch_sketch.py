@@ -275,7 +275,7 @@ def halves() -> np.ndarray:
 
 def test_attribution_map_shows_which_reference_fed_each_pixel_in_its_legend_colour(engine, tmp_path):
     from backend.attribution import attribution_sheet, legend, name_at
-    from studio.cli import main
+    from studio.cli.main import main
 
     sketch = halves()
     pins = (("#c83c3c", "brick"), ("#3c3cc8", "denim"))

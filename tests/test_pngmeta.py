@@ -14,7 +14,7 @@ from backend.errors import ImageError
 from backend.images import Picture
 from backend.request import Concept, Request
 from studio.a1111 import to_a1111
-from studio.pngmeta import (
+from studio.files.pngmeta import (
     COMPOSITE,
     GENERATED,
     RECIPE_KEY,

@@ -12,10 +12,10 @@ import pytest
 
 from backend.images import Picture
 from backend.request import Request
-from studio.atomic import atomic_write
 from studio.document import Document
+from studio.files.atomic import atomic_write
+from studio.files.project import FORMAT_VERSION, ProjectError, load_project, save_project
 from studio.gallery import Gallery, Result
-from studio.project import FORMAT_VERSION, ProjectError, load_project, save_project
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -138,7 +138,7 @@ def test_format_zero_is_migrated(tmp_path):
     path = tmp_path / "old.studio"
     red = np.zeros((4, 6, 4), np.uint8)
     red[...] = (255, 0, 0, 255)
-    from studio.archive import png_bytes
+    from studio.files.archive import png_bytes
 
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("a.png", png_bytes(red))
@@ -190,8 +190,8 @@ def test_a_newer_format_is_refused_and_never_overwritten(tmp_path):
 
 def test_an_images_chain_survives_a_project_round_trip_and_export(tmp_path, capsys):
     """Lineage saved in a project comes back, is exported into the PNG, and `studio-cli info` prints it."""
-    from studio.cli import main
-    from studio.pngmeta import read_png_metadata, save_png
+    from studio.cli.main import main
+    from studio.files.pngmeta import read_png_metadata, save_png
     from studio.recipe import Provenance, ancestors_of
 
     doc, gallery, history = sample()

@@ -9,9 +9,9 @@ from PySide6.QtWidgets import QMainWindow
 
 import ui.project_actions as project_actions
 from studio.document import Document
+from studio.files.journal import find_recovery
+from studio.files.project import load_project, save_project
 from studio.gallery import Result
-from studio.journal import find_recovery
-from studio.project import load_project, save_project
 from studio.session import Session
 from studio.settings import Settings
 from ui.project_actions import ProjectActions
@@ -154,7 +154,7 @@ def test_a_failed_save_shows_why_and_keeps_the_work_unsaved(make, tmp_path):
 
 
 def test_opening_an_ora_file_gives_an_untitled_document_with_its_layers(make, tmp_path):
-    from studio.ora import export_ora
+    from studio.files.ora import export_ora
 
     window, session, actions = make()
     source = Document(40, 30)
@@ -166,7 +166,7 @@ def test_opening_an_ora_file_gives_an_untitled_document_with_its_layers(make, tm
 
 
 def test_the_windows_png_export_carries_the_chain_after_a_project_round_trip(make, tmp_path, capsys):
-    from studio.cli import main
+    from studio.cli.main import main
     from ui import exports
 
     window, session, actions = make()
@@ -209,7 +209,7 @@ def test_saving_a_migrated_project_keeps_the_original_beside_it(make, tmp_path):
     import json
     import zipfile
 
-    from studio.archive import png_bytes
+    from studio.files.archive import png_bytes
 
     path = tmp_path / "old.studio"
     with zipfile.ZipFile(path, "w") as z:

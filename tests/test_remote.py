@@ -224,8 +224,8 @@ def test_server_refuses_models_it_does_not_list_and_bad_requests(
 
 
 def test_cli_remote_gives_the_same_pixels_as_a_local_run(server: ServerProcess, tmp_path: Path) -> None:
-    from studio.cli import main
-    from studio.pngmeta import read_png_metadata
+    from studio.cli.main import main
+    from studio.files.pngmeta import read_png_metadata
 
     common = [
         "generate",
@@ -255,7 +255,7 @@ def test_cli_remote_batch_runs_its_cells_on_the_server(server: ServerProcess, tm
     """A grid is split into its cells on this side (backend/engines.py); each cell runs on the server."""
     from PIL import Image
 
-    from studio.cli import main
+    from studio.cli.main import main
 
     common = [
         "generate",

@@ -308,7 +308,7 @@ def test_bad_upscales_say_what_is_wrong(changes, says) -> None:
 def test_cli_upscales_a_pick_with_its_own_recipe(tmp_path, capsys, tiny_sd_folder, upscalers) -> None:
     from test_cli import run
 
-    from studio.pngmeta import read_png_metadata
+    from studio.files.pngmeta import read_png_metadata
 
     pick = tmp_path / "pick.png"
     base = ["generate", "--model", tiny_sd_folder, "--steps", "4", "-q"]

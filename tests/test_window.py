@@ -279,7 +279,7 @@ def test_open_image_as_layer_and_a_broken_file_is_reported(make_window, qtbot, t
 
 
 def test_dropping_a_project_opens_it_as_the_document(make_window, qtbot, tmp_path):
-    from studio.project import save_project
+    from studio.files.project import save_project
 
     saved = Document(48, 32)
     saved.add_layer("ink", np.full((32, 48, 3), 40, dtype=np.uint8))
@@ -305,7 +305,7 @@ def test_new_canvas_of_a_chosen_size(make_window, qtbot):
 
 
 def test_export_png_carries_the_recipe_of_the_result_on_the_canvas(make_window, qtbot, tmp_path):
-    from studio.pngmeta import read_png_metadata
+    from studio.files.pngmeta import read_png_metadata
     from ui.exports import export_png
 
     window = make_window(FakeEngine(steps=1))
@@ -320,7 +320,7 @@ def test_export_png_carries_the_recipe_of_the_result_on_the_canvas(make_window, 
 
 
 def test_export_ora_keeps_every_layer(make_window, qtbot, tmp_path):
-    from studio.ora import import_ora
+    from studio.files.ora import import_ora
     from ui.exports import export_ora
 
     window = make_window(FakeEngine(steps=1))

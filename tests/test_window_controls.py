@@ -189,7 +189,7 @@ def test_selected_thumbnails_show_their_true_colours(make_window, qtbot):
 
 
 def test_a_text_to_image_png_records_no_denoising_strength(make_window, qtbot, tmp_path):
-    from studio.pngmeta import read_png_metadata
+    from studio.files.pngmeta import read_png_metadata
     from ui.exports import export_png
 
     window = make_window(FakeEngine(steps=1))
@@ -316,8 +316,8 @@ def test_merge_down_keeps_the_picture_for_any_alpha_and_opacity_and_survives_a_c
     import numpy as np
 
     from studio.document import Document
+    from studio.files.journal import Journal, find_recovery, recover
     from studio.gallery import Gallery
-    from studio.journal import Journal, find_recovery, recover
 
     rng = np.random.default_rng(3)
     doc = Document(24, 16)
@@ -351,9 +351,9 @@ def test_after_opening_or_restoring_the_window_says_plainly_that_history_starts_
     from test_window import drop_file
 
     from studio.document import Document
+    from studio.files.journal import Journal, find_recovery
+    from studio.files.project import save_project
     from studio.gallery import Gallery
-    from studio.journal import Journal, find_recovery
-    from studio.project import save_project
 
     saved = Document(48, 32)
     saved.add_layer("ink", np.full((32, 48, 3), 40, dtype=np.uint8))

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QDialog
 from tiny_models import build_tiny_sd
 
 from backend.engines import Engines
-from studio.pngmeta import read_png_metadata
+from studio.files.pngmeta import read_png_metadata
 from ui.grid_dialog import GridDialog
 from ui.image_dialogs import ExpandDialog, UpscaleDialog
 

@@ -45,8 +45,8 @@ def png_export(path: str, session) -> Callable[[], str]:  # noqa: ANN001 - a Ses
     """Take now, on the GUI thread, what a PNG export of the visible image writes (layers shared
     copy-on-write: microseconds); the returned call composites and writes it on any thread, atomically,
     with the recipe of the newest result on the canvas when there is one, and returns `path`."""
-    from studio.atomic import atomic_write
-    from studio.pngmeta import save_png
+    from studio.files.atomic import atomic_write
+    from studio.files.pngmeta import save_png
     from studio.recipe import Provenance, ancestors_of
 
     doc = session.document
@@ -77,9 +77,9 @@ def png_export(path: str, session) -> Callable[[], str]:  # noqa: ANN001 - a Ses
 def ora_export(path: str, session) -> Callable[[], str]:  # noqa: ANN001 - a Session
     """Take now what an OpenRaster export writes (every layer with its name, opacity, visibility and
     place; shared copy-on-write); the returned call writes it on any thread, atomically."""
-    if importlib.util.find_spec("studio.ora") is None:
+    if importlib.util.find_spec("studio.files.ora") is None:
         raise StudioError("OpenRaster export is not available yet in this version of Studio")
-    from studio.ora import export_ora as write_ora
+    from studio.files.ora import export_ora as write_ora
 
     doc = session.document
     snapshot = Document(doc.width, doc.height, [layer.copy() for layer in doc.layers])

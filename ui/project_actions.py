@@ -2,8 +2,8 @@
 
 `MainWindow` creates one `ProjectActions(window, session, file_menu)`. It owns the recovery journal of
 the window's document: every finished operation is journalled, and on the next start after a crash the
-person is offered the work back. Files are read and written by `studio.project`, `studio.ora` and
-`studio.journal`; this module only asks questions and shows results.
+person is offered the work back. Files are read and written by `studio.files.project`, `studio.files.ora` and
+`studio.files.journal`; this module only asks questions and shows results.
 
 Without a person at the screen (the offscreen or minimal Qt platform: tests, `--demo`) nothing modal is
 ever shown: recovery is not offered (the journal stays for a real session) and closing does not ask.
@@ -20,10 +20,10 @@ from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog, QMenu, QMessageBox, QWidget
 
 from backend.errors import StudioError
-from studio.background_save import BackgroundSaver, SaveJob
-from studio.journal import Journal, Recovery, discard_recovery, find_recovery, recover
-from studio.ora import import_ora
-from studio.project import FORMAT_VERSION, ProjectData, load_project, project_data
+from studio.files.background_save import BackgroundSaver, SaveJob
+from studio.files.journal import Journal, Recovery, discard_recovery, find_recovery, recover
+from studio.files.ora import import_ora
+from studio.files.project import FORMAT_VERSION, ProjectData, load_project, project_data
 from studio.settings import Settings
 
 PROJECT_FILTER = "Studio projects (*.studio)"

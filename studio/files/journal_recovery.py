@@ -1,9 +1,9 @@
 """Reading a recovery journal back: which journals a crash left, and the work each one holds.
 
-A journal (see `studio.journal`) starts with a *base* record naming the file it builds on: the project as
-it was opened or saved, a recovery snapshot, or an opened OpenRaster file. Files written while the journal
-runs (a save, a snapshot written on a worker thread) are announced by a `saving` record carrying the id
-the file will get, placed exactly where the state they hold was taken. So recovery takes, of the base and
+A journal (see `studio.files.journal`) starts with a *base* record naming the file it builds on: the project
+as it was opened or saved, a recovery snapshot, or an opened OpenRaster file. Files written while the
+journal runs (a save, a snapshot written on a worker thread) are announced by a `saving` record carrying the
+id the file will get, placed exactly where the state they hold was taken. So recovery takes, of the base and
 those files, the one announced last whose id matches the file on disk, and replays only what follows it.
 
 A `saving` record marked `required` stands for an operation the journal cannot describe (a canvas resize,
@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.archive import ProjectError
-from studio.atomic import fsync_directory
 from studio.document import MAX_CANVAS_PIXELS, Document, Layer
+from studio.files.archive import ProjectError
+from studio.files.atomic import fsync_directory
+from studio.files.journal_records import Record, apply_record, decode_all
+from studio.files.ora import import_ora
+from studio.files.project import ProjectData, load_project, project_save_id
 from studio.gallery import Result
-from studio.journal_records import Record, apply_record, decode_all
-from studio.ora import import_ora
-from studio.project import ProjectData, load_project, project_save_id
 from studio.recipe import recipe_from_dict
 
 try:

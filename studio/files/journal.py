@@ -10,12 +10,12 @@ follows it, written on the worker; a crash before that snapshot lands loses the 
 Compaction (when the journal passes `max_bytes`, on a timer, after opening an .ora, after an operation
 the journal cannot describe) never writes on the GUI thread: it takes a copy-on-write snapshot of the
 document, appends a `saving` record naming the id the snapshot file will carry, and writes the file on a
-worker (`studio.background_save`, as Save does) while records keep going to the same journal. Once the
+worker (`studio.files.background_save`, as Save does) while records keep going to the same journal. Once the
 file is written, the journal is rebased on it, carrying over the records made meanwhile. A crash at any
-moment loses nothing: recovery (`studio.journal_recovery`) starts from the newest announced file that is
+moment loses nothing: recovery (`studio.files.journal_recovery`) starts from the newest announced file that is
 on disk and replays what follows it.
 
-Files, for a project `dir/name.studio`: `dir/.name.studio.journal` and `dir/.name.studio.snapshot`;
+Files, for a project `dir/name.studio`: `dir/.name.studio.files.journal` and `dir/.name.studio.snapshot`;
 for an unsaved document the same two files live in `<data dir>/recovery/untitled-<id>.*`.
 A clean close deletes both. `find_recovery` finds what a crash left; `recover` rebuilds it.
 """
@@ -34,12 +34,11 @@ import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from backend.errors import StudioError
-from studio.atomic import atomic_write
-from studio.background_save import BackgroundSaver, SaveJob, SaveMark
 from studio.document import Command, Document
-from studio.gallery import Gallery, Result
-from studio.journal_records import encode, encode_parts, operation_record
-from studio.journal_recovery import (
+from studio.files.atomic import atomic_write
+from studio.files.background_save import BackgroundSaver, SaveJob, SaveMark
+from studio.files.journal_records import encode, encode_parts, operation_record
+from studio.files.journal_recovery import (
     JOURNAL_SUFFIX,
     SNAPSHOT_SUFFIX,
     Recovery,
@@ -52,7 +51,8 @@ from studio.journal_recovery import (
     remove_files,
     snapshot_path,
 )
-from studio.project import ProjectData, project_data, result_to_json
+from studio.files.project import ProjectData, project_data, result_to_json
+from studio.gallery import Gallery, Result
 
 __all__ = [
     "JOURNAL_SUFFIX",
@@ -537,6 +537,6 @@ class Journal(QObject):
 
 
 def _count(tail: bytes) -> int:
-    from studio.journal_records import decode_all
+    from studio.files.journal_records import decode_all
 
     return len(decode_all(tail)[0]) if tail else 0

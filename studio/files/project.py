@@ -28,7 +28,8 @@ import numpy as np
 from backend import strict_json
 from backend.errors import StudioError
 from backend.request import Request
-from studio.archive import (
+from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
+from studio.files.archive import (
     DecodeBudget,
     ProjectError,
     loading,
@@ -40,8 +41,7 @@ from studio.archive import (
     write_png,
     write_text,
 )
-from studio.atomic import atomic_write, remove_stale_temps
-from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
+from studio.files.atomic import atomic_write, remove_stale_temps
 from studio.gallery import Gallery, Result
 from studio.recipe import recipe_from_dict, recipe_to_dict
 

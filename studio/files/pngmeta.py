@@ -31,7 +31,7 @@ from backend.errors import StudioError
 from backend.images import Picture, open_image
 from backend.request import Request, non_finite
 from studio.a1111 import model_display_name, request_from_a1111, to_a1111
-from studio.atomic import atomic_write
+from studio.files.atomic import atomic_write
 from studio.recipe import Provenance, RecipeError, recipe_from_dict, recipe_to_dict
 
 __all__ = [
@@ -130,7 +130,7 @@ def save_png(
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Atomic write via studio.atomic (a crash leaves the old file or the new); errors as ExportError."""
+    """Write through studio.files.atomic (a crash leaves the old or the new file); ExportError on failure."""
     try:
         atomic_write(path, write)
     except OSError as exc:

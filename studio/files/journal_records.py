@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from backend import strict_json
-from studio.archive import ProjectError
 from studio.document import (
     AddLayer,
     Command,
@@ -32,6 +31,7 @@ from studio.document import (
     RemoveLayer,
     SetLayerProps,
 )
+from studio.files.archive import ProjectError
 
 MAGIC = b"SJR1"
 _FRAME = struct.Struct("<4sIQI")  # magic, JSON length, payload length, CRC-32 of JSON + payload
@@ -208,7 +208,7 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
         elif op == "active":
             pass  # the layer the person chose: set below, like every record's "active"
         elif op == "saving":
-            pass  # a save began here (see `studio.journal.recover`); it changes nothing by itself
+            pass  # a save began here (see `studio.files.journal.recover`); it changes nothing by itself
         else:
             raise ProjectError(f"the recovery journal holds an unknown operation {op!r}")
     except (KeyError, IndexError, TypeError, ValueError) as exc:

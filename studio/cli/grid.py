@@ -15,8 +15,8 @@ from backend.events import Done
 from backend.grids import MAX_CELLS, Grid, parse_grid, seed_grid, variation_grid
 from backend.images import Picture
 from backend.request import MAX_SEED, Request
+from studio.files.pngmeta import save_png
 from studio.grid_sheet import labelled_sheet
-from studio.pngmeta import save_png
 from studio.recipe import Provenance
 
 Lineage = Callable[[Picture, Request], Provenance]

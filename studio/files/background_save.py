@@ -17,8 +17,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from backend.errors import StudioError
+from studio.files.project import ProjectData, keep_original, save_project
 from studio.history import SavePoint
-from studio.project import ProjectData, keep_original, save_project
 
 
 @dataclass(frozen=True)

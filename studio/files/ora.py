@@ -3,7 +3,7 @@
 An .ora file is a zip: `mimetype` ("image/openraster", first and uncompressed), `stack.xml` listing the
 layers top first with name, opacity and visibility, one PNG per layer under `data/`, `mergedimage.png`
 (the flattened picture) and `Thumbnails/thumbnail.png` (at most 256 pixels a side). PNG-in-zip reading
-and writing is shared with the project format (`studio.archive`), with the same safety checks.
+and writing is shared with the project format (`studio.files.archive`), with the same safety checks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from backend.errors import StudioError
-from studio.archive import (
+from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
+from studio.files.archive import (
     DecodeBudget,
     ProjectError,
     loading,
@@ -30,8 +31,7 @@ from studio.archive import (
     write_png,
     write_text,
 )
-from studio.atomic import atomic_write
-from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
+from studio.files.atomic import atomic_write
 
 MIMETYPE = "image/openraster"
 MAX_STACK_BYTES = 4 * 1024 * 1024
