@@ -57,7 +57,7 @@ def test_a_folder_chosen_while_another_is_read_wins(make_window, qtbot, tmp_path
     window.session.model.set(model=str(second))
     qtbot.waitUntil(lambda: len(sliders.reference_sliders) == 2)
     # The first folder's answer arriving late must not replace the second folder's rows.
-    sliders._references_listed((str(first), [f"texture{i}" for i in range(5)], ""), None)
+    sliders._references_listed((str(first), [f"texture{i}" for i in range(5)], "", []), None)
     assert list(sliders.reference_sliders) == ["texture0", "texture1"]
 
 
