@@ -27,6 +27,7 @@ from backend.models import (
     ALLOW_PICKLE_HINT,
     PICKLE_SUFFIXES,
     ModelInfo,
+    hub_snapshots,
     pickle_to_safetensors,
     read_safetensors_keys,
     short_error,
@@ -101,20 +102,10 @@ def _scan(place: Path, depth: int, every_file: bool) -> list[ModelInfo]:
 
 
 def _scan_hub(hub_cache: str | Path | None) -> list[ModelInfo]:
-    from huggingface_hub import scan_cache_dir
-
-    try:
-        cache = scan_cache_dir(hub_cache)
-    except Exception:  # no cache yet, or an unreadable one: nothing to list
-        return []
-    out = []
-    for repo in sorted(cache.repos, key=lambda r: r.repo_id):
-        if repo.repo_type == "model":
-            for revision in repo.revisions:
-                if _is_controlnet_folder(Path(revision.snapshot_path)):
-                    out.append(ModelInfo(repo.repo_id, str(revision.snapshot_path), "hub"))
-                    break
-    return out
+    return [
+        ModelInfo(repo_id, str(snapshot), "hub")
+        for repo_id, snapshot in hub_snapshots(hub_cache, _is_controlnet_folder)
+    ]
 
 
 # --- Loading -----------------------------------------------------------------------------------------------

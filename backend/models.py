@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -504,20 +505,31 @@ def _scan_folder(place: Path, depth: int = 2) -> list[ModelInfo]:
     return out
 
 
-def _scan_hub_cache(hub_cache: str | Path | None) -> list[ModelInfo]:
+def hub_snapshots(hub_cache: str | Path | None, wanted: Callable[[Path], bool]) -> list[tuple[str, Path]]:
+    """(repo id, snapshot folder) of each model repo in the HF cache with a revision `wanted` accepts
+    (the first such revision), sorted by repo id; [] without a readable cache."""
     from huggingface_hub import scan_cache_dir
 
     try:
         cache = scan_cache_dir(hub_cache)
     except Exception:  # no cache yet, or an unreadable one: nothing to list
         return []
-    out = []
+    found = []
     for repo in sorted(cache.repos, key=lambda r: r.repo_id):
         if repo.repo_type != "model":
             continue
-        for revision in repo.revisions:
-            if (Path(revision.snapshot_path) / "model_index.json").is_file():
-                snapshot = str(revision.snapshot_path)
-                out.append(ModelInfo(repo.repo_id, snapshot, "hub", licence=model_licence(snapshot)))
-                break
-    return out
+        snapshot = next(
+            (Path(r.snapshot_path) for r in repo.revisions if wanted(Path(r.snapshot_path))), None
+        )
+        if snapshot is not None:
+            found.append((repo.repo_id, snapshot))
+    return found
+
+
+def _scan_hub_cache(hub_cache: str | Path | None) -> list[ModelInfo]:
+    return [
+        ModelInfo(repo_id, str(snapshot), "hub", licence=model_licence(str(snapshot)))
+        for repo_id, snapshot in hub_snapshots(
+            hub_cache, lambda folder: (folder / "model_index.json").is_file()
+        )
+    ]

@@ -30,49 +30,17 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 import numpy as np  # noqa: E402
 from bench_projects import painted  # noqa: E402
 from machine import describe, provenance  # noqa: E402
-from PySide6.QtCore import QEvent, QEventLoop, QObject, QPointF, Qt, QTimer, Slot  # noqa: E402
+from PySide6.QtCore import QEvent, QEventLoop, QPointF, Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QMouseEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from studio.compositing import Compositor, composite  # noqa: E402
 from studio.document import Document, Layer  # noqa: E402
+from ui.app import StallMeter  # noqa: E402
 
 OUT = Path(__file__).with_name("GUI.md")
 SECTIONS = ("composite", "stroke", "live", "save", "paint")
 Row = tuple[str, str, str]
-
-
-class Gaps(QObject):
-    """Every gap of the GUI event loop beyond a 5 ms timer's interval, while running."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gaps: list[float] = []
-        self._last = 0.0
-        self._timer = QTimer(self)
-        self._timer.setInterval(5)
-        self._timer.setTimerType(Qt.TimerType.PreciseTimer)
-        self._timer.timeout.connect(self._tick)
-
-    def start(self) -> None:
-        self.gaps.clear()
-        self._last = time.perf_counter()
-        self._timer.start()
-
-    def stop(self) -> None:
-        self._timer.stop()
-
-    @Slot()
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        self.gaps.append(max(0.0, now - self._last - 0.005))
-        self._last = now
-
-    def worst(self) -> float:
-        return max(self.gaps, default=0.0)
-
-    def over(self, limit_s: float) -> int:
-        return sum(1 for g in self.gaps if g > limit_s)
 
 
 def load() -> str:
@@ -250,11 +218,11 @@ def bench_live(moves: int = 1000) -> list[Row]:
     runs.set_live(True)
     slider = window.slider_panel.locality.slider
     low, high = slider.minimum(), slider.maximum()
-    gaps = Gaps()
+    gaps = StallMeter()
     gaps.start()  # a control: the same window doing nothing, to show what the machine's load alone does
     run_for(5.0)
     gaps.stop()
-    idle = gaps.worst()
+    idle = gaps.max_gap_s
     done = {"moves": 0}
     loop = QEventLoop()
 
@@ -284,7 +252,7 @@ def bench_live(moves: int = 1000) -> list[Row]:
     return [
         (
             f"Live drag at 256², {moves} moves every 16 ms (patch engine): longest GUI stall",
-            ms(gaps.worst()),
+            ms(gaps.max_gap_s),
             "target ≤ 30 ms at load ≤ 2",
         ),
         ("… the same window idle for 5 s before the drag (control): longest stall", ms(idle), "load alone"),
@@ -310,7 +278,7 @@ def bench_save() -> list[Row]:
     window.show()
     QApplication.processEvents()
     actions = window.project_actions
-    gaps = Gaps()
+    gaps = StallMeter()
     worst, took = [], []
     for i in range(3):
         session.document.paint(session.document.layers[1].id, i, i, np.full((8, 8, 4), 9 + i, np.uint8))
@@ -320,7 +288,7 @@ def bench_save() -> list[Row]:
         wait_for(actions.saver.finished, 120)
         took.append(time.perf_counter() - start)
         gaps.stop()
-        worst.append(gaps.worst())
+        worst.append(gaps.max_gap_s)
     sync = best_of(lambda: actions.save_to(folder / "bench-sync.studio"), 2)
     window.close()
     session.shutdown(10)

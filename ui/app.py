@@ -31,11 +31,12 @@ DEMO_PROMPT = "hammered gold"
 
 
 class StallMeter(QObject):
-    """The longest the GUI event loop went without running a 5 ms timer: how long the window froze."""
+    """How long the GUI event loop went without running a 5 ms timer: every gap beyond the interval while
+    measuring (`gaps`, seconds), and the longest of them (how long the window froze)."""
 
     def __init__(self, interval_ms: int = 5) -> None:
         super().__init__()
-        self.max_gap_s = 0.0
+        self.gaps: list[float] = []
         self.interval_s = interval_ms / 1000
         self._last = time.perf_counter()
         self._timer = QTimer(self)
@@ -44,7 +45,8 @@ class StallMeter(QObject):
         self._timer.timeout.connect(self._tick)
 
     def start(self) -> None:
-        """Start measuring from now."""
+        """Start measuring from now, forgetting earlier gaps."""
+        self.gaps.clear()
         self._last = time.perf_counter()
         self._timer.start()
 
@@ -55,13 +57,22 @@ class StallMeter(QObject):
     @Slot()
     def _tick(self) -> None:
         now = time.perf_counter()
-        self.max_gap_s = max(self.max_gap_s, now - self._last - self.interval_s)
+        self.gaps.append(max(0.0, now - self._last - self.interval_s))
         self._last = now
+
+    @property
+    def max_gap_s(self) -> float:
+        """The longest gap, in seconds."""
+        return max(self.gaps, default=0.0)
 
     @property
     def max_stall_ms(self) -> int:
         """The longest stall beyond the timer's own interval, in milliseconds."""
-        return round(max(self.max_gap_s, 0.0) * 1000)
+        return round(self.max_gap_s * 1000)
+
+    def over(self, limit_s: float) -> int:
+        """How many gaps were longer than `limit_s`."""
+        return sum(1 for g in self.gaps if g > limit_s)
 
 
 class AfterFirstPaint(QObject):
