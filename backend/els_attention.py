@@ -365,11 +365,10 @@ def patch_attention(
                 weights[:, band.start : band.stop, qx.start : qx.stop] = per_ref.reshape(
                     n, len(band), len(qx)
                 )
-    if corners:
-        same = local_score(x_t, refs, a, b, k, False, log_prior, key_mask)
-        for r in corners:
-            window = (slice(None), slice(r.ys.start, r.ys.stop), slice(r.xs.start, r.xs.stop))
-            x0[window], weights[window] = same.x0[window], same.ref_weights[window]  # type: ignore[index]
+    for r in corners:
+        same = local_score(x_t, refs, a, b, k, False, log_prior, key_mask, window=(r.ys, r.xs))
+        window = (slice(None), slice(r.ys.start, r.ys.stop), slice(r.xs.start, r.xs.stop))
+        x0[window], weights[window] = same.x0, same.ref_weights  # type: ignore[assignment]
     x0, weights = x0[:, first:stop], weights[:, first:stop]
     return Estimate(x0, weights if pixel_weights else None, weights.mean((1, 2)))
 
@@ -437,16 +436,42 @@ def local_score(
     circular: bool,
     log_prior: torch.Tensor,
     key_mask: torch.Tensor | None = None,
+    window: tuple[range, range] | None = None,
 ) -> Estimate:
     """Each pixel against the patch at its own position in every reference, padded like the image.
 
     The LS machine of the paper, and the border rule's answer for pixels near two edges (corners).
     `log_prior` is N or N×H×W; `key_mask` (N×H×W bool) shuts a reference out where it is False.
+    `window` (ys, xs) estimates only those pixels (C×rows×cols): the corners of a big image need only
+    their own neighbourhood, not N float64 copies of the whole image.
     """
-    diff = (x_t[None] - a * refs).pow(2).sum(1)  # N×H×W
-    dist = box_sum(pad_image(diff, (k - 1) // 2, circular), k)
-    logits = -dist / (2 * b * b) + (log_prior if log_prior.dim() == 3 else log_prior[:, None, None])
+    h, w = x_t.shape[-2:]
+    ys, xs = window if window is not None else (range(h), range(w))
+    dist = box_sum(_window_distances(x_t, refs, a, ys, xs, (k - 1) // 2, circular), k)  # N×rows×cols
+    prior = (
+        log_prior[:, None, None]
+        if log_prior.dim() == 1
+        else log_prior[:, ys.start : ys.stop, xs.start : xs.stop]
+    )
+    logits = -dist / (2 * b * b) + prior
     if key_mask is not None:
-        logits = logits.masked_fill(~key_mask, EXCLUDED)
+        logits = logits.masked_fill(~key_mask[:, ys.start : ys.stop, xs.start : xs.stop], EXCLUDED)
     weights = torch.softmax(logits, dim=0)
-    return Estimate(torch.einsum("nhw,nchw->chw", weights, refs), weights, weights.mean((1, 2)))
+    values = refs[:, :, ys.start : ys.stop, xs.start : xs.stop]
+    return Estimate(torch.einsum("nhw,nchw->chw", weights, values), weights, weights.mean((1, 2)))
+
+
+def _window_distances(
+    x: torch.Tensor, refs: torch.Tensor, a: float, ys: range, xs: range, pad: int, circular: bool
+) -> torch.Tensor:
+    """‖x − a·ref‖² per pixel (N × rows × cols) over rows ys and columns xs widened by `pad` on each side,
+    padded like the image: zeros past an edge (both sides are zero there), or wrapped when circular."""
+    h, w = x.shape[-2:]
+    if circular:
+        rows = torch.arange(ys.start - pad, ys.stop + pad, device=x.device) % h
+        cols = torch.arange(xs.start - pad, xs.stop + pad, device=x.device) % w
+        return (x[None] - a * refs).pow(2).sum(1)[:, rows][:, :, cols]
+    y0, y1 = max(0, ys.start - pad), min(h, ys.stop + pad)
+    x0, x1 = max(0, xs.start - pad), min(w, xs.stop + pad)
+    inside = (x[None, :, y0:y1, x0:x1] - a * refs[:, :, y0:y1, x0:x1]).pow(2).sum(1)
+    return F.pad(inside, (x0 - xs.start + pad, xs.stop + pad - x1, y0 - ys.start + pad, ys.stop + pad - y1))

@@ -331,14 +331,14 @@ def fast_patch_attention(
             _edge_band(
                 region, padded_x, padded_refs, refs, a, space, axes, split, total, generator, key_mask, run
             )
-    same = local_score(x_t, refs, a, b, k, False, log_prior, key_mask) if corners else None
     for region in corners:
-        assert same is not None and same.ref_weights is not None
+        same = local_score(x_t, refs, a, b, k, False, log_prior, key_mask, window=(region.ys, region.xs))
+        assert same.ref_weights is not None
         window = (slice(None), slice(region.ys.start, region.ys.stop), slice(region.xs.start, region.xs.stop))
-        x0[window] = same.x0[window]
+        x0[window] = same.x0
         if weights is not None:
-            weights[window] = same.ref_weights[window]
-        share_sum.add_(same.ref_weights[window].sum((1, 2)))
+            weights[window] = same.ref_weights
+        share_sum.add_(same.ref_weights.sum((1, 2)))
     return Estimate(x0, weights, share_sum / (h * w))
 
 
