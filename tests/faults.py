@@ -12,7 +12,7 @@ tests and passed, with the machine and its load in the header:
 
     STUDIO_FAULTS=write .venv/bin/python -m pytest -q tests/test_project.py tests/test_hostile_basics.py \
         tests/test_hostile_inputs.py tests/test_large_documents.py tests/test_crash_safety.py \
-        tests/test_fuzz_containers.py
+        tests/test_fuzz_containers.py tests/test_fuzz_journal.py
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ MODULES = (
     "test_hostile_inputs",
     "test_crash_safety",
     "test_fuzz_containers",
+    "test_fuzz_journal",
 )
 
 _rows: dict[tuple[str, str], tuple[str, int, Any]] = {}

@@ -26,9 +26,8 @@ from studio.files.archive import ProjectError
 from studio.files.atomic import fsync_directory
 from studio.files.journal_records import Record, apply_record, decode_all
 from studio.files.ora import import_ora
-from studio.files.project import ProjectData, load_project, project_save_id
+from studio.files.project import ProjectData, load_project, project_save_id, result_from_entry
 from studio.gallery import Result
-from studio.recipe import recipe_from_dict
 
 try:
     import fcntl
@@ -233,30 +232,26 @@ def recover(recovery: Recovery | str | Path) -> ProjectData:
         doc.layers,
         doc.mask,
         doc.active_id,
-        [_result(v) for v in results.values()],
+        [_result(v, path.name) for v in results.values()],
         history,
         save_id="",
         notes=data.notes,
     )
 
 
-def _result(value: Result | tuple) -> Result:
+def _result(value: Result | tuple, label: str) -> Result:
     if isinstance(value, Result):
         return value
     entry, arrays = value
-    recipe = recipe_from_dict(entry["recipe"])
-    return Result(
-        image=arrays[0],
-        request=recipe.request,
-        extras=recipe.extras,
-        parents=tuple(entry.get("parents", ())),
-        painted=bool(entry.get("painted", False)),
-        id=str(entry["id"]),
-        created=float(entry.get("created", 0.0)),
-        attribution=arrays[1] if len(arrays) > 1 else None,
-        group=str(entry["group"]) if isinstance(entry.get("group"), str) else None,
-        cells=tuple(str(c) for c in entry.get("cells", ()) if isinstance(c, str)),
-    )
+    image = arrays[0] if arrays else None
+    if image is None or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or not image.size:
+        raise ProjectError(f"{label}: a gallery result in the journal has no RGB image")
+    attribution = arrays[1] if len(arrays) > 1 else None
+    if attribution is not None and (
+        attribution.ndim not in (2, 3) or attribution.shape[:2] != image.shape[:2]
+    ):
+        raise ProjectError(f"{label}: a gallery result's attribution map does not fit its image")
+    return result_from_entry(entry, image, attribution, "a gallery result in the journal", label)
 
 
 def discard_recovery(recovery: Recovery) -> None:

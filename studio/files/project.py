@@ -407,17 +407,29 @@ def _read(archive: Any, m: dict[str, Any], label: str, max_pixels: int = MAX_CAN
 def _read_result(archive: Any, entry: Any, i: int, label: str) -> Result:
     what = f"gallery entry {i + 1}"
     _want(entry, dict, what, label)
-    result_id = _want(entry.get("id"), str, f"{what}'s id", label)
-    recipe = recipe_from_dict(entry.get("recipe"))
-    parents = _want(entry.get("parents", []), list, f"{what}'s parents", label)
-    if not all(isinstance(p, str) for p in parents):
-        raise ProjectError(f"{label}: {what}'s parents should be a list of ids")
     image = read_png(archive, _want(entry.get("image"), str, f"{what}'s image", label), "RGB")
     attribution = None
     attr_name = entry.get("attribution")
     if attr_name is not None:
         attr_name = _want(attr_name, str, f"{what}'s attribution", label)
         attribution = _read_array(archive, attr_name, label, image.shape[:2])
+    return result_from_entry(entry, image, attribution, what, label)
+
+
+def result_from_entry(
+    entry: Any, image: np.ndarray, attribution: np.ndarray | None, what: str, label: str
+) -> Result:
+    """A gallery result from its manifest entry (`result_to_json`), every field checked, and its pixels
+    (read by the caller: from a project's members, or a journal record's arrays). Raises ProjectError."""
+    _want(entry, dict, what, label)
+    result_id = _want(entry.get("id"), str, f"{what}'s id", label)
+    try:
+        recipe = recipe_from_dict(entry.get("recipe"))
+    except StudioError as exc:
+        raise ProjectError(f"{label}: {what}'s recipe: {exc}") from None
+    parents = _want(entry.get("parents", []), list, f"{what}'s parents", label)
+    if not all(isinstance(p, str) for p in parents):
+        raise ProjectError(f"{label}: {what}'s parents should be a list of ids")
     return Result(
         image=image,
         request=recipe.request if isinstance(recipe.request, Request) else Request(),
