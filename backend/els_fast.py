@@ -312,11 +312,10 @@ def fast_patch_attention(
             owner, index = (t.to(x_t.device) for t in sample_positions(counts, allowed, generator))
             ys, xs = ky.start + index // len(kx), kx.start + index % len(kx)
             keys = patch_features(_gather(padded_refs, owner, ys, xs, k, k), space)
-            if dims is not None and axes is None:
-                # Twice the axes at high noise, where wide patches keep many frequencies: one axis set
-                # for all noise levels cost 0.037 → 0.043 mean error (tests/test_patch_fast.py); this
-                # keeps it at 0.038 and most of the speed (128², 12 steps: 11.6 → 9.8 s CPU).
-                axes = principal_axes(keys, dims if a > b else 2 * dims)
+            if dims is not None and axes is None and a > b:
+                # Only at low noise: 64 axes at high noise too (55ccc55) made frames (the outer ring
+                # stepped more than any ring inside: tests/test_patch_quality.py, jewelry seed 1).
+                axes = principal_axes(keys, dims)
             block = _block(project(keys, axes), a, refs[owner, :, ys, xs], owner, counts, positions)
             rows = max(1, CHUNK // (space.dims * len(region.xs)))
             for y0 in range(region.ys.start, region.ys.stop, rows):
@@ -371,8 +370,13 @@ def _edge_band(
         t.to(refs.device) for t in sample_positions(counts, [torch.arange(len(along))] * n, generator)
     )
     pos = along.start + index
-    strip = _strip(padded_refs, owner, pos, band.start, len(band) + k - 1, k, transposed=not rows_own)
-    keys = strip_features(strip, space, transposed=not rows_own, axes=axes)  # len(band) × M × d
+    # Only the strip's rows inside the reference are gathered: past its edge the padding is zeros.
+    pad, side = (k - 1) // 2, padded_refs.shape[1 if rows_own else 2] - (k - 1)
+    first, stop = max(band.start, pad), min(band.stop + k - 1, pad + side)
+    strip = _strip(padded_refs, owner, pos, first, stop - first, k, transposed=not rows_own)
+    keys = strip_features(
+        strip, space, transposed=not rows_own, axes=axes, rows=len(band), first=first - band.start
+    )
     queries = image_features(padded_x, space, region.ys, region.xs, axes)  # rows × d × cols
     for offset, line in enumerate(band):
         if rows_own:
@@ -417,42 +421,57 @@ def _strip(
 
 
 def strip_features(
-    strip: torch.Tensor, space: FeatureSpace, transposed: bool = False, axes: torch.Tensor | None = None
+    strip: torch.Tensor,
+    space: FeatureSpace,
+    transposed: bool = False,
+    axes: torch.Tensor | None = None,
+    rows: int | None = None,
+    first: int = 0,
 ) -> torch.Tensor:
     """Features of every k×k window down a strip M × (L+k−1) × C × k (see `_strip`): L × M × D.
 
     Separable like `image_features`: a pass across the strip (its k columns), laid out as rows ×
-    frequencies × keys, then one down it as a single strided matrix product over each window of k rows.
-    With `axes` (D×d) the projection is folded into that pass (L × M × d). `transposed`: the strip was
-    taken with rows and columns swapped, so its frequencies swap back to the order of `patch_features`.
+    frequencies × keys, then one down it as a matrix product over each window of k rows. With `axes`
+    (D×d) the projection is folded into that pass (L × M × d). `transposed`: the strip was taken with
+    rows and columns swapped, so its frequencies swap back to the order of `patch_features`. `strip`
+    may hold only rows first…first+len of the strip (the rest zeros: padding past a reference's edge,
+    neither gathered nor multiplied); `rows` is then L. One product per window: a batched product over
+    overlapping strided windows made torch copy them all (rows × k·f × M floats) first.
     """
     k = space.k
-    length, m = strip.shape[1], strip.shape[0]
-    rows = length - k + 1
+    m, held = strip.shape[0], strip.shape[1]
+    rows = held - k + 1 if rows is None else rows
     luma, chroma = space.bases(strip)
+    if axes is None:  # only small patches: the zero rows back in place, every window in one product
+        strip = F.pad(strip, (0, 0, 0, 0, first, rows + k - 1 - first - held))
     out: torch.Tensor | None = None
     pieces = []
     offset = 0
     for channel in range(strip.shape[2]):
         basis = luma if channel == 0 else chroma
         f = basis.shape[0]
-        across = torch.matmul(strip[:, :, channel], basis.T).permute(1, 2, 0).contiguous()  # length × f × M
-        coef = axes[offset : offset + f * f].reshape(f, f, -1) if axes is not None else None
-        offset += f * f
-        if coef is None:
+        across = torch.matmul(strip[:, :, channel], basis.T).permute(1, 2, 0).contiguous()  # held × f × M
+        if axes is None:
             windows = across.as_strided((rows, k, f * m), (f * m, f * m, 1))
             part = torch.matmul(basis, windows).reshape(rows, f, f, m)  # down-frequency, across, keys
             if transposed:
                 part = part.transpose(1, 2)
             pieces.append(part.reshape(rows, f * f, m))
             continue
+        coef = axes[offset : offset + f * f].reshape(f, f, -1)
+        offset += f * f
         if transposed:
             coef = coef.transpose(0, 1)
         # Σ_e coef[e, q, d]·basis[e, y]: one d × (k·f) matrix for the pass down the strip.
         fold = torch.einsum("eqd,ey->dyq", coef, basis).reshape(coef.shape[2], k * f)
-        windows = across.as_strided((rows, k * f, m), (f * m, m, 1))
-        part = torch.matmul(fold, windows)  # rows × d × M
-        out = part if out is None else out.add_(part)
+        if out is None:
+            out = strip.new_zeros(rows, coef.shape[2], m)
+        flat = across.reshape(held * f, m)
+        for row in range(rows):  # the window's rows that hold image: [lo, hi) of the strip
+            lo, hi = max(row, first), min(row + k, first + held)
+            if hi > lo:
+                part = fold[:, (lo - row) * f : (hi - row) * f] @ flat[(lo - first) * f : (hi - first) * f]
+                out[row] += part
     if out is None:
         out = torch.cat(pieces, 1)
     return out.transpose(1, 2)

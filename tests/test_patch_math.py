@@ -305,3 +305,21 @@ def test_edge_strip_features_equal_each_window_gathered_on_its_own(transposed, w
         expected = patch_features(windows, space)
         expected = expected if axes is None else expected @ axes
         assert torch.allclose(out[row], expected, atol=1e-4)
+
+
+def test_edge_strip_features_skip_the_zero_rows_past_an_edge():
+    # The edge bands gather only a strip's rows inside the reference; the windows' other rows are the
+    # zero padding, so the features must equal those of the whole strip with those rows zero.
+    from backend.els_fast import strip_features
+
+    k, rows, first, held = 7, 5, 2, 6
+    g = torch.Generator().manual_seed(7)
+    strip = torch.zeros(3, rows + k - 1, 3, k)
+    strip[:, first : first + held] = torch.randn(3, held, 3, k, generator=g)
+    space = els.FeatureSpace.for_patch(k, freqs=5, chroma_freqs=3)
+    axes = torch.linalg.qr(torch.randn(space.dims, 6, generator=g)).Q
+    for transposed, with_axes in ((False, True), (True, True), (False, False)):
+        use = axes if with_axes else None
+        whole = strip_features(strip, space, transposed, use)
+        part = strip_features(strip[:, first : first + held], space, transposed, use, rows=rows, first=first)
+        assert torch.allclose(part, whole, atol=1e-5)
