@@ -51,6 +51,8 @@ CHUNK = 1 << 22
 # Logits per step the default key budget aims at (`key_budget`): 8192 keys for a 128² image.
 LOGITS_PER_STEP = 1 << 27
 FEWEST_KEYS = 2048
+# Principal axes kept at high noise (a ≤ b), where patches are widest (see fast_patch_attention).
+HIGH_NOISE_DIMS = 128
 
 
 def to_opponent(x: torch.Tensor) -> torch.Tensor:
@@ -312,10 +314,11 @@ def fast_patch_attention(
             owner, index = (t.to(x_t.device) for t in sample_positions(counts, allowed, generator))
             ys, xs = ky.start + index // len(kx), kx.start + index % len(kx)
             keys = patch_features(_gather(padded_refs, owner, ys, xs, k, k), space)
-            if dims is not None and axes is None and a > b:
-                # Only at low noise: 64 axes at high noise too (55ccc55) made frames (the outer ring
-                # stepped more than any ring inside: tests/test_patch_quality.py, jewelry seed 1).
-                axes = principal_axes(keys, dims)
+            if dims is not None and axes is None:
+                # At high noise wide patches keep ~800 frequency dims; 64 axes there (55ccc55) made
+                # frames (tests/test_patch_quality.py, jewelry seed 1: outer ring 0.034 > 0.031),
+                # none held them all in the edge bands (128² peak 0.44 → 0.59 GB); 96 and 128 pass.
+                axes = principal_axes(keys, dims if a > b else HIGH_NOISE_DIMS)
             block = _block(project(keys, axes), a, refs[owner, :, ys, xs], owner, counts, positions)
             rows = max(1, CHUNK // (space.dims * len(region.xs)))
             for y0 in range(region.ys.start, region.ys.stop, rows):
