@@ -60,6 +60,23 @@ def to_opponent(x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("dc,bchw->bdhw", OPPONENT.to(x), x)
 
 
+def opponent_padded(refs: torch.Tensor, pad: int, circular: bool) -> torch.Tensor:
+    """References (N×3×H×W) in opponent colours, channels last and padded by `pad` like the image.
+
+    One product straight into channels-last, copied into a zeroed frame: the einsum, pad and permute
+    it replaces cost 2.8× as much at 256² (32 references), every step.
+    """
+    n, c, h, w = refs.shape
+    turned = refs.permute(0, 2, 3, 1) @ OPPONENT.T.to(refs)  # N×H×W×3
+    if circular:
+        ys = torch.arange(-pad, h + pad, device=refs.device) % h
+        xs = torch.arange(-pad, w + pad, device=refs.device) % w
+        return turned[:, ys][:, :, xs]
+    out = refs.new_zeros(n, h + 2 * pad, w + 2 * pad, c)
+    out[:, pad : pad + h, pad : pad + w] = turned
+    return out
+
+
 def cosine_basis(k: int, f: int) -> torch.Tensor:
     """The f lowest orthonormal DCT-II vectors over k taps (f×k)."""
     n = torch.arange(k, dtype=torch.float64)
@@ -273,7 +290,7 @@ def fast_patch_attention(
     space = FeatureSpace.for_patch(k, freqs, chroma_freqs)
     pad = (k - 1) // 2
     padded_x = pad_image(to_opponent(x_t[None])[0], pad, borders != "paper")
-    padded_refs = pad_image(to_opponent(refs), pad, borders == "wrap").permute(0, 2, 3, 1).contiguous()
+    padded_refs = opponent_padded(refs, pad, borders == "wrap")
     total = max(n, min(max_keys, max_gather // (c * k * k)))
     split = torch.ones(n) if shares is None else shares.float().cpu()
     x0 = torch.empty(c, h, w, dtype=x_t.dtype, device=x_t.device)

@@ -323,3 +323,12 @@ def test_edge_strip_features_skip_the_zero_rows_past_an_edge():
         whole = strip_features(strip, space, transposed, use)
         part = strip_features(strip[:, first : first + held], space, transposed, use, rows=rows, first=first)
         assert torch.allclose(part, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_opponent_padded_references_equal_rotating_then_padding(circular):
+    from backend.els_fast import opponent_padded
+
+    refs = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    expected = els.pad_image(els.to_opponent(refs), 4, circular).permute(0, 2, 3, 1)
+    assert torch.allclose(opponent_padded(refs, 4, circular), expected, atol=1e-6)
