@@ -68,6 +68,8 @@ def opponent_padded(refs: torch.Tensor, pad: int, circular: bool) -> torch.Tenso
     """
     n, c, h, w = refs.shape
     turned = refs.permute(0, 2, 3, 1) @ OPPONENT.T.to(refs)  # N×H×W×3
+    if pad == 0:
+        return turned
     if circular:
         ys = torch.arange(-pad, h + pad, device=refs.device) % h
         xs = torch.arange(-pad, w + pad, device=refs.device) % w
@@ -290,7 +292,11 @@ def fast_patch_attention(
     space = FeatureSpace.for_patch(k, freqs, chroma_freqs)
     pad = (k - 1) // 2
     padded_x = pad_image(to_opponent(x_t[None])[0], pad, borders != "paper")
-    padded_refs = opponent_padded(refs, pad, borders == "wrap")
+    # Only wrapped keys reach past a reference's edge; every other key window lies inside it (the edge
+    # bands gather only their rows inside), so the references need no padded copy: `at` moves a
+    # position in padded coordinates to theirs.
+    wrap = borders == "wrap"
+    padded_refs, at = opponent_padded(refs, pad if wrap else 0, wrap), 0 if wrap else -pad
     total = max(n, min(max_keys, max_gather // (c * k * k)))
     split = torch.ones(n) if shares is None else shares.float().cpu()
     x0 = torch.empty(c, h, w, dtype=x_t.dtype, device=x_t.device)
@@ -330,7 +336,7 @@ def fast_patch_attention(
             counts = key_counts(split, total, positions)
             owner, index = (t.to(x_t.device) for t in sample_positions(counts, allowed, generator))
             ys, xs = ky.start + index // len(kx), kx.start + index % len(kx)
-            keys = patch_features(_gather(padded_refs, owner, ys, xs, k, k), space)
+            keys = patch_features(_gather(padded_refs, owner, ys + at, xs + at, k, k), space)
             if dims is not None and axes is None:
                 # At high noise wide patches keep ~800 frequency dims; 64 axes there (55ccc55) made
                 # frames (tests/test_patch_quality.py, jewelry seed 1: outer ring 0.034 > 0.031),
@@ -348,7 +354,19 @@ def fast_patch_attention(
                 )
         else:
             _edge_band(
-                region, padded_x, padded_refs, refs, a, space, axes, split, total, generator, key_mask, run
+                region,
+                padded_x,
+                padded_refs,
+                at,
+                refs,
+                a,
+                space,
+                axes,
+                split,
+                total,
+                generator,
+                key_mask,
+                run,
             )
     for region in corners:
         same = local_score(x_t, refs, a, b, k, False, log_prior, key_mask, window=(region.ys, region.xs))
@@ -365,6 +383,7 @@ def _edge_band(
     region: Region,
     padded_x: torch.Tensor,
     padded_refs: torch.Tensor,
+    at: int,
     refs: torch.Tensor,
     a: float,
     space: FeatureSpace,
@@ -379,6 +398,7 @@ def _edge_band(
 
     One sample of positions along the edge serves every row of the band: the strip of references they
     span is gathered once and its features taken for all rows together, separably, like the queries'.
+    `padded_refs` (channels last) holds a position p of the padded references at p + at.
     """
     n, k = refs.shape[0], space.k
     rows_own = region.key_ys is None
@@ -391,9 +411,9 @@ def _edge_band(
     )
     pos = along.start + index
     # Only the strip's rows inside the reference are gathered: past its edge the padding is zeros.
-    pad, side = (k - 1) // 2, padded_refs.shape[1 if rows_own else 2] - (k - 1)
+    pad, side = (k - 1) // 2, refs.shape[2 if rows_own else 3]
     first, stop = max(band.start, pad), min(band.stop + k - 1, pad + side)
-    strip = _strip(padded_refs, owner, pos, first, stop - first, k, transposed=not rows_own)
+    strip = _strip(padded_refs, owner, pos + at, first + at, stop - first, k, transposed=not rows_own)
     keys = strip_features(
         strip, space, transposed=not rows_own, axes=axes, rows=len(band), first=first - band.start
     )
