@@ -11,8 +11,14 @@ same for the same reason).
 from __future__ import annotations
 
 import gc
+import time
 
 from PySide6.QtCore import QObject, QTimer, Slot
+
+# Python runs a full collection only when the objects waiting in the oldest generation reach a quarter of
+# those already there, which a timer cannot see; a full pass over what a session holds costs tens of
+# milliseconds or more on the GUI thread, so one runs at most this often and a younger generation otherwise.
+FULL_COLLECTION_EVERY_S = 60.0
 
 
 class GuiThreadCollector(QObject):
@@ -23,6 +29,7 @@ class GuiThreadCollector(QObject):
         self._timer = QTimer(self)
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self.collect_due)
+        self._last_full = time.monotonic()
 
     def start(self) -> None:
         """From now on only this thread collects. Call from the thread that owns the Qt objects."""
@@ -46,11 +53,16 @@ class GuiThreadCollector(QObject):
 
     @Slot()
     def collect_due(self) -> int | None:
-        """Collect the oldest generation past its threshold, as Python would have; None if none is."""
+        """Collect the oldest generation past its threshold, as Python would have, but a full collection
+        at most every FULL_COLLECTION_EVERY_S; the generation collected, or None if none was due."""
         counts, thresholds = gc.get_count(), gc.get_threshold()
         due = [g for g in range(3) if counts[g] > thresholds[g]]
         if not due:
             return None
         generation = due[-1]
+        if generation == 2 and time.monotonic() - self._last_full < FULL_COLLECTION_EVERY_S:
+            generation = 1
         gc.collect(generation)
+        if generation == 2:
+            self._last_full = time.monotonic()
         return generation

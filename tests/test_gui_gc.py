@@ -8,6 +8,9 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
+
+from studio.gui_gc import FULL_COLLECTION_EVERY_S
 
 
 class _Finalised:
@@ -48,6 +51,18 @@ def test_collect_due_runs_the_generation_python_would(gui_thread_collector):
     assert gui_thread_collector.collect_due() == 0
     assert gc.get_count()[0] < threshold0
     del kept
+
+
+def test_full_collections_wait_their_turn(gui_thread_collector, monkeypatch):
+    collected: list[int] = []
+    monkeypatch.setattr(gc, "get_count", lambda: (0, 0, gc.get_threshold()[2] + 1))  # gen 2 is due
+    monkeypatch.setattr(gc, "collect", lambda generation=2: collected.append(generation) or 0)
+    monkeypatch.setattr(gui_thread_collector, "_last_full", time.monotonic())
+    assert gui_thread_collector.collect_due() == 1  # a full pass ran less than a minute ago: a young one
+    monkeypatch.setattr(gui_thread_collector, "_last_full", time.monotonic() - FULL_COLLECTION_EVERY_S - 1)
+    assert gui_thread_collector.collect_due() == 2
+    assert collected == [1, 2]
+    assert gui_thread_collector.collect_due() == 1  # and the next waits again
 
 
 def test_the_app_runs_with_the_collector_and_freezes_what_start_up_made():
