@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from backend.materials import SKETCH
+from backend.sketch_plan import SKETCH
 
 # Distinct colours (Sasha Trubetskoy's 20), one per reference in index order, cycled past 20.
 PALETTE = np.array(

@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from backend.priors import EXCLUDED
+
 Borders = Literal["paper", "wrap", "inside"]
 BORDERS: tuple[Borders, ...] = ("paper", "wrap", "inside")
 # Logits per tile of (keys × queries) processed in one pass: 2**18 floats (1 MiB) stay in a core's L2
@@ -35,9 +37,6 @@ TILE = 1 << 18
 # Below exp(−80) a weight is nothing next to the largest (1), and clamping keeps exp off denormals,
 # which are some 50× slower on x86.
 FLOOR = -80.0
-# A log-prior this low shuts a reference out of a pixel. Finite, so that a pixel every reference is shut
-# out of still has a defined softmax instead of NaN; far below any logit gap a patch distance can make.
-EXCLUDED = -1e4
 
 
 class Cancelled(Exception):

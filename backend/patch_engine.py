@@ -18,13 +18,8 @@ from backend import els_pyramid as pyramid
 from backend.engine import single_image
 from backend.events import Done, Event, StepEvent
 from backend.materials import (
-    SKETCH,
     Source,
-    main_colours,
     painted,
-    palettes,
-    pinned_references,
-    plan_materials,
     recoloured,
     room_for_texture,
     shifted_sketch,
@@ -41,12 +36,13 @@ from backend.references import (
     match_prompt,
 )
 from backend.request import Request
-from backend.sketch import (
-    StructureGuide,
-    context_vote,
-    feather,
-    guide_steps,
-    soft_mask,
+from backend.sketch import StructureGuide, context_vote, feather, guide_steps, soft_mask
+from backend.sketch_plan import (
+    SKETCH,
+    main_colours,
+    palettes,
+    pinned_references,
+    plan_materials,
     structure_size,
 )
 

@@ -24,18 +24,9 @@ import torch.nn.functional as F
 from backend import els
 from backend.els import EXCLUDED
 
-# The low-pass size as a fraction of the image side: 2**(LOW + SPAN·structure), side/32 to side/2. The
-# default 0.5 (side/8) leaves a material's own texture room: at side/16 hammered gold's nuggets, about a
-# tenth of the side, were flattened into streaks.
-STRUCTURE_LOW, STRUCTURE_SPAN = -5.0, 4.0
 # A Gaussian of σ = 0.375·size passes half the power at ILVR's cut-off for down/up-sampling by `size`
 # (1/(2·size) cycles per pixel).
 SIGMA_PER_SIZE = 0.375
-
-
-def structure_size(structure: float, side: int) -> float:
-    """The Structure slider's low-pass size in pixels: side/32 at 0 (exact colours), side/2 at 1."""
-    return side * 2.0 ** (STRUCTURE_LOW + STRUCTURE_SPAN * structure)
 
 
 def lowpass(x: torch.Tensor, size: float, circular: bool = False) -> torch.Tensor:

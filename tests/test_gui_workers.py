@@ -3,6 +3,9 @@ first paint), and the composite (once per paint however many changes came in bet
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -157,3 +160,28 @@ def test_exports_are_written_on_a_worker_from_the_canvas_as_it_was(make_window, 
     width, height, layers = import_ora(ora)
     assert (width, height) == (doc.width, doc.height) and len(layers) == len(doc.layers)
     assert threads[-1] == "studio-export"
+
+
+def test_building_the_window_imports_no_torch(tmp_path):
+    # Importing torch takes about 1.6 s here, on the GUI thread if the window's modules pull it in: the
+    # first paint must not wait for it (the warm-up imports it on a thread after that paint).
+    code = (
+        "import sys\n"
+        "from PySide6.QtWidgets import QApplication\n"
+        "app = QApplication([])\n"
+        "from studio.settings import Settings\n"
+        "from ui.app import build_window\n"
+        "window = build_window(Settings(sys.argv[1]))\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'ray') if m in sys.modules))\n"
+        "window.session.shutdown()\n"
+    )
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "s.ini")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]", proc.stdout

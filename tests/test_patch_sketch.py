@@ -11,19 +11,20 @@ from PIL import Image, ImageFilter
 
 from backend.errors import StudioError
 from backend.images import Picture
-from backend.materials import (
+from backend.materials import room_for_texture
+from backend.patch_engine import PatchEngine
+from backend.references import DEFAULT_FOLDER, load_references, match_prompt
+from backend.request import Request
+from backend.sketch import lowpass
+from backend.sketch_plan import (
     SKETCH,
     SketchColour,
     main_colours,
     oklab,
     palettes,
     plan_materials,
-    room_for_texture,
+    structure_size,
 )
-from backend.patch_engine import PatchEngine
-from backend.references import DEFAULT_FOLDER, load_references, match_prompt
-from backend.request import Request
-from backend.sketch import lowpass, structure_size
 
 S = 64
 CELLS = 16  # the done-when's low-pass: the mean of each 1/16-of-the-side cell

@@ -23,7 +23,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from backend.materials import (
+from backend.references import DEFAULT_FOLDER, ReferenceSet, load_references, match_prompt, selection_summary
+from backend.request import Request
+from backend.sketch_plan import (
     PIN_REACH,
     SKETCH,
     SketchColour,
@@ -32,10 +34,8 @@ from backend.materials import (
     palettes,
     parse_colour,
     plan_materials,
+    structure_size,
 )
-from backend.references import DEFAULT_FOLDER, ReferenceSet, load_references, match_prompt, selection_summary
-from backend.request import Request
-from backend.sketch import structure_size
 from studio.session import Session
 from ui.slider_panel import ValueSlider
 from ui.workers import Call
