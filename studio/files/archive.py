@@ -126,15 +126,21 @@ def open_archive(path: str | Path, what: str) -> zipfile.ZipFile:
     return archive
 
 
-def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
-    """The bytes of one member, read in memory; refuses a missing member or one larger than `limit`."""
+def _member_info(archive: zipfile.ZipFile, name: str) -> tuple[str, zipfile.ZipInfo]:
+    """The archive's file name (for messages) and the entry a member name refers to; refuses a name that
+    could point outside the archive and a missing entry."""
     label = Path(archive.filename or "archive").name
     if not is_safe_member_name(name):
         raise ProjectError(f"{label}: refers to an entry with an unsafe name: {name!r}")
     try:
-        info = archive.getinfo(name)
+        return label, archive.getinfo(name)
     except KeyError:
         raise ProjectError(f"{label}: the entry {name!r} is missing; the file is incomplete") from None
+
+
+def read_member(archive: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of one member, read in memory; refuses a missing member or one larger than `limit`."""
+    label, info = _member_info(archive, name)
     if info.file_size > limit:
         raise ProjectError(f"{label}: entry {name!r} declares {info.file_size} bytes; too large")
     with _member(archive, name) as member:
@@ -158,13 +164,7 @@ def _member(archive: zipfile.ZipFile, name: str) -> Iterator[BinaryIO]:
 
 def png_size(archive: zipfile.ZipFile, name: str) -> tuple[int, int]:
     """Width and height a PNG member declares, from its first 33 bytes (nothing else is read)."""
-    label = Path(archive.filename or "archive").name
-    if not is_safe_member_name(name):
-        raise ProjectError(f"{label}: refers to an entry with an unsafe name: {name!r}")
-    try:
-        archive.getinfo(name)
-    except KeyError:
-        raise ProjectError(f"{label}: the entry {name!r} is missing; the file is incomplete") from None
+    label, _ = _member_info(archive, name)
     with _member(archive, name) as member:
         return _png_header(member.read(8 + 8 + 13 + 4), f"{label}: entry {name!r}")[:2]
 
@@ -193,13 +193,7 @@ def read_png_member(
     compressed pixel data than its width and height can need, more than 16 MB of other chunks, or more
     than 64 KB after IEND.
     """
-    label = Path(archive.filename or "archive").name
-    if not is_safe_member_name(name):
-        raise ProjectError(f"{label}: refers to an entry with an unsafe name: {name!r}")
-    try:
-        archive.getinfo(name)
-    except KeyError:
-        raise ProjectError(f"{label}: the entry {name!r} is missing; the file is incomplete") from None
+    label, _ = _member_info(archive, name)
 
     def refuse(why: str) -> ProjectError:
         return ProjectError(f"{label}: entry {name!r} {why}")
