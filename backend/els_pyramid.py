@@ -18,8 +18,12 @@ import torch.nn.functional as F
 from backend.els import EXCLUDED, alpha_sigma, noise_to
 
 # The smallest level's side: the paper's calibration is for 32² images, where the highest-noise patch
-# (21 px) is still a patch. Each later time in FINER_AT doubles the side the steps after it run at, up to
-# the request's size: 32² above t = 0.875, 64² to 0.75, 128² to 0.5, 256² to 0.25, then 512².
+# (21 px) is still a patch. Each time in FINER_AT doubles the side of the steps from below it, up to the
+# request's size: 32² down to t = 0.875, 64² to 0.75, 128² to 0.5, 256² to 0.25, then 512². A step from
+# exactly an edge runs on the coarser level: at 12, 8 or 20 steps one lands on each edge, and the step
+# from t = 0.75 at 128² (53 px patches, over half the pixels near an edge) cost as much as two at 256²;
+# on the coarser level the frame and fine-structure checks (tests/test_patch_quality.py,
+# tests/test_patch_pyramid.py) hold as before, for less time (bench/RESULTS.md, speed targets).
 SMALLEST_SIDE = 32
 FINER_AT = (0.875, 0.75, 0.5, 0.25)
 # Above this side patch sizes stop growing with the image (`patch_side`).
@@ -42,8 +46,8 @@ class Stage:
 
 
 def level_side(t: float) -> int:
-    """The smallest side a step at time t needs (before clamping to the request)."""
-    return SMALLEST_SIDE * 2 ** sum(t <= edge for edge in FINER_AT)
+    """The smallest side a step from time t needs (before clamping to the request)."""
+    return SMALLEST_SIDE * 2 ** sum(t < edge for edge in FINER_AT)
 
 
 def level_factor(t: float, width: int, height: int) -> int:

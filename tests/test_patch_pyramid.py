@@ -32,6 +32,14 @@ def test_stages_run_from_coarse_to_full_size_and_cover_every_step(w, h, steps):
         assert factors == [1]
 
 
+def test_a_step_from_a_levels_edge_runs_on_the_coarser_level():
+    # 12 steps land on t = 0.75, 0.5 and 0.25: each of those steps runs a level down.
+    stages = pyramid.plan(els.timesteps(12), 256, 256)
+    per_step = [s.factor for s in stages for _ in s.steps()]
+    assert per_step == [8, 8, 4, 4, 2, 2, 2, 1, 1, 1, 1, 1]
+    assert pyramid.level_side(0.75) == 64 and pyramid.level_side(0.74) == 128
+
+
 def test_whole_image_patches_run_at_full_size_and_patch_sizes_stop_growing_past_128():
     assert [s.factor for s in pyramid.plan(els.timesteps(12), 256, 256, whole=True)] == [1]
     assert pyramid.patch_side(64, 96) == 64 and pyramid.patch_side(256, 512) == 128
