@@ -172,6 +172,8 @@ class KeyBlock:
 
     `owner` is the one reference all keys come from, or each key's reference (M, long). `log_count` is
     the log of how many key positions each key stands for when keys are sampled (0 for every key).
+    Keys, norms, values and log_count may carry a leading T: the keys of each of `attend`'s T tiles of
+    queries (the rows of an edge band, each with its own keys), sharing `owner`.
     """
 
     keys: torch.Tensor
@@ -223,29 +225,36 @@ def attend(
         if should_stop is not None and should_stop():  # the exact path can spend minutes per region
             raise Cancelled
         keys, bias = _scaled_keys(blk, scale, log_prior, centre)
-        c = blk.values.shape[1]
+        per_tile = keys.dim() == 3  # each tile its own keys (see KeyBlock)
+        if per_tile and keys.shape[0] != tiles.shape[0]:
+            raise ValueError(f"{keys.shape[0]} sets of keys for {tiles.shape[0]} tiles of queries")
+        m_keys, c = keys.shape[-2], blk.values.shape[-1]
         if mixed is None:
             mixed = torch.zeros(c, nq, dtype=dtype, device=device)
         # The values with a ones row: one product gives both the weighted values and the weight sum.
-        values = torch.cat([blk.values.T, blk.values.new_ones(1, blk.values.shape[0])])
+        ones = blk.values.new_ones(*blk.values.shape[:-2], 1, m_keys)
+        values = torch.cat([blk.values.transpose(-1, -2), ones], -2)
         owner = blk.owner
         half = low_precision and low_precision_ok(tiles, keys)
         keys_used = keys.to(torch.bfloat16) if half else keys
-        step = max(1, TILE // keys.shape[0])
-        key_weight = None if per_ref is not None else torch.zeros(keys.shape[0], dtype=dtype, device=device)
+        step = max(1, TILE // m_keys)
+        key_weight = None if per_ref is not None else torch.zeros(m_keys, dtype=dtype, device=device)
         for tile, start in ((t, s) for t in range(tiles.shape[0]) for s in range(0, width, step)):
             stop = min(width, start + step)
             q0, q1 = tile * width + start, tile * width + stop
             qt = tiles[tile, :, start:stop]
+            k_t, b_t, v_t = (
+                (keys_used[tile], bias[tile], values[tile]) if per_tile else (keys_used, bias, values)
+            )
             if half:
-                logits = (keys_used @ qt.to(torch.bfloat16)).float().add_(bias[:, None])
+                logits = (k_t @ qt.to(torch.bfloat16)).float().add_(b_t[:, None])
             else:
-                logits = torch.addmm(bias[:, None], keys_used, qt)
+                logits = torch.addmm(b_t[:, None], k_t, qt)
             if pixel_prior is not None:  # a row per key (or one row for a single-reference block)
                 logits += pixel_prior[owner, q0:q1]
             new_m = torch.maximum(m[q0:q1], logits.amax(0))
             p = logits.sub_(new_m).clamp_(min=FLOOR).exp_()  # in place: the logits become the weights
-            summed = values @ p
+            summed = v_t @ p
             if seen == 1:  # nothing to rescale yet
                 m[q0:q1], mixed[:, q0:q1], total[q0:q1] = new_m, summed[:c], summed[c]
             else:
@@ -299,7 +308,7 @@ def low_precision_ok(tiles: torch.Tensor, keys: torch.Tensor) -> bool:
     bfloat16 keeps 8 bits: each product's rounding is at most about |q|·|k|·2⁻⁸ (inputs) plus the
     output's 2⁻⁹ relative. At low noise the scale 1/b² magnifies that past a logit, so those stay fp32.
     """
-    worst = float(tiles.norm(dim=1).max() * keys.norm(dim=1).max())
+    worst = float(tiles.norm(dim=1).max() * keys.norm(dim=-1).max())
     return worst * 2.0**-8 < 0.5
 
 

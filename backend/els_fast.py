@@ -53,6 +53,12 @@ LOGITS_PER_STEP = 1 << 27
 FEWEST_KEYS = 2048
 # Principal axes kept at high noise (a ≤ b), where patches are widest (see fast_patch_attention).
 HIGH_NOISE_DIMS = 128
+# An edge row's keys, as a share of the interior's budget. They lie on the row's own line, a pool about
+# W times smaller than the interior's, so half the keys still sample it far more densely, and each row's
+# keys need a feature pass of their own (the costliest part of a 256² step). With half,
+# an edge pixel's error against many keys stays under an interior pixel's at every full-size step of a
+# 128² and a 256² run (bench/bench_edge_keys.py, bench/RESULTS.md).
+EDGE_KEYS = 0.5
 
 
 def to_opponent(x: torch.Tensor) -> torch.Tensor:
@@ -232,13 +238,14 @@ def sample_positions(
     return owner, torch.cat(picks)
 
 
-def _gather(
-    padded: torch.Tensor, owner: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, height: int, width: int
-):
-    """height×width windows with top-left (ys, xs) of channels-last padded references: M×height×width×C."""
-    yy = ys[:, None, None] + torch.arange(height, device=ys.device)[None, :, None]
-    xx = xs[:, None, None] + torch.arange(width, device=xs.device)[None, None, :]
-    return padded[owner[:, None, None], yy, xx]
+def _gather(padded: torch.Tensor, owner: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, k: int):
+    """k×k windows with top-left (ys, xs) of channels-last padded references: M×k×k×C.
+
+    One index into the references' unfolded windows copies each key's window whole, where broadcast
+    coordinates for every pixel of every window made torch index each pixel on its own.
+    """
+    windows = padded.unfold(1, k, 1).unfold(2, k, 1)  # N × H' × W' × C × k × k, a view
+    return windows[owner, ys, xs].permute(0, 2, 3, 1)
 
 
 def _block(
@@ -256,7 +263,7 @@ def _block(
     log_count = ratio.log().to(keys.device)[owner]
     if excluded is not None:  # sampled positions a key mask shuts out: unbiased, as they are drawn evenly
         log_count = log_count.masked_fill(excluded, EXCLUDED)
-    return KeyBlock(keys * a, keys.pow(2).sum(1) * (a * a), values, owner, log_count)
+    return KeyBlock(keys * a, keys.pow(2).sum(-1) * (a * a), values, owner, log_count)
 
 
 def fast_patch_attention(
@@ -278,13 +285,15 @@ def fast_patch_attention(
     low_precision: bool = False,
     key_mask: torch.Tensor | None = None,
     dims: int | None = 32,
+    edge_keys: float = EDGE_KEYS,
     should_stop: Callable[[], bool] | None = None,
 ) -> Estimate:
     """The fast ELS estimate (an approximation; see the module docstring), region by region.
 
     A budget of `max_keys` key positions (fewer for wide patches, so gathering them stays under
     `max_gather` floats) is split among the references by `shares`. Pixels near an edge share one
-    sample of positions along the edge per band, taken at their own distance from it. `log_prior` is
+    sample of positions along the edge per band, `edge_keys` times that budget, taken at their own
+    distance from it. `log_prior` is
     N or N×H×W; `key_mask` (N×H×W bool) limits each reference's keys to where it is True.
     """
     n, c, h, w = refs.shape
@@ -304,15 +313,26 @@ def fast_patch_attention(
     share_sum = torch.zeros(n, dtype=x_t.dtype, device=x_t.device)
     scale = 1.0 / (b * b)
 
-    def run(ys: range, xs: range, queries: torch.Tensor, block: KeyBlock) -> None:
+    def run(ys: range, xs: range, queries: torch.Tensor, block: KeyBlock, columns: bool = False) -> None:
+        """Estimate pixels ys×xs from their queries: d × pixels, rows × d × cols (a tile per row), or
+        with `columns` cols × d × rows (a tile per column)."""
+        prior = pixel_slice(pixel_prior, ys, xs)
+        if columns and prior is not None:
+            prior = prior.reshape(n, len(ys), len(xs)).transpose(1, 2).reshape(n, -1)
         mix, per_ref, summed = attend(
-            queries, [block], scale, global_prior, pixel_prior=pixel_slice(pixel_prior, ys, xs),
+            queries, [block], scale, global_prior, pixel_prior=prior,
             pixel_weights=pixel_weights, low_precision=low_precision, should_stop=should_stop,
         )  # fmt: skip
+
+        def placed(out: torch.Tensor) -> torch.Tensor:
+            if columns:
+                return out.reshape(out.shape[0], len(xs), len(ys)).transpose(1, 2)
+            return out.reshape(out.shape[0], len(ys), len(xs))
+
         window = (slice(None), slice(ys.start, ys.stop), slice(xs.start, xs.stop))
-        x0[window] = mix.reshape(c, len(ys), len(xs))
+        x0[window] = placed(mix)
         if weights is not None and per_ref is not None:
-            weights[window] = per_ref.reshape(n, len(ys), len(xs))
+            weights[window] = placed(per_ref)
         share_sum.add_(summed)
 
     # The region whose keys are whole patches (the interior, or everything when tiling) comes first:
@@ -336,7 +356,7 @@ def fast_patch_attention(
             counts = key_counts(split, total, positions)
             owner, index = (t.to(x_t.device) for t in sample_positions(counts, allowed, generator))
             ys, xs = ky.start + index // len(kx), kx.start + index % len(kx)
-            keys = patch_features(_gather(padded_refs, owner, ys + at, xs + at, k, k), space)
+            keys = patch_features(_gather(padded_refs, owner, ys + at, xs + at, k), space)
             if dims is not None and axes is None:
                 # At high noise wide patches keep ~800 frequency dims; 64 axes there (55ccc55) made
                 # frames (tests/test_patch_quality.py, jewelry seed 1: outer ring 0.034 > 0.031),
@@ -363,7 +383,7 @@ def fast_patch_attention(
                 space,
                 axes,
                 split,
-                total,
+                max(n, round(total * edge_keys)),
                 generator,
                 key_mask,
                 run,
@@ -392,7 +412,7 @@ def _edge_band(
     total: int,
     generator: torch.Generator,
     key_mask: torch.Tensor | None,
-    run: Callable[[range, range, torch.Tensor, KeyBlock], None],
+    run: Callable[[range, range, torch.Tensor, KeyBlock, bool], None],
 ) -> None:
     """Rows (or columns) near an edge: each matches keys on its own row, along the edge anywhere inside.
 
@@ -417,25 +437,18 @@ def _edge_band(
     keys = strip_features(
         strip, space, transposed=not rows_own, axes=axes, rows=len(band), first=first - band.start
     )
+    # Every row (or column) of the band in one attention call, a tile of queries and keys each.
     queries = image_features(padded_x, space, region.ys, region.xs, axes)  # rows × d × cols
-    for offset, line in enumerate(band):
-        if rows_own:
-            values, ys, xs, q = (
-                refs[owner, :, line, pos],
-                range(line, line + 1),
-                region.xs,
-                queries[offset],
-            )
-            excluded = None if key_mask is None else ~key_mask[owner, line, pos]
-        else:
-            values, ys, xs, q = (
-                refs[owner, :, pos, line],
-                region.ys,
-                range(line, line + 1),
-                queries[:, :, offset].T,
-            )
-            excluded = None if key_mask is None else ~key_mask[owner, pos, line]
-        run(ys, xs, q, _block(keys[offset], a, values, owner, counts, [len(along)] * n, excluded))
+    lines = slice(band.start, band.stop)
+    if rows_own:  # refs and key_mask read at (line, pos) for each line of the band
+        values = refs.permute(2, 0, 3, 1)[lines][:, owner, pos]  # lines × M × C
+        excluded = None if key_mask is None else ~key_mask.permute(1, 0, 2)[lines][:, owner, pos]
+    else:
+        values = refs.permute(3, 0, 2, 1)[lines][:, owner, pos]
+        excluded = None if key_mask is None else ~key_mask.permute(2, 0, 1)[lines][:, owner, pos]
+        queries = queries.permute(2, 1, 0)  # cols × d × rows
+    block = _block(keys, a, values, owner, counts, [len(along)] * n, excluded)
+    run(region.ys, region.xs, queries, block, not rows_own)
 
 
 def _strip(
@@ -482,36 +495,43 @@ def strip_features(
     m, held = strip.shape[0], strip.shape[1]
     rows = held - k + 1 if rows is None else rows
     luma, chroma = space.bases(strip)
+    bases = (luma, chroma, chroma)
     if axes is None:  # only small patches: the zero rows back in place, every window in one product
         strip = F.pad(strip, (0, 0, 0, 0, first, rows + k - 1 - first - held))
-    out: torch.Tensor | None = None
-    pieces = []
-    offset = 0
-    for channel in range(strip.shape[2]):
-        basis = luma if channel == 0 else chroma
-        f = basis.shape[0]
-        across = torch.matmul(strip[:, :, channel], basis.T).permute(1, 2, 0).contiguous()  # held × f × M
-        if axes is None:
+        pieces = []
+        for channel, basis in enumerate(bases):
+            f = basis.shape[0]
+            across = torch.matmul(strip[:, :, channel], basis.T).permute(1, 2, 0).contiguous()  # held×f×M
             windows = across.as_strided((rows, k, f * m), (f * m, f * m, 1))
             part = torch.matmul(basis, windows).reshape(rows, f, f, m)  # down-frequency, across, keys
             if transposed:
                 part = part.transpose(1, 2)
             pieces.append(part.reshape(rows, f * f, m))
-            continue
+        return torch.cat(pieces, 1).transpose(1, 2)
+    # The three channels side by side (their across-coefficients, F = f + 2·fc per strip row, and their
+    # folds likewise), so each window is one product written in place, not a product and an add per
+    # channel.
+    across = torch.cat([torch.matmul(strip[:, :, c], basis.T) for c, basis in enumerate(bases)], 2)
+    width = across.shape[2]
+    flat = across.permute(1, 2, 0).reshape(held * width, m)  # (strip row, frequency) × keys
+    folds = []
+    offset = 0
+    for basis in bases:
+        f = basis.shape[0]
         coef = axes[offset : offset + f * f].reshape(f, f, -1)
         offset += f * f
         if transposed:
             coef = coef.transpose(0, 1)
-        # Σ_e coef[e, q, d]·basis[e, y]: one d × (k·f) matrix for the pass down the strip.
-        fold = torch.einsum("eqd,ey->dyq", coef, basis).reshape(coef.shape[2], k * f)
-        if out is None:
-            out = strip.new_zeros(rows, coef.shape[2], m)
-        flat = across.reshape(held * f, m)
-        for row in range(rows):  # the window's rows that hold image: [lo, hi) of the strip
-            lo, hi = max(row, first), min(row + k, first + held)
-            if hi > lo:
-                part = fold[:, (lo - row) * f : (hi - row) * f] @ flat[(lo - first) * f : (hi - first) * f]
-                out[row] += part
-    if out is None:
-        out = torch.cat(pieces, 1)
+        # Σ_e coef[e, q, d]·basis[e, y]: a d × k × f block of the matrix for the pass down the strip.
+        folds.append(torch.einsum("eqd,ey->dyq", coef, basis))
+    fold = torch.cat(folds, 2).reshape(axes.shape[1], k * width)
+    out = strip.new_zeros(rows, axes.shape[1], m)
+    for row in range(rows):  # the window's rows that hold image: [lo, hi) of the strip
+        lo, hi = max(row, first), min(row + k, first + held)
+        if hi > lo:
+            torch.mm(
+                fold[:, (lo - row) * width : (hi - row) * width],
+                flat[(lo - first) * width : (hi - first) * width],
+                out=out[row],
+            )
     return out.transpose(1, 2)

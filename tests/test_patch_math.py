@@ -332,3 +332,32 @@ def test_opponent_padded_references_equal_rotating_then_padding(circular):
     refs = torch.rand(2, 3, 9, 7, generator=torch.Generator().manual_seed(8)) * 2 - 1
     expected = els.pad_image(els.to_opponent(refs), 4, circular).permute(0, 2, 3, 1)
     assert torch.allclose(opponent_padded(refs, 4, circular), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("pixel_weights", [True, False])
+def test_attention_with_keys_per_tile_equals_one_call_per_tile(pixel_weights):
+    # The edge bands attend every row at once, each row (a tile of queries) with its own keys.
+    g = torch.Generator().manual_seed(5)
+    tiles, d, width, m, n = 4, 6, 9, 20, 3
+    queries = torch.randn(tiles, d, width, generator=g)
+    keys = torch.randn(tiles, m, d, generator=g)
+    values = torch.rand(tiles, m, 3, generator=g)
+    owner = torch.randint(0, n, (m,), generator=g)
+    log_count = torch.randn(tiles, m, generator=g)
+    prior, pixel_prior = torch.tensor([0.0, 0.5, -1.0]), torch.randn(n, tiles * width, generator=g)
+    block = els.KeyBlock(keys, keys.pow(2).sum(-1), values, owner, log_count)
+    mix, per_ref, shares = els.attend(
+        queries, [block], 0.7, prior, pixel_prior=pixel_prior, pixel_weights=pixel_weights
+    )
+    total = torch.zeros(n)
+    for t in range(tiles):
+        one = els.KeyBlock(keys[t], keys[t].pow(2).sum(-1), values[t], owner, log_count[t])
+        cols = slice(t * width, (t + 1) * width)
+        alone = els.attend(
+            queries[t], [one], 0.7, prior, pixel_prior=pixel_prior[:, cols], pixel_weights=pixel_weights
+        )
+        assert torch.allclose(mix[:, cols], alone[0], atol=1e-6)
+        if pixel_weights:
+            assert torch.allclose(per_ref[:, cols], alone[1], atol=1e-6)
+        total += alone[2]
+    assert torch.allclose(shares, total, atol=1e-5)
