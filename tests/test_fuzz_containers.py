@@ -30,6 +30,17 @@ import pytest
 from hostile_files import blank_png, bomb_png, write_zip
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from json_fuzz import (
+    EXAMPLES,
+    FUZZ,
+    MARKER,
+    NAMES,
+    json_change,
+    json_places,
+    name,
+    same_files_in_every_run,
+    with_changes,
+)
 from PIL import Image
 
 from backend.request import Request
@@ -39,16 +50,7 @@ from studio.files.ora import import_ora
 from studio.files.project import ProjectData, ProjectError, load_project, save_project
 from studio.gallery import Result
 
-EXAMPLES = 1500  # files per container
 MAX_PIXELS = 1 << 16  # a larger canvas is refused before anything is decoded: keeps each example fast
-MARKER = "fuzz-escape-marker"
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    deadline=None,
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -82,41 +84,6 @@ PNGS = [
     b"not a png at all",
     b"",
 ]
-NAMES = [
-    "layers/bg.png",
-    "layers/ink.png",
-    "mask.png",
-    "gallery/r1.png",
-    "gallery/r1.attr.npy",
-    "data/a.png",
-    "data/b.png",
-    "stack.xml",
-    "manifest.json",
-    "mimetype",
-    f"../{MARKER}.txt",
-    f"/tmp/{MARKER}.txt",
-    f"C:\\{MARKER}.txt",
-    f"..\\..\\{MARKER}.txt",
-    "layers/../../x.png",
-    "layers//bg.png",
-    "./mask.png",
-    "layers/",
-    "a\x00b.png",
-    "ünïcødé ✓/名前.png",
-    "x" * 2000,
-]
-name = st.one_of(st.sampled_from(NAMES), st.text(max_size=24))
-number = st.one_of(
-    st.integers(-3, 40),
-    st.sampled_from([0, -1, 2**31, 2**63, 10**30, 16384, 8192, 100000]),
-    st.floats(allow_nan=False, allow_infinity=False, width=32),
-)
-leaf = st.one_of(st.none(), st.booleans(), number, name)
-json_value = st.recursive(
-    leaf,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-    max_leaves=8,
-)
 
 
 def _base_project() -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -140,20 +107,8 @@ def _base_project() -> tuple[dict[str, Any], dict[str, bytes]]:
     return manifest, members
 
 
-def _paths(value: Any, path: tuple = ()) -> list[tuple]:
-    """Every place in a JSON value, as a tuple of keys and indices."""
-    found = [path]
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found += _paths(item, (*path, key))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found += _paths(item, (*path, i))
-    return found
-
-
 BASE_MANIFEST, BASE_MEMBERS = _base_project()
-PLACES = _paths(BASE_MANIFEST)[1:]
+PLACES = json_places(BASE_MANIFEST)[1:]
 
 
 # -------------------------------------------------------------------------------------------- mutations
@@ -204,41 +159,12 @@ def _change_members(members: list[tuple[str, bytes]], changes: list[tuple]) -> l
     return members
 
 
-def json_change(places: list[tuple]) -> st.SearchStrategy[tuple]:
-    """One change to a JSON document: set a place to other JSON, delete it, or add a key beside it."""
-    shallow = [p for p in places if len(p) <= 2]
-    return st.one_of(
-        st.tuples(st.just("set"), st.sampled_from(places), json_value),
-        st.tuples(st.just("delete"), st.sampled_from(places)),
-        st.tuples(st.just("add"), st.sampled_from(shallow), st.text(max_size=10), json_value),
-    )
-
-
 manifest_change = json_change(PLACES)
 text_damage = st.one_of(
     st.none(),
     st.none(),
     st.tuples(st.integers(0, 10**5), st.sampled_from([b"NaN", b"1e999", b"[", b"}", b"\xff", b"-Infinity"])),
 )
-
-
-def _changed(document: Any, changes: list[tuple]) -> Any:
-    """A copy of a JSON document with the changes applied."""
-    document = json.loads(json.dumps(document))
-    for change in changes:
-        node, place = document, change[1]
-        try:
-            for key in place[:-1]:
-                node = node[key]
-            if change[0] == "set":
-                node[place[-1]] = change[2]
-            elif change[0] == "delete":
-                del node[place[-1]]
-            elif isinstance(node[place[-1]], dict):
-                node[place[-1]][change[2]] = change[3]
-        except (KeyError, IndexError, TypeError):
-            continue  # an earlier change removed or retyped this place
-    return document
 
 
 printable = st.characters(codec="utf-8", min_codepoint=32, exclude_characters="\x7f")
@@ -331,18 +257,8 @@ def tally(tmp_path, monkeypatch):
     """A tally over a fresh folder, with the working directory moved into an empty folder inside it."""
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
-    _same_files_in_every_run(monkeypatch)
+    same_files_in_every_run(monkeypatch)
     return Tally(tmp_path)
-
-
-def _same_files_in_every_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hypothesis mixes constants from every local module loaded so far into what it draws, so a run of
-    this file alone and the whole suite would try different files; without them, derandomize decides."""
-    from hypothesis.internal.conjecture import providers
-
-    if hasattr(providers, "_get_local_constants") and hasattr(providers, "Constants"):
-        monkeypatch.setattr(providers, "_get_local_constants", providers.Constants)
-        monkeypatch.setattr(providers, "CONSTANTS_CACHE", type(providers.CONSTANTS_CACHE)(1024))
 
 
 def test_fuzzed_projects_open_or_are_refused_cleanly(tmp_path, tally):
@@ -351,7 +267,7 @@ def test_fuzzed_projects_open_or_are_refused_cleanly(tmp_path, tally):
     @FUZZ
     @given(st.lists(manifest_change, max_size=3), member_changes, text_damage)
     def run(manifest_changes, member_changes, damage):
-        text = json.dumps(_changed(BASE_MANIFEST, manifest_changes)).encode()
+        text = json.dumps(with_changes(BASE_MANIFEST, manifest_changes)).encode()
         if damage is not None:
             at = damage[0] % (len(text) + 1)
             text = text[:at] + damage[1] + text[at:]
@@ -413,7 +329,7 @@ def test_fuzzed_png_metadata_becomes_notes_never_exceptions(tmp_path):
 
     base = recipe_to_dict(Request(prompt="p", width=16, height=16), {"model_hash": "abc"})
     base["lineage"] = {"id": "x", "parents": ["y"], "painted": False, "chain": [{"id": "y", "parents": []}]}
-    places = _paths(base)[1:]
+    places = json_places(base)[1:]
     path = tmp_path / "fuzzed.png"
     counts = {"with a request": 0, "without": 0, "lost": 0}
     parameters = st.sampled_from(
@@ -429,7 +345,7 @@ def test_fuzzed_png_metadata_becomes_notes_never_exceptions(tmp_path):
     )
     @given(st.lists(json_change(places), max_size=3), text_damage, parameters, st.booleans())
     def run(changes, damage, a1111, xmp):
-        recipe = _changed(base, changes)
+        recipe = with_changes(base, changes)
         text = json.dumps(recipe).encode()
         if damage is not None:
             at = damage[0] % (len(text) + 1)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_fuzz_containers import FUZZ, _changed, _paths, _same_files_in_every_run, json_change
+from json_fuzz import FUZZ, json_change, json_places, same_files_in_every_run, with_changes
 
 from studio.document import Document
 from studio.files.journal import Journal, find_recovery, journal_path, recover
@@ -97,12 +97,12 @@ def _restore(data_dir, project) -> str:
 
 
 def test_fuzzed_journals_restore_or_are_refused_cleanly(tmp_path, written, monkeypatch):
-    _same_files_in_every_run(monkeypatch)
+    same_files_in_every_run(monkeypatch)
     project_bytes, records = written
     project = tmp_path / "work.studio"
     data_dir = tmp_path / "data"
     path = journal_path(project, data_dir)
-    places = [(i, place) for i, (header, _) in enumerate(records) for place in _paths(header)[1:]]
+    places = [(i, place) for i, (header, _) in enumerate(records) for place in json_places(header)[1:]]
     counts = {"restored": 0, "refused": 0, "nothing offered": 0}
     lost = 0
 
@@ -116,7 +116,7 @@ def test_fuzzed_journals_restore_or_are_refused_cleanly(tmp_path, written, monke
     def run(target, header_changes, record_changes, damage):
         changed = [(dict(h), list(a)) for h, a in records]
         header, arrays = changed[target]
-        header = _changed({k: v for k, v in header.items() if k != "arrays"}, header_changes)
+        header = with_changes({k: v for k, v in header.items() if k != "arrays"}, header_changes)
         changed[target] = (header if isinstance(header, dict) else {"op": header}, arrays)
         for change in record_changes:
             i = change[1] % len(changed)
