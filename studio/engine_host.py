@@ -108,6 +108,7 @@ class EngineHost(QObject):
             dropped, self._mailbox = self._mailbox, None
             if self._run is not None:
                 self._run.cancel.set()
+            self._cond.notify_all()  # an engine thread waiting for its frame to be painted stops waiting
         if dropped is not None:
             # Under load the thread may not have taken it yet; without this its submitter waits forever.
             self._dropped.emit(dropped)
@@ -212,8 +213,9 @@ class EngineHost(QObject):
             self._w_frame.emit()
         if self.keep_every_frame:
             with self._cond:
+                # Every way a run is cancelled or the host stopped notifies the condition.
                 while self._handed < posted and not cancel.is_set() and not self._stopping:
-                    self._cond.wait(0.05)
+                    self._cond.wait()
 
     # -- back on the host's thread ---------------------------------------------------------------------
     @Slot(object)

@@ -212,3 +212,24 @@ def test_shutdown_during_a_run_stops_promptly_and_leaves_no_thread(qtbot):
     qtbot.wait(20)
     assert done == [] and not engine.finished_runs
     assert host.shutdown()  # a second call is harmless
+
+
+def test_a_cancel_wakes_an_engine_waiting_for_its_frame_to_be_painted(qtbot, make_host):
+    # keep_every_frame (studio --demo): the engine thread waits until the GUI has taken each frame. The
+    # GUI thread here processes no events, so the first frame is never taken; a cancel must still end
+    # the run at once (it notifies the wait), not when the GUI next runs.
+    engine = FakeEngine(steps=3)
+    host = make_host(engine)
+    host.keep_every_frame = True
+    host.submit(Request(steps=3, **SMALL))
+    deadline = time.monotonic() + 5
+    while host._posted < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert host._posted == 1 and host.busy  # waiting for the frame, without events it stays so
+    host.cancel()
+    deadline = time.monotonic() + 2
+    while host.busy and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert not host.busy and not engine.finished_runs
+    with qtbot.waitSignal(host.cancelled, timeout=5000):
+        pass
