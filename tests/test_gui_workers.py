@@ -185,3 +185,32 @@ def test_building_the_window_imports_no_torch(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+def test_a_model_lookup_started_again_keeps_only_the_newest_answer(qtbot):
+    # ControlNets and LoRAs are looked for with one ModelLookup each: a folder added while a look runs
+    # starts another, and the first one's answer, arriving later, must not replace the newer one.
+    from ui.workers import ModelLookup, labelled_models
+
+    release = threading.Event()
+
+    class Found:
+        def __init__(self, name: str, pickle: bool) -> None:
+            self.name, self.path, self.pickle = name, f"/m/{name}", pickle
+
+    def discover(folder: str, allow_pickle: bool) -> list[tuple[str, str]]:
+        if folder == "slow":
+            release.wait(5)
+        return labelled_models(lambda f: [Found(f, False), Found(f + "-old", True)], allow_pickle, folder)
+
+    lookup = ModelLookup("test", discover)
+    lookup.look("slow", False)
+    lookup.look("ignored", False)  # a look is running: no second one
+    with qtbot.waitSignal(lookup.ready, timeout=5000):
+        lookup.again("new", True)
+    assert lookup.found == [("new", "/m/new"), ("new-old (pickle)", "/m/new-old")]
+    release.set()  # the slow, overtaken look ends now
+    qtbot.wait(100)
+    assert lookup.found == [("new", "/m/new"), ("new-old (pickle)", "/m/new-old")]
+    lookup.look("other", False)  # an answer is kept: no new look
+    assert lookup.found is not None and lookup.found[0][0] == "new"

@@ -28,7 +28,7 @@ from studio.control_layers import ControlLayers, ControlRow
 from studio.session import Session
 from ui.model_folders import choose_folder, file_filter, pickles_allowed
 from ui.prompt_panel import tool_button
-from ui.workers import Call
+from ui.workers import ModelLookup, labelled_models
 
 if TYPE_CHECKING:
     from ui.slider_panel import ValueSlider
@@ -48,11 +48,7 @@ def _find_controlnets(folders: tuple[str, ...], allow_pickle: bool) -> list[tupl
     """(name, path) of the ControlNets found (pickles only when allowed, marked); runs on a worker thread."""
     from backend.controlnets import discover_controlnets
 
-    return [
-        (f"{m.name} (pickle)" if m.pickle else m.name, m.path)
-        for m in discover_controlnets(folders)
-        if allow_pickle or not m.pickle
-    ]
+    return labelled_models(discover_controlnets, allow_pickle, folders)
 
 
 class ControlRowWidget(QFrame):
@@ -166,8 +162,8 @@ class ControlBox(QGroupBox):
         self.controls: ControlLayers = session.controls
         settings = session.settings
         self.folders = tuple(settings.model_folders) if settings else ()
-        self.found: list[tuple[str, str]] | None = None  # discovered ControlNets, once looked for
-        self._finding: Call | None = None
+        self.lookup = ModelLookup("controlnets", _find_controlnets, self)
+        self.lookup.ready.connect(self.refresh)
         self.rows: list[ControlRowWidget] = []
         self.rows_layout = QVBoxLayout()
         self.empty = QLabel("No control layer: a sketch or line layer can hold the composition.")
@@ -189,26 +185,18 @@ class ControlBox(QGroupBox):
     def _show_engine(self, request: Request) -> None:
         diffusers = request.engine == "diffusers"
         self.setVisible(diffusers)
-        if diffusers and self.found is None and self._finding is None:
-            self._look()
+        if diffusers:
+            self.lookup.look(self.folders, pickles_allowed(self.session))
+
+    @property
+    def found(self) -> list[tuple[str, str]] | None:
+        """The ControlNets found, (name, path); None until the look has ended."""
+        return self.lookup.found
 
     def look_again(self, folders: tuple[str, ...] | None = None) -> None:
         """Discover ControlNets again in these folders (default: the same) and the HF cache."""
-        self.folders, self.found = folders if folders is not None else self.folders, None
-        self._look()
-        self.refresh()
-
-    def _look(self) -> None:
-        self._finding = Call("controlnets", _find_controlnets, self.folders, pickles_allowed(self.session))
-        self._finding.finished.connect(self._found)
-        self._finding.start()
-
-    @Slot(object, object)
-    def _found(self, found: list[tuple[str, str]] | None, _error: object) -> None:
-        if self.sender() is not self._finding:
-            return  # an earlier look, overtaken by one with more folders
-        self._finding = None
-        self.found = found or []
+        self.folders = folders if folders is not None else self.folders
+        self.lookup.again(self.folders, pickles_allowed(self.session))
         self.refresh()
 
     @Slot(str)

@@ -17,7 +17,7 @@ from backend.request import Request
 from studio.session import Session
 from ui.model_folders import file_filter, pickles_allowed
 from ui.remote_dialog import RemoteDialog
-from ui.workers import Call
+from ui.workers import ModelLookup
 
 log = logging.getLogger(__name__)
 BUILTIN = "patch|"  # item data: "engine|model" (a str: QVariant round-trips it exactly)
@@ -47,6 +47,10 @@ def discovered_models(
         return []
 
 
+def _run(discover: Callable[[], list[tuple[str, str]]]) -> list[tuple[str, str]]:
+    return discover()
+
+
 def _licence(licence: str) -> str:
     return f", licence {licence}" if licence else ""
 
@@ -62,7 +66,8 @@ class EnginePicker(QComboBox):
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.models: list[tuple[str, str]] = []
         self.discover: Callable[[], list[tuple[str, str]]] | None = None
-        self._discovery: Call | None = None  # the look-up running on a worker thread
+        self.lookup = ModelLookup("discover", _run, self)  # the look-up, on a worker thread
+        self.lookup.ready.connect(self._discovered)
         self.activated.connect(self._chosen)
         session.model.group("engine", "model").connect(self.show_request)
         if session.remote is not None:
@@ -81,10 +86,8 @@ class EnginePicker(QComboBox):
         if self.discover is None:
             return
         discover, self.discover = self.discover, None
-        self._discovery = Call("discover", discover)
-        self._discovery.finished.connect(self._discovered)
+        self.lookup.again(discover)  # overtakes a look still running
         self.rebuild()
-        self._discovery.start()
 
     def rediscover(self, discover: Callable[[], list[tuple[str, str]]]) -> None:
         """Look for models again now (a setting that changes what is listed changed)."""
@@ -94,14 +97,11 @@ class EnginePicker(QComboBox):
     @property
     def searching(self) -> bool:
         """True while discovery runs."""
-        return self._discovery is not None
+        return self.lookup.running
 
-    @Slot(object, object)
-    def _discovered(self, models: list[tuple[str, str]] | None, error: Exception | None) -> None:
-        self._discovery = None
-        if error is not None:
-            log.warning("model discovery failed: %s", error)
-        self.rebuild(models or [])
+    @Slot()
+    def _discovered(self) -> None:
+        self.rebuild(self.lookup.found or [])
 
     def rebuild(self, models: list[tuple[str, str]] | None = None) -> None:
         """List the engines (and `models`, when given: discovery is slow, so the window runs it later)."""

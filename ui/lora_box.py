@@ -26,7 +26,7 @@ from backend.request import MAX_LORAS, Lora, Request
 from studio.session import Session
 from ui.model_folders import add_kind, choose_folder, file_filter, pickles_allowed
 from ui.prompt_panel import tool_button
-from ui.workers import Call
+from ui.workers import ModelLookup, labelled_models
 
 if TYPE_CHECKING:
     from ui.slider_panel import ValueSlider
@@ -38,11 +38,7 @@ def _find_loras(
     """(name, path) of the LoRAs found (pickles only when allowed, marked); runs on a worker thread."""
     from backend.loras import discover_loras
 
-    return [
-        (f"{m.name} (pickle)" if m.pickle else m.name, m.path)
-        for m in discover_loras(model_folders, lora_folders)
-        if allow_pickle or not m.pickle
-    ]
+    return labelled_models(discover_loras, allow_pickle, model_folders, lora_folders)
 
 
 class LoraBox(QGroupBox):
@@ -60,8 +56,8 @@ class LoraBox(QGroupBox):
             tuple(settings.lora_folders) if settings else (),
         )
         self.sliders: dict[str, ValueSlider] = {}
-        self.found: list[tuple[str, str]] | None = None  # discovered LoRAs, once looked for
-        self._finding: Call | None = None
+        self.lookup = ModelLookup("loras", _find_loras, self)
+        self.lookup.ready.connect(self._found)
         self.rows_layout = QVBoxLayout()
         self.empty = QLabel("No LoRA: add one, or type <lora:NAME:0.8> in the prompt.")
         self.empty.setWordWrap(True)
@@ -170,18 +166,16 @@ class LoraBox(QGroupBox):
         note.setEnabled(False)
         self.menu.addAction(note)
 
-    def _look(self) -> None:
-        if self._finding is None:
-            self._finding = Call("loras", _find_loras, *self.folders, pickles_allowed(self.session))
-            self._finding.finished.connect(self._found)
-            self._finding.start()
+    @property
+    def found(self) -> list[tuple[str, str]] | None:
+        """The LoRAs found, (name, path); None until the look has ended."""
+        return self.lookup.found
 
-    @Slot(object, object)
-    def _found(self, found: list[tuple[str, str]] | None, _error: object) -> None:
-        if self.sender() is not self._finding:
-            return  # an earlier look, overtaken by one with more folders
-        self._finding = None
-        self.found = found or []
+    def _look(self) -> None:
+        self.lookup.look(*self.folders, pickles_allowed(self.session))
+
+    @Slot()
+    def _found(self) -> None:
         if self.menu.isVisible():
             self._fill_menu()
 
@@ -196,8 +190,7 @@ class LoraBox(QGroupBox):
 
     def look_again(self) -> None:
         """Discover the LoRAs again (a folder was added, or pickles were allowed or refused)."""
-        self.found, self._finding = None, None  # an earlier look still running is ignored when it ends
-        self._look()
+        self.lookup.again(*self.folders, pickles_allowed(self.session))
 
     def _choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
