@@ -35,7 +35,8 @@ from PySide6.QtGui import QMouseEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from studio.compositing import Compositor, composite  # noqa: E402
-from studio.document import Document, Layer  # noqa: E402
+from studio.document import Document  # noqa: E402
+from studio.layers import Layer  # noqa: E402
 from ui.app import StallMeter  # noqa: E402
 
 OUT = Path(__file__).with_name("GUI.md")

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from studio.document import Command, Document, Layer
+from studio.commands import Command
+from studio.document import Document
+from studio.layers import Layer
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from studio.document import Layer
+    from studio.layers import Layer
 
 BAND_PIXELS = 1 << 18  # about 1 MB of RGBA scratch per band: fits a CPU cache, bounds the memory
 WHITE = (255, 255, 255, 255)

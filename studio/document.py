@@ -1,27 +1,33 @@
-"""The document: RGBA layers, an inpainting mask, and an undo stack of reversible commands.
+"""The document: RGBA layers (studio/layers.py), an inpainting mask, and an undo history of commands.
 
-Pixels live in numpy arrays so the model needs no QtGui; the canvas widget turns them into images.
-Every change goes through a `Command` pushed on the document's `UndoStack`, so undo, the unsaved
-marker and the recovery journal all see the same stream of operations (`Document.operation`).
+Every change goes through a `Command` (studio/commands.py) pushed on the document's history, so undo,
+the unsaved marker and the recovery journal all see the same stream of operations (`Document.operation`).
 """
 
 from __future__ import annotations
 
-import itertools
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from studio.commands import (
+    AddLayer,
+    Command,
+    MergeDown,
+    MoveLayer,
+    Paint,
+    PaintMask,
+    RemoveLayer,
+    SetLayerProps,
+)
 from studio.compositing import Compositor, composite
 from studio.history import History, SavePoint
+from studio.layers import Layer, blank_pixels, merge_pixels, new_id, rgb_to_rgba, shared
 
 __all__ = ["composite"]  # re-exported: the one compositing function, for callers that import it here
 
-_revisions = itertools.count(1)
 # The largest canvas opened or created unless the settings say otherwise (`Settings.max_canvas_pixels`):
 # 8192², the largest image `backend.images` decodes. Its picture, mask and one layer take about 600 MB.
 MAX_CANVAS_PIXELS = 8192 * 8192
@@ -37,318 +43,6 @@ def canvas_problem(width: int, height: int, max_pixels: int = MAX_CANVAS_PIXELS)
         f"its {width}×{height} canvas ({width * height / 1e6:.0f} megapixels) is larger than the "
         f"{max_pixels / 1e6:.0f} megapixels this studio opens (a setting: document/max_canvas_pixels)"
     )
-
-
-def new_id() -> str:
-    """A fresh opaque id for layers and results."""
-    return uuid.uuid4().hex[:16]
-
-
-def writable(pixels: np.ndarray) -> np.ndarray:
-    """`pixels` itself when it may be written, else a private copy (copy-on-write of shared arrays)."""
-    return pixels if pixels.flags.writeable else pixels.copy()
-
-
-def shared(pixels: np.ndarray) -> np.ndarray:
-    """Mark an array read-only so two owners can hold it; the first to write copies it (`writable`)."""
-    pixels.setflags(write=False)
-    return pixels
-
-
-@dataclass
-class Layer:
-    """One layer: straight-alpha RGBA pixels at their own size, placed at (x, y) on the canvas.
-
-    A layer holds only the rectangle it covers (an imported OpenRaster layer may be far smaller than the
-    canvas); outside it the layer is transparent. Pixel arrays may be shared read-only between copies of
-    a layer (a save's snapshot, a duplicate, the undo stack): change them only through `place`.
-    """
-
-    name: str
-    pixels: np.ndarray  # H×W×4 uint8, straight (not premultiplied) alpha
-    opacity: float = 1.0
-    visible: bool = True
-    id: str = field(default_factory=new_id)
-    source: str | None = None  # id of the generated result this layer holds (lineage)
-    painted: bool = False  # a person painted on it after it was generated
-    x: int = 0  # canvas position of the pixels' top-left corner
-    y: int = 0
-    rev: int = field(default_factory=lambda: next(_revisions), compare=False, repr=False)
-
-    def properties(self) -> dict[str, Any]:
-        """Everything but the pixels, as plain JSON values (projects and the journal store these)."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "opacity": float(self.opacity),
-            "visible": bool(self.visible),
-            "source": self.source,
-            "painted": bool(self.painted),
-            "x": int(self.x),
-            "y": int(self.y),
-        }
-
-    def copy(self, **changes: Any) -> Layer:
-        """An independent copy, with some fields changed; the pixels are shared until one side writes."""
-        return replace(self, pixels=shared(self.pixels), **changes)
-
-    @property
-    def bounds(self) -> tuple[int, int, int, int]:
-        """Where the layer's pixels lie on the canvas: x, y, width, height."""
-        return self.x, self.y, int(self.pixels.shape[1]), int(self.pixels.shape[0])
-
-    def region(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """The layer's RGBA pixels inside a canvas rectangle (transparent where it has none); read only."""
-        lx, ly = x - self.x, y - self.y
-        if lx >= 0 and ly >= 0 and lx + w <= self.pixels.shape[1] and ly + h <= self.pixels.shape[0]:
-            view = self.pixels[ly : ly + h, lx : lx + w]
-            view.setflags(write=False)  # a view for reading: writes go through `place`
-            return view
-        out = np.zeros((h, w, 4), np.uint8)
-        x0, y0 = max(x, self.x), max(y, self.y)
-        x1, y1 = min(x + w, self.x + self.pixels.shape[1]), min(y + h, self.y + self.pixels.shape[0])
-        if x1 > x0 and y1 > y0:
-            out[y0 - y : y1 - y, x0 - x : x1 - x] = self.pixels[
-                y0 - self.y : y1 - self.y, x0 - self.x : x1 - self.x
-            ]
-        return out
-
-    def full(self, width: int, height: int) -> np.ndarray:
-        """The layer as a width×height canvas-size RGBA array (read only when it already is one)."""
-        return self.region(0, 0, width, height)
-
-    def place(self, x: int, y: int, patch: np.ndarray) -> None:
-        """Write RGBA `patch` at canvas position (x, y), growing the layer to cover it if needed."""
-        h, w = patch.shape[:2]
-        x0, y0 = min(self.x, x), min(self.y, y)
-        x1 = max(self.x + self.pixels.shape[1], x + w)
-        y1 = max(self.y + self.pixels.shape[0], y + h)
-        if (x0, y0, x1 - x0, y1 - y0) != self.bounds:
-            grown = np.zeros((y1 - y0, x1 - x0, 4), np.uint8)
-            ph, pw = self.pixels.shape[:2]
-            grown[self.y - y0 : self.y - y0 + ph, self.x - x0 : self.x - x0 + pw] = self.pixels
-            self.pixels, self.x, self.y = grown, x0, y0
-        else:
-            self.pixels = writable(self.pixels)
-        self.pixels[y - self.y : y - self.y + h, x - self.x : x - self.x + w] = patch
-        self.rev = next(_revisions)
-
-
-def blank_pixels(width: int, height: int, rgba: tuple[int, int, int, int] = (0, 0, 0, 0)) -> np.ndarray:
-    """An H×W×4 uint8 array filled with one colour (transparent by default)."""
-    out = np.empty((height, width, 4), dtype=np.uint8)
-    out[...] = rgba
-    return out
-
-
-def rgb_to_rgba(rgb: np.ndarray) -> np.ndarray:
-    """Opaque RGBA from an H×W×3 uint8 image."""
-    alpha = np.full(rgb.shape[:2] + (1,), 255, dtype=np.uint8)
-    return np.concatenate([rgb.astype(np.uint8), alpha], axis=2)
-
-
-class Command:
-    """A reversible change to a document. `apply` and `revert` must be exact inverses."""
-
-    label = "change"
-    kind = "layers"  # which part of the document it touches: "layers", "pixels" or "mask"
-
-    @property
-    def nbytes(self) -> int:
-        """Memory this command keeps alive in the undo history (pixels it holds, or a small constant)."""
-        return 256
-
-    def apply(self, doc: Document) -> None:
-        raise NotImplementedError
-
-    def revert(self, doc: Document) -> None:
-        raise NotImplementedError
-
-
-@dataclass
-class AddLayer(Command):
-    """Insert a layer at an index (default: above the active layer)."""
-
-    layer: Layer
-    index: int
-    label: str = "Add layer"
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.layer.pixels.nbytes)
-
-    def apply(self, doc: Document) -> None:
-        doc.layers.insert(self.index, self.layer)
-        doc.active_id = self.layer.id
-
-    def revert(self, doc: Document) -> None:
-        doc.layers.pop(self.index)
-        doc.active_id = doc.layers[min(self.index, len(doc.layers) - 1)].id if doc.layers else None
-
-
-@dataclass
-class RemoveLayer(Command):
-    """Delete a layer, remembering where it stood."""
-
-    layer: Layer
-    index: int
-    label: str = "Delete layer"
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.layer.pixels.nbytes)
-
-    def apply(self, doc: Document) -> None:
-        doc.layers.pop(self.index)
-        doc.active_id = doc.layers[min(self.index, len(doc.layers) - 1)].id if doc.layers else None
-
-    def revert(self, doc: Document) -> None:
-        doc.layers.insert(self.index, self.layer)
-        doc.active_id = self.layer.id
-
-
-@dataclass
-class MoveLayer(Command):
-    """Move a layer from one index to another."""
-
-    old_index: int
-    new_index: int
-    label: str = "Move layer"
-
-    def apply(self, doc: Document) -> None:
-        doc.layers.insert(self.new_index, doc.layers.pop(self.old_index))
-
-    def revert(self, doc: Document) -> None:
-        doc.layers.insert(self.old_index, doc.layers.pop(self.new_index))
-
-
-@dataclass
-class SetLayerProps(Command):
-    """Change a layer's name, opacity or visibility."""
-
-    layer_id: str
-    old: dict[str, Any]
-    new: dict[str, Any]
-    label: str = "Layer properties"
-
-    def apply(self, doc: Document) -> None:
-        layer = doc.layer(self.layer_id)
-        for key, value in self.new.items():
-            setattr(layer, key, value)
-
-    def revert(self, doc: Document) -> None:
-        layer = doc.layer(self.layer_id)
-        for key, value in self.old.items():
-            setattr(layer, key, value)
-
-
-@dataclass
-class Paint(Command):
-    """Replace a rectangle of a layer's pixels (a stroke, fill, clear or pasted image)."""
-
-    layer_id: str
-    x: int
-    y: int
-    before: np.ndarray
-    after: np.ndarray
-    mark_painted: bool = True  # a person's stroke, not a generated result
-    was_painted: bool = False
-    label: str = "Paint"
-    kind: str = "pixels"
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.before.nbytes + self.after.nbytes)
-
-    def apply(self, doc: Document) -> None:
-        layer = doc.layer(self.layer_id)
-        layer.place(self.x, self.y, self.after)
-        if self.mark_painted and layer.source is not None:
-            layer.painted = True
-
-    def revert(self, doc: Document) -> None:
-        layer = doc.layer(self.layer_id)
-        layer.place(self.x, self.y, self.before)
-        layer.painted = self.was_painted
-
-
-@dataclass
-class PaintMask(Command):
-    """Replace a rectangle of the inpainting mask (255 = repaint)."""
-
-    x: int
-    y: int
-    before: np.ndarray
-    after: np.ndarray
-    label: str = "Mask"
-    kind: str = "mask"
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.before.nbytes + self.after.nbytes)
-
-    def apply(self, doc: Document) -> None:
-        h, w = self.after.shape[:2]
-        doc.mask = writable(doc.mask)
-        doc.mask[self.y : self.y + h, self.x : self.x + w] = self.after
-
-    def revert(self, doc: Document) -> None:
-        h, w = self.before.shape[:2]
-        doc.mask = writable(doc.mask)
-        doc.mask[self.y : self.y + h, self.x : self.x + w] = self.before
-
-
-def merge_pixels(
-    upper: np.ndarray, upper_opacity: float, lower: np.ndarray, lower_opacity: float
-) -> np.ndarray:
-    """`upper` over `lower` (straight-alpha RGBA, each with its layer opacity) as one layer of opacity 1.
-
-    Over any background the merged layer composites to what the two layers gave (to rounding).
-    """
-    up = upper.astype(np.float32) / 255.0
-    lo = lower.astype(np.float32) / 255.0
-    a_up = up[..., 3:4] * upper_opacity
-    a_lo = lo[..., 3:4] * lower_opacity
-    alpha = a_up + a_lo * (1.0 - a_up)
-    rgb = (up[..., :3] * a_up + lo[..., :3] * a_lo * (1.0 - a_up)) / np.maximum(alpha, 1e-6)
-    out = np.concatenate([rgb, alpha], axis=2) * 255.0
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
-@dataclass
-class MergeDown(Command):
-    """Blend a layer into the one below it and remove it: one undo step.
-
-    The lower layer's before and after states are whole (pixels, x, y, opacity, painted) values, so apply
-    and revert only swap them; the arrays are shared read-only, never written.
-    """
-
-    upper: Layer
-    index: int  # the upper layer's index; the lower one is at index - 1
-    before: dict[str, Any]
-    after: dict[str, Any]
-    label: str = "Merge down"
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.upper.pixels.nbytes + self.before["pixels"].nbytes + self.after["pixels"].nbytes)
-
-    def apply(self, doc: Document) -> None:
-        lower = doc.layers[self.index - 1]
-        _set_state(lower, self.after)
-        doc.layers.pop(self.index)
-        doc.active_id = lower.id
-
-    def revert(self, doc: Document) -> None:
-        _set_state(doc.layers[self.index - 1], self.before)
-        doc.layers.insert(self.index, self.upper)
-        doc.active_id = self.upper.id
-
-
-def _set_state(layer: Layer, state: dict[str, Any]) -> None:
-    for key, value in state.items():
-        setattr(layer, key, value)
-    layer.rev = next(_revisions)
 
 
 class Document(QObject):

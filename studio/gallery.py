@@ -10,7 +10,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from backend.request import Request
-from studio.document import new_id
+from studio.layers import new_id
 
 
 @dataclass(frozen=True, eq=False)

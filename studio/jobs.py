@@ -23,8 +23,10 @@ from backend.outpaint import Expansion, fitted, outpaint_crop
 from backend.request import Request
 from backend.upscale_spec import DEFAULT_OVERLAP, Upscale, upscale_request
 from studio.canvas_ops import CommandGroup, ScaleCanvas, resize_canvas
-from studio.document import AddLayer, Document, Layer, new_id, rgb_to_rgba
+from studio.commands import AddLayer
+from studio.document import Document
 from studio.gallery import Result
+from studio.layers import Layer, new_id, rgb_to_rgba
 from studio.run_controller import Lineage, RunController, layer_name
 
 

@@ -38,9 +38,11 @@ from backend.errors import RequestError, StudioError
 from backend.events import Done, StepEvent
 from backend.images import Picture
 from backend.request import Request
-from studio.document import Command, Document, Layer, MoveLayer, blank_pixels, new_id, rgb_to_rgba
+from studio.commands import Command, MoveLayer
+from studio.document import Document
 from studio.engine_host import EngineHost
 from studio.gallery import Gallery, Result
+from studio.layers import Layer, blank_pixels, new_id, rgb_to_rgba
 from studio.request_model import RequestModel
 
 log = logging.getLogger(__name__)

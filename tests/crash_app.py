@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-import studio.document
+import studio.layers
 from backend.request import Request
 from studio.document import Document
 from studio.gallery import Gallery, Result
 
 
 class _SeededUuid:
-    """Stands in for the `uuid` module inside studio.document so new ids follow a seed."""
+    """Stands in for the `uuid` module inside studio.layers (`new_id`) so new ids follow a seed."""
 
     def __init__(self, seed: int) -> None:
         self._random = random.Random(seed)
@@ -42,7 +42,7 @@ class _SeededUuid:
 
 def deterministic_ids(seed: int) -> None:
     """Make layer and result ids a function of the seed (this process only)."""
-    studio.document.uuid = _SeededUuid(seed)  # type: ignore[assignment]
+    studio.layers.uuid = _SeededUuid(seed)  # type: ignore[assignment]
 
 
 def big_state(width: int, height: int, seed: int) -> Document:

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 
 from backend.request import Request
-from studio.document import Document, Layer
+from studio.document import Document
 from studio.files.archive import png_bytes
 from studio.files.project import save_project
 from studio.gallery import Gallery, Result
+from studio.layers import Layer
 
 
 def chunk(tag: bytes, data: bytes) -> bytes:

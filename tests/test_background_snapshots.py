@@ -17,7 +17,8 @@ from test_background_save import Window, paint
 from test_crash_safety import _work, digest
 
 import studio.files.background_save
-from studio.document import Command, Document
+from studio.commands import Command
+from studio.document import Document
 from studio.files.background_save import BackgroundSaver
 from studio.files.journal import Journal, find_recovery, recover, snapshot_path
 from studio.files.ora import export_ora

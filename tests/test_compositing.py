@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from studio.compositing import Compositor, composite
-from studio.document import Document, Layer
+from studio.document import Document
+from studio.layers import Layer
 
 
 def float_composite(layers: list[Layer], width: int, height: int) -> np.ndarray:

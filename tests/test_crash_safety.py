@@ -21,7 +21,8 @@ import faults
 import numpy as np
 import pytest
 
-import studio.document
+import studio.commands
+import studio.layers
 from backend.errors import StudioError
 from backend.images import load_picture
 from studio.document import Document
@@ -40,8 +41,8 @@ def _fault_table(request):
 
 @pytest.fixture(autouse=True)
 def _restore_ids(monkeypatch):
-    # crash_app.deterministic_ids swaps the uuid module inside studio.document; put it back afterwards.
-    monkeypatch.setattr(studio.document, "uuid", studio.document.uuid)
+    # crash_app.deterministic_ids swaps the uuid module inside studio.layers; put it back afterwards.
+    monkeypatch.setattr(studio.layers, "uuid", studio.layers.uuid)
 
 
 def digest(data: ProjectData) -> str:
@@ -354,7 +355,7 @@ def test_compaction_and_unknown_commands_take_a_snapshot(tmp_path, qtbot):
     assert journal.path is not None and snapshot_path(journal.path).exists()
     assert os.path.getsize(journal.path) < 20_000 + 48 * 40 * 8
 
-    class Crop(studio.document.Command):
+    class Crop(studio.commands.Command):
         def apply(self, d: Document) -> None:
             d.layers[0].name = "cropped"
 

@@ -44,11 +44,12 @@ from json_fuzz import (
 from PIL import Image
 
 from backend.request import Request
-from studio.document import Document, Layer
+from studio.document import Document
 from studio.files.archive import png_bytes
 from studio.files.ora import import_ora
 from studio.files.project import ProjectData, ProjectError, load_project, save_project
 from studio.gallery import Result
+from studio.layers import Layer
 
 MAX_PIXELS = 1 << 16  # a larger canvas is refused before anything is decoded: keeps each example fast
 

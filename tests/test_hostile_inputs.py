@@ -22,10 +22,11 @@ from hostile_files import COSTLY, bomb_png, good_project, rewrite, setter
 from PIL import Image
 
 from backend.request import Request
-from studio.document import Document, Layer
+from studio.document import Document
 from studio.files.archive import png_bytes
 from studio.files.project import FORMAT_VERSION, ProjectError, load_project, save_project
 from studio.gallery import Gallery, Result
+from studio.layers import Layer
 
 
 @pytest.fixture(autouse=True, scope="module")

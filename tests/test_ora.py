@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.document import Document, Layer
+from studio.document import Document
 from studio.files.archive import ProjectError, png_bytes
 from studio.files.ora import export_ora, import_ora
+from studio.layers import Layer
 
 
 def _document() -> Document:

@@ -387,7 +387,8 @@ def test_a_layer_thumbnail_shows_where_an_offset_layer_lies_on_the_canvas(make_w
     import numpy as np
     from PySide6.QtCore import QSize
 
-    from studio.document import AddLayer, Layer
+    from studio.commands import AddLayer
+    from studio.layers import Layer
 
     window = make_window(FakeEngine(steps=1))  # a 64×64 canvas
     doc = window.document

@@ -22,7 +22,9 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import QWidget
 
-from studio.document import Command, Document, Layer, Paint, PaintMask
+from studio.commands import Command, Paint, PaintMask
+from studio.document import Document
+from studio.layers import Layer
 from ui.tools import BRUSH, ERASER, MASK, PICKER, BrushSettings, Stroke, qimage_to_array
 
 MASK_RGBA = (230, 30, 30, 0.45)  # the mask shows as translucent red

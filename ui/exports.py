@@ -15,7 +15,8 @@ from PIL import Image
 
 from backend.errors import StudioError
 from studio.compositing import composite
-from studio.document import Document, blank_pixels, rgb_to_rgba
+from studio.document import Document
+from studio.layers import blank_pixels, rgb_to_rgba
 
 
 def fit_to_canvas(rgb: np.ndarray, document: Document) -> np.ndarray:

@@ -21,7 +21,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.document import Document, Layer
+from studio.document import Document
+from studio.layers import Layer
 from ui.canvas import array_to_qimage
 from ui.prompt_panel import tool_button
 

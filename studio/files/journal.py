@@ -34,7 +34,8 @@ import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal, Slot
 
 from backend.errors import StudioError
-from studio.document import Command, Document
+from studio.commands import Command
+from studio.document import Document
 from studio.files.atomic import atomic_write
 from studio.files.background_save import BackgroundSaver, SaveJob, SaveMark
 from studio.files.journal_records import encode, encode_parts, operation_record

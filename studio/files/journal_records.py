@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 
 from backend import strict_json
-from studio.document import (
+from studio.commands import (
     AddLayer,
     Command,
-    Document,
-    Layer,
     MergeDown,
     MoveLayer,
     Paint,
@@ -31,7 +29,9 @@ from studio.document import (
     RemoveLayer,
     SetLayerProps,
 )
+from studio.document import Document
 from studio.files.archive import ProjectError
+from studio.layers import Layer
 
 MAGIC = b"SJR1"
 _FRAME = struct.Struct("<4sIQI")  # magic, JSON length, payload length, CRC-32 of JSON + payload

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from studio.document import MAX_CANVAS_PIXELS, Document, Layer
+from studio.document import MAX_CANVAS_PIXELS, Document
 from studio.files.archive import ProjectError
 from studio.files.atomic import fsync_directory
 from studio.files.journal_records import Record, apply_record, decode_all
 from studio.files.ora import import_ora
 from studio.files.project import ProjectData, load_project, project_save_id, result_from_entry
 from studio.gallery import Result
+from studio.layers import Layer
 
 try:
     import fcntl

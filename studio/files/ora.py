@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from backend.errors import StudioError
-from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
+from studio.document import MAX_CANVAS_PIXELS, Document, canvas_problem
 from studio.files.archive import (
     DecodeBudget,
     ProjectError,
@@ -32,6 +32,7 @@ from studio.files.archive import (
     write_text,
 )
 from studio.files.atomic import atomic_write
+from studio.layers import Layer, shared
 
 MIMETYPE = "image/openraster"
 MAX_STACK_BYTES = 4 * 1024 * 1024

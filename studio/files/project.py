@@ -28,7 +28,7 @@ import numpy as np
 from backend import strict_json
 from backend.errors import StudioError
 from backend.request import Request
-from studio.document import MAX_CANVAS_PIXELS, Document, Layer, canvas_problem, shared
+from studio.document import MAX_CANVAS_PIXELS, Document, canvas_problem
 from studio.files.archive import (
     DecodeBudget,
     ProjectError,
@@ -43,6 +43,7 @@ from studio.files.archive import (
 )
 from studio.files.atomic import atomic_write, remove_stale_temps
 from studio.gallery import Gallery, Result
+from studio.layers import Layer, shared
 from studio.recipe import recipe_from_dict, recipe_to_dict
 
 __all__ = ["FORMAT_VERSION", "ProjectData", "ProjectError", "load_project", "save_project", "MIGRATIONS"]
