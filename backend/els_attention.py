@@ -212,8 +212,7 @@ def attend(
     n = log_prior.shape[0]
     dtype, device = queries.dtype, queries.device
     m = torch.full((nq,), -math.inf, dtype=dtype, device=device)
-    total = torch.zeros(nq, dtype=dtype, device=device)
-    mixed: torch.Tensor | None = None
+    summed_all: torch.Tensor | None = None  # (C+1) × Q: the weighted values, then the weights' sum
     per_ref = torch.zeros(n, nq, dtype=dtype, device=device) if pixel_weights else None
     shares = torch.zeros(n, dtype=dtype, device=device)
     centre = tiles.mean((0, 2)) if low_precision else None
@@ -229,8 +228,8 @@ def attend(
         if per_tile and keys.shape[0] != tiles.shape[0]:
             raise ValueError(f"{keys.shape[0]} sets of keys for {tiles.shape[0]} tiles of queries")
         m_keys, c = keys.shape[-2], blk.values.shape[-1]
-        if mixed is None:
-            mixed = torch.zeros(c, nq, dtype=dtype, device=device)
+        if summed_all is None:
+            summed_all = torch.zeros(c + 1, nq, dtype=dtype, device=device)
         # The values with a ones row: one product gives both the weighted values and the weight sum.
         ones = blk.values.new_ones(*blk.values.shape[:-2], 1, m_keys)
         values = torch.cat([blk.values.transpose(-1, -2), ones], -2)
@@ -252,16 +251,16 @@ def attend(
                 logits = torch.addmm(b_t[:, None], k_t, qt)
             if pixel_prior is not None:  # a row per key (or one row for a single-reference block)
                 logits += pixel_prior[owner, q0:q1]
-            new_m = torch.maximum(m[q0:q1], logits.amax(0))
+            # The first block has nothing to rescale (the fast path's only one): fewer small ops a tile.
+            new_m = logits.amax(0) if seen == 1 else torch.maximum(m[q0:q1], logits.amax(0))
             p = logits.sub_(new_m).clamp_(min=FLOOR).exp_()  # in place: the logits become the weights
             summed = v_t @ p
-            if seen == 1:  # nothing to rescale yet
-                m[q0:q1], mixed[:, q0:q1], total[q0:q1] = new_m, summed[:c], summed[c]
+            if seen == 1:
+                m[q0:q1], summed_all[:, q0:q1] = new_m, summed
             else:
                 keep = torch.exp(m[q0:q1] - new_m)
                 m[q0:q1] = new_m
-                mixed[:, q0:q1] = mixed[:, q0:q1] * keep + summed[:c]
-                total[q0:q1] = total[q0:q1] * keep + summed[c]
+                summed_all[:, q0:q1] = summed_all[:, q0:q1] * keep + summed
                 if per_ref is not None:
                     per_ref[:, q0:q1] *= keep
             if per_ref is not None:
@@ -271,14 +270,15 @@ def attend(
                     per_ref[:, q0:q1].index_add_(0, owner, p)
             elif key_weight is not None:
                 # A single block: the sums are final, so each key's weight summed over the queries.
-                key_weight.addmv_(p, 1.0 / summed[c])
+                key_weight.addmv_(p, summed[c].reciprocal())
         if key_weight is not None:
             if isinstance(owner, int):
                 shares[owner] += key_weight.sum()
             else:
                 shares.index_add_(0, owner, key_weight)
-    if mixed is None:
+    if summed_all is None:
         raise ValueError("attention needs at least one key block")
+    mixed, total = summed_all[:-1], summed_all[-1]
     if per_ref is not None:
         per_ref /= total
         shares = per_ref.sum(1)
