@@ -8,8 +8,8 @@ scale) than the same image blurred (σ 2) does; "fails" counts the (prompt, seed
 not. "copy" is the shift-invariant copy distance the same tests bound from the other side (> 0.015: no
 shifted crop of a reference). Variants: the engine as it ships; the fast path keeping at least 16 (or all)
 luminance frequencies per axis of a patch (`els_fast.kept_freqs`); every frequency and no principal axes;
-the exact path (`Request.exact`). Prints a table with CPU seconds per variant (one torch thread) and
-appends it to bench/RESULTS.md.
+the exact path (`Request.exact`). Prints a table with CPU seconds per variant (one torch thread), and for
+the fast paths those of issue 11's default first image (256², 12 steps), and appends it to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -69,7 +69,17 @@ VARIANTS: dict[str, tuple[dict, Callable | None, bool]] = {
 }
 
 
-def run_variant(options: dict, kept: Callable | None, exact: bool) -> tuple[list[str], int, float]:
+def default_image_seconds(engine: PatchEngine) -> float:
+    """CPU seconds of issue 11's default first image (256², 12 steps), after a warm-up run."""
+    list(engine.generate(Request(width=256, height=256, steps=1, seed=1), threading.Event()))
+    start = time.process_time()
+    list(engine.generate(Request(width=256, height=256, steps=12, seed=0), threading.Event()))
+    return time.process_time() - start
+
+
+def run_variant(
+    options: dict, kept: Callable | None, exact: bool
+) -> tuple[list[str], int, float, float | None]:
     real_attention, real_kept = els.fast_patch_attention, els_fast.kept_freqs
     els.fast_patch_attention = functools.partial(real_attention, **options)  # the engine calls it via els
     if kept is not None:
@@ -91,7 +101,8 @@ def run_variant(options: dict, kept: Callable | None, exact: bool) -> tuple[list
                     f"{' / '.join(f'{b:.3f}' for b in blurred)}, copy {copy_distance(image, refs):.3f}"
                     + (f", fails at {', '.join(str(k) for k in lost)} px" if lost else "")
                 )
-        return rows, fails, time.process_time() - start
+        seconds = time.process_time() - start
+        return rows, fails, seconds, None if exact else default_image_seconds(engine)
     finally:
         els.fast_patch_attention, els_fast.kept_freqs = real_attention, real_kept
 
@@ -103,11 +114,11 @@ def main() -> None:
     parser.add_argument("--no-append", action="store_true", help="print only")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    table = ["| variant | fails (of 24) | CPU s, 8 runs |", "|---|---|---|"]
+    table = ["| variant | fails (of 24) | CPU s, the 8 runs | CPU s, 256² 12 steps |", "|---|---|---|---|"]
     details = []
     for name, (options, kept, exact) in VARIANTS.items():
-        rows, fails, seconds = run_variant(options, kept, exact)
-        table.append(f"| {name} | {fails} | {seconds:.1f} |")
+        rows, fails, seconds, default = run_variant(options, kept, exact)
+        table.append(f"| {name} | {fails} | {seconds:.1f} | {'—' if default is None else f'{default:.2f}'} |")
         details += [f"- {name}:"] + [f"  - {row}" for row in rows]
         print(table[-1], flush=True)
     command = " ".join(["python bench/bench_creativity.py", *sys.argv[1:]])
