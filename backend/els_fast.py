@@ -513,6 +513,9 @@ def strip_features(
     # The three channels side by side (their across-coefficients, F = f + 2·fc per strip row, and their
     # folds likewise), so each window is one product written in place, not a product and an add per
     # channel.
+    # A strip gathered transposed has its k axis outermost: one copy into M × rows × C × k makes each
+    # channel's pass a plain product, where torch copied it window by window (three times slower).
+    strip = strip.contiguous() if transposed else strip
     across = torch.cat([torch.matmul(strip[:, :, c], basis.T) for c, basis in enumerate(bases)], 2)
     width = across.shape[2]
     flat = across.permute(1, 2, 0).reshape(held * width, m)  # (strip row, frequency) × keys
