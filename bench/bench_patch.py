@@ -49,7 +49,8 @@ INTRO = """How to read these: `bench/bench_patch.py` times whole runs of the pat
 default: a random key subset, half spread evenly and half split by each reference's share of the image,
 with importance weights; patches reduced to their f×f lowest cosine frequencies of luminance and about
 (f/3)² of each opponent-colour axis, f about half the patch side from 8 to 32, distances wholly in those
-dims), then follows one fast run and at every step compares its clean-image estimate with the exact path's
+dims, projected on the sampled keys' principal axes; edge rows with half the key budget), then follows
+one fast run and at every step compares its clean-image estimate with the exact path's
 estimate of the same noisy image on sampled rows (errors on a 0–1 scale, like an image's pixel values),
 extrapolating the exact path's time from those rows. The exact path on a whole 128² image with 32
 references is hours of CPU, so its whole-run time is an extrapolation; whole runs of both paths are
