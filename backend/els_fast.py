@@ -55,9 +55,9 @@ FEWEST_KEYS = 2048
 HIGH_NOISE_DIMS = 128
 # An edge row's keys, as a share of the interior's budget. They lie on the row's own line, a pool about
 # W times smaller than the interior's, so half the keys still sample it far more densely, and each row's
-# keys need a feature pass of their own (the costliest part of a 256² step). With half,
-# an edge pixel's error against many keys stays under an interior pixel's at every full-size step of a
-# 128² and a 256² run (bench/bench_edge_keys.py, bench/RESULTS.md).
+# keys need a feature pass of their own (the costliest part of a 256² step). With half, an edge pixel's
+# error against many keys stays under an interior pixel's at every full-size step of a 128² and a 256²
+# run (bench/bench_edge_keys.py, bench/RESULTS.md).
 EDGE_KEYS = 0.5
 
 
@@ -295,8 +295,8 @@ def fast_patch_attention(
     A budget of `max_keys` key positions (fewer for wide patches, so gathering them stays under
     `max_gather` floats) is split among the references by `shares`. Pixels near an edge share one
     sample of positions along the edge per band, `edge_keys` times that budget, taken at their own
-    distance from it. `log_prior` is
-    N or N×H×W; `key_mask` (N×H×W bool) limits each reference's keys to where it is True.
+    distance from it. `log_prior` is N or N×H×W; `key_mask` (N×H×W bool) limits each reference's keys
+    to where it is True.
     """
     n, c, h, w = refs.shape
     global_prior, pixel_prior = split_prior(log_prior, n)
@@ -510,11 +510,10 @@ def strip_features(
                 part = part.transpose(1, 2)
             pieces.append(part.reshape(rows, f * f, m))
         return torch.cat(pieces, 1).transpose(1, 2)
-    # The three channels side by side (their across-coefficients, F = f + 2·fc per strip row, and their
-    # folds likewise), so each window is one product written in place, not a product and an add per
-    # channel.
     # A strip gathered transposed has its k axis outermost: one copy into M × rows × C × k makes each
-    # channel's pass a plain product, where torch copied it window by window (three times slower).
+    # channel's pass a plain product, where torch copied it window by window (several times slower).
+    # Then the three channels side by side (their across-coefficients, F = f + 2·fc per strip row, and
+    # their folds likewise), so each window is one product written in place.
     strip = strip.contiguous() if transposed else strip
     across = torch.cat([torch.matmul(strip[:, :, c], basis.T) for c, basis in enumerate(bases)], 2)
     width = across.shape[2]
