@@ -64,6 +64,22 @@ class Layer:
             "y": int(self.y),
         }
 
+    @classmethod
+    def from_properties(cls, props: dict[str, Any], pixels: np.ndarray) -> Layer:
+        """The layer `properties()` described, with these pixels (a KeyError, TypeError or ValueError
+        when a field is missing or of the wrong kind; x and y default to 0)."""
+        return cls(
+            str(props["name"]),
+            pixels,
+            float(props["opacity"]),
+            bool(props["visible"]),
+            str(props["id"]),
+            props["source"],
+            bool(props["painted"]),
+            int(props.get("x", 0)),
+            int(props.get("y", 0)),
+        )
+
     def copy(self, **changes: Any) -> Layer:
         """An independent copy, with some fields changed; the pixels are shared until one side writes."""
         return replace(self, pixels=shared(self.pixels), **changes)

@@ -164,17 +164,7 @@ def apply_record(doc: Document, results: dict[str, Any], history: list[str], rec
             meta = header["layer"]
             x, y = int(meta.get("x", 0)), int(meta.get("y", 0))
             _check_rect(arrays[0], x, y, (doc.height, doc.width, 4))
-            layer = Layer(
-                str(meta["name"]),
-                arrays[0],
-                float(meta["opacity"]),
-                bool(meta["visible"]),
-                str(meta["id"]),
-                meta["source"],
-                bool(meta["painted"]),
-                x,
-                y,
-            )
+            layer = Layer.from_properties(meta, arrays[0])
             AddLayer(layer, int(header["index"])).apply(doc)
         elif op == "remove_layer":
             if doc.layers[int(header["index"])].id != header["id"]:
@@ -240,18 +230,7 @@ def _merge_record(doc: Document, header: dict[str, Any], arrays: list[np.ndarray
             raise ValueError("no layer to merge down")
         MergeDown(doc.layers[index], index, state, state).apply(doc)
         return
-    up = header["upper"]
-    upper = Layer(
-        str(up["name"]),
-        arrays[1],
-        float(up["opacity"]),
-        bool(up["visible"]),
-        str(up["id"]),
-        up["source"],
-        bool(up["painted"]),
-        int(up.get("x", 0)),
-        int(up.get("y", 0)),
-    )
+    upper = Layer.from_properties(header["upper"], arrays[1])
     MergeDown(upper, index, state, state).revert(doc)
 
 
