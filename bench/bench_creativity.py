@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench_patch import append  # noqa: E402
-from machine import describe, provenance  # noqa: E402
+from bench_patch import publish  # noqa: E402
 from test_patch_quality import (  # noqa: E402
     CREATIVE_PROMPTS,
     PATCH_SIZES,
@@ -121,26 +120,12 @@ def main() -> None:
         table.append(f"| {name} | {fails} | {seconds:.1f} | {'—' if default is None else f'{default:.2f}'} |")
         details += [f"- {name}:"] + [f"  - {row}" for row in rows]
         print(table[-1], flush=True)
-    command = " ".join(["python bench/bench_creativity.py", *sys.argv[1:]])
-    text = "\n".join(
-        [
-            f"### Strict creativity check per variant, 64², 12 steps ({provenance()})",
-            f"Machine: {describe()}. `{command}`. Per image: 7 / 11 / 15 px patch distance against the "
-            "blurred image's, and the copy distance.",
-            "",
-            *table,
-            "",
-            "<details><summary>per image</summary>",
-            "",
-            *details,
-            "",
-            "</details>",
-            "",
-        ]
+    publish(
+        "Strict creativity check per variant, 64², 12 steps",
+        ". Per image: 7 / 11 / 15 px patch distance against the blurred image's, and the copy distance.",
+        [*table, "", "<details><summary>per image</summary>", "", *details, "", "</details>"],
+        args.no_append,
     )
-    print(text)
-    if not args.no_append:
-        append(text)
 
 
 if __name__ == "__main__":

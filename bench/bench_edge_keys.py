@@ -25,8 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_patch import append  # noqa: E402
-from machine import describe, provenance  # noqa: E402
+from bench_patch import publish  # noqa: E402
 
 from backend import els  # noqa: E402
 from backend.patch_engine import PatchEngine  # noqa: E402
@@ -117,19 +116,8 @@ def main() -> None:
     table = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for size in (int(s) for s in args.sizes.split(",")):
         table += compare(engine, size, args.steps)
-    command = " ".join(["python bench/bench_edge_keys.py", *sys.argv[1:]])
-    text = "\n".join(
-        [
-            f"### Edge rows' keys: error and time per share of the budget ({provenance()})",
-            f"Machine: {describe()}. `{command}`; each size's full-size steps of a {args.steps}-step run.",
-            "",
-            *table,
-            "",
-        ]
-    )
-    print(text)
-    if not args.no_append:
-        append(text)
+    heading = "Edge rows' keys: error and time per share of the budget"
+    publish(heading, f"; each size's full-size steps of a {args.steps}-step run.", table, args.no_append)
 
 
 if __name__ == "__main__":

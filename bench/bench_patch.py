@@ -165,17 +165,7 @@ def targets(no_append: bool) -> None:
     width = max(len(r[0]) for r in rows)
     table = [f"| {'measure':<{width}} | {'value':>9} |", f"|{'-' * (width + 2)}|{'-' * 11}|"]
     table += [f"| {name:<{width}} | {value:>9} |" for name, value in rows]
-    command = " ".join(["python bench/bench_patch.py", *sys.argv[1:]])
-    text = "\n".join(
-        [
-            f"### Speed targets (issue 11), CPU, 12 steps ({provenance()})",
-            f"Machine: {describe()}. `{command}`",
-        ]
-        + ["", *table, ""]
-    )
-    print(text)
-    if not no_append:
-        append(text)
+    publish("Speed targets (issue 11), CPU, 12 steps", "", table, no_append)
 
 
 def main() -> None:
@@ -257,6 +247,18 @@ def main() -> None:
     )
     print(text)
     if not args.no_append:
+        append(text)
+
+
+def publish(heading: str, note: str, body: list[str], no_append: bool) -> None:
+    """Print a result block (the heading with when and on which commit, the machine and the command that
+    made it followed by `note`, then `body`) and add it to the section unless `no_append`."""
+    command = " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    text = "\n".join(
+        [f"### {heading} ({provenance()})", f"Machine: {describe()}. `{command}`{note}", "", *body, ""]
+    )
+    print(text)
+    if not no_append:
         append(text)
 
 
